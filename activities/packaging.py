@@ -1,0 +1,355 @@
+"""Download activities: resolve sources, stream them into a zip archive, expire old archives.
+
+`DownloadActivities` owns its storage client; the worker registers its bound methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.storage import (
+    AccessDenied,
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    UploadGone,
+)
+from activities.zipstream import ResumableZipWriter
+from config import Settings
+from observability import BYTES_PACKAGED, FILES_PACKAGED, get_logger
+from workflows.models import (
+    MAX_FILE_ID,
+    MIN_FILE_ID,
+    CleanupResult,
+    ErrorType,
+    FileState,
+    FileStatus,
+    PackageInput,
+    PackageProgress,
+    PackageResult,
+    ResolveInput,
+    ResolveResult,
+    SourceFile,
+)
+
+log = get_logger(__name__)
+
+READ_CHUNK = 1 << 20
+MAX_PARTS = 9000  # S3 allows 10 000; keep headroom for parts slightly over the nominal size
+
+
+def storage_failure(exc: StorageError) -> ApplicationError:
+    """Typed activity error: not found and access denied are final, outages are retried."""
+    if isinstance(exc, ObjectNotFound):
+        kind = ErrorType.file_not_found
+    elif isinstance(exc, AccessDenied):
+        kind = ErrorType.access_denied
+    else:
+        kind = ErrorType.storage_unavailable
+    return ApplicationError(str(exc), type=kind.value, non_retryable=not exc.retryable)
+
+
+async def _next_chunk(it: Iterator[bytes]) -> bytes | None:
+    return await asyncio.to_thread(next, it, None)
+
+
+@dataclass
+class _Packaging:
+    """Mutable progress of one attempt; the heartbeat task reports it every interval."""
+
+    total_files: int
+    total_bytes: int
+    files_done: int = 0
+    bytes_done: int = 0
+    current_file: int | None = None
+    checkpoint: dict[str, Any] | None = None
+    started: float = field(default_factory=time.monotonic)
+    bytes_at_start: int = 0
+
+    def details(self) -> PackageProgress:
+        elapsed = time.monotonic() - self.started
+        moved = self.bytes_done - self.bytes_at_start
+        return PackageProgress(
+            files_done=self.files_done,
+            total_files=self.total_files,
+            bytes_done=self.bytes_done,
+            total_bytes=self.total_bytes,
+            current_file=self.current_file,
+            rate=moved / elapsed if elapsed > 1 and moved > 0 else None,
+            updated_at=datetime.now(UTC),
+            checkpoint=self.checkpoint,
+        )
+
+
+class DownloadActivities:
+    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    # ------------------------------------------------------------------ resolve
+    @activity.defn
+    async def resolve_files(self, request: ResolveInput) -> ResolveResult:
+        """Stat every requested source; missing and invalid ids are marked failed, not raised."""
+        limit = asyncio.Semaphore(16)
+        done = 0
+
+        async def resolve(file_id: int) -> FileState:
+            nonlocal done
+            if not MIN_FILE_ID <= file_id <= MAX_FILE_ID:
+                return FileState(
+                    file_id=file_id,
+                    status=FileStatus.failed,
+                    error="invalid file id",
+                    error_type=ErrorType.invalid_file_id.value,
+                )
+            key = self.settings.source_key(file_id)
+            async with limit:
+                try:
+                    info = await asyncio.to_thread(self.store.stat, key)
+                except ObjectNotFound:
+                    return FileState(
+                        file_id=file_id,
+                        key=key,
+                        status=FileStatus.failed,
+                        error="not found",
+                        error_type=ErrorType.file_not_found.value,
+                    )
+                except StorageError as exc:
+                    raise storage_failure(exc) from exc
+                finally:
+                    done += 1
+            return FileState(file_id=file_id, key=key, size=info.size)
+
+        async def beat() -> None:
+            while True:
+                activity.heartbeat({"resolved": done, "total": len(request.file_ids)})
+                await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+
+        beater = asyncio.create_task(beat())
+        try:
+            files = await asyncio.gather(*(resolve(i) for i in request.file_ids))
+        finally:
+            beater.cancel()
+        return ResolveResult(files=list(files))
+
+    # ------------------------------------------------------------------ package
+    def _part_size(self, sources: list[SourceFile]) -> int:
+        estimate = sum(s.size for s in sources) + 200 * len(sources) + 1024
+        needed = math.ceil(estimate / MAX_PARTS / (1 << 20)) << 20
+        return max(self.settings.part_size, needed)
+
+    async def _origin_delay(self) -> None:
+        """The existing service's simulated slow origin; heartbeats continue while it waits."""
+        if not self.settings.download_delay_enabled:
+            return
+        low, high = self.settings.download_delay_min_ms, self.settings.download_delay_max_ms
+        await asyncio.sleep(random.uniform(low, high) / 1000)
+
+    @activity.defn
+    async def package_archive(self, request: PackageInput) -> PackageResult:
+        """Stream the sources into one zip written as a multipart upload, resumable by checkpoint."""
+        info = activity.info()
+        key = request.archive_key
+        sources = request.sources
+        state = _Packaging(total_files=len(sources), total_bytes=sum(s.size for s in sources))
+        resume = self._resume_point(info.heartbeat_details, key)
+        part_size = self._part_size(sources)
+
+        if resume is not None:
+            upload_id = resume["upload_id"]
+            parts: list[tuple[int, str]] = [(int(n), str(e)) for n, e in resume["parts"]]
+            writer = ResumableZipWriter.from_state(resume["writer"])
+            file_index, file_offset = int(resume["file_index"]), int(resume["file_offset"])
+            missing: list[int] = list(resume.get("missing", []))
+            state.files_done, state.bytes_done = int(resume["files_done"]), int(resume["bytes_done"])
+            state.checkpoint = resume
+            log.info("resuming archive", archive=key, offset=writer.offset, attempt=info.attempt)
+        else:
+            upload_id = await self._call(self.store.create_upload, key)
+            parts, missing = [], []
+            writer = ResumableZipWriter(mtime=request.mtime)
+            file_index, file_offset = 0, 0
+        resumed_from = writer.offset
+        state.bytes_at_start = state.bytes_done
+        source_bytes_read = 0
+        buffer = bytearray()
+        in_flight: asyncio.Task[dict[str, Any]] | None = None
+
+        async def settle() -> None:
+            nonlocal in_flight
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                state.checkpoint = await task
+
+        async def flush_part(position: tuple[int, int]) -> None:
+            """Upload the buffer as the next part; its checkpoint counts once the part is stored."""
+            nonlocal in_flight
+            extra, writer_state = writer.checkpoint()
+            buffer.extend(extra)
+            data = bytes(buffer)
+            buffer.clear()
+            await settle()
+            number = len(parts) + 1
+            checkpoint = {
+                "upload_id": upload_id,
+                "writer": writer_state,
+                "file_index": position[0],
+                "file_offset": position[1],
+                "files_done": state.files_done,
+                "bytes_done": state.bytes_done,
+                "missing": list(missing),
+            }
+
+            async def upload() -> dict[str, Any]:
+                etag = await self._call(self.store.upload_part, key, upload_id, number, data)
+                parts.append((number, etag))
+                checkpoint["parts"] = [list(p) for p in parts]
+                return checkpoint
+
+            in_flight = asyncio.create_task(upload())
+
+        beater = asyncio.create_task(self._heartbeat_loop(state))
+        try:
+            while file_index < len(sources):
+                source = sources[file_index]
+                state.current_file = source.file_id
+                if not writer.in_entry:
+                    await self._origin_delay()
+                    try:
+                        reader = self.store.read(source.key, 0, READ_CHUNK)
+                        first = await _next_chunk(reader)
+                    except ObjectNotFound:
+                        # Removed since it was resolved: the archive goes on without it.
+                        missing.append(source.file_id)
+                        file_index += 1
+                        continue
+                    buffer.extend(writer.start_entry(f"{source.file_id}.zip", source.size,
+                                                     deflate=request.compression == "deflate"))
+                elif file_offset < source.size:
+                    reader = self.store.read(source.key, file_offset, READ_CHUNK)
+                    first = await _next_chunk(reader)
+                else:
+                    first = None
+                chunk = first
+                while chunk is not None:
+                    buffer.extend(writer.write(chunk))
+                    file_offset += len(chunk)
+                    source_bytes_read += len(chunk)
+                    state.bytes_done += len(chunk)
+                    BYTES_PACKAGED.inc(len(chunk))
+                    if len(buffer) >= part_size:
+                        await flush_part((file_index, file_offset))
+                    if activity.is_worker_shutdown():
+                        await settle()
+                        activity.heartbeat(state.details())
+                        # Retryable: the next attempt, on any worker, resumes from the checkpoint.
+                        raise ApplicationError("worker shutting down", type="WorkerShutdown")
+                    chunk = await _next_chunk(reader)
+                buffer.extend(writer.end_entry())
+                FILES_PACKAGED.inc()
+                file_index, file_offset = file_index + 1, 0
+                state.files_done += 1
+            buffer.extend(writer.finish())
+            await flush_part((file_index, 0))
+            await settle()
+            await self._call(self.store.complete_upload, key, upload_id, parts)
+        except ValueError as exc:
+            await self._abort(key, upload_id, in_flight)
+            raise ApplicationError(
+                f"source changed while packaging: {exc}",
+                type=ErrorType.source_changed.value,
+                non_retryable=True,
+            ) from exc
+        except UploadGone as exc:
+            # The checkpoint's upload expired or was aborted: start over on the next attempt.
+            activity.heartbeat(PackageProgress(total_files=state.total_files))
+            raise ApplicationError(str(exc), type=ErrorType.storage_unavailable.value) from exc
+        except StorageError as exc:
+            await self._drain(in_flight)
+            raise storage_failure(exc) from exc
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            # Only a user's cancel discards the upload; a lost or stopping worker keeps it to resume.
+            if details is not None and details.cancel_requested:
+                await self._abort(key, upload_id, in_flight)
+                log.info("archive cancelled, upload aborted", archive=key)
+            raise
+        finally:
+            beater.cancel()
+        return PackageResult(
+            archive_key=key,
+            archive_size=writer.offset,
+            files_packaged=state.files_done,
+            bytes_packaged=state.bytes_done,
+            missing=missing,
+            resumed_from=resumed_from,
+            source_bytes_read=source_bytes_read,
+        )
+
+    def _resume_point(self, details: Any, key: str) -> dict[str, Any] | None:
+        if not details:
+            return None
+        try:
+            progress = PackageProgress.model_validate(details[0])
+        except (ValueError, TypeError):
+            return None
+        cp = progress.checkpoint
+        if not cp or "parts" not in cp:
+            return None
+        try:
+            stored = self.store.list_parts(key, cp["upload_id"])
+        except StorageError:
+            return None
+        if any(stored.get(int(n)) != etag for n, etag in cp["parts"]):
+            return None
+        return cp
+
+    async def _heartbeat_loop(self, state: _Packaging) -> None:
+        while True:
+            activity.heartbeat(state.details())
+            await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def _drain(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            try:
+                await asyncio.shield(task)
+            except (StorageError, asyncio.CancelledError):
+                pass
+
+    async def _abort(self, key: str, upload_id: str, task: asyncio.Task[Any] | None) -> None:
+        await self._drain(task)
+        try:
+            await asyncio.shield(asyncio.to_thread(self.store.abort_upload, key, upload_id))
+        except StorageError as exc:
+            log.warning("could not abort multipart upload", archive=key, error=str(exc))
+
+    # ------------------------------------------------------------------ expiry
+    @activity.defn
+    async def delete_expired_archives(self) -> CleanupResult:
+        """Delete archives older than ARCHIVE_TTL_HOURS."""
+        prefix = self.settings.s3_archive_key_template.split("{job_id}", 1)[0]
+        cutoff = datetime.now(UTC) - timedelta(hours=self.settings.archive_ttl_hours)
+        try:
+            objects = await asyncio.to_thread(self.store.list, prefix)
+            expired = [o.key for o in objects if o.last_modified and o.last_modified < cutoff]
+            for name in expired:
+                activity.heartbeat(name)
+                await asyncio.to_thread(self.store.delete, name)
+        except StorageError as exc:
+            raise storage_failure(exc) from exc
+        if expired:
+            log.info("expired archives deleted", count=len(expired))
+        return CleanupResult(deleted=expired)

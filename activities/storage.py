@@ -1,0 +1,237 @@
+"""S3 / MinIO access for activities and the API: one class, typed errors, metrics on every call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.datatypes import Part
+from minio.error import InvalidResponseError, S3Error, ServerError
+from opentelemetry import trace
+
+from config import Settings
+from observability import S3_DURATION, S3_OPERATIONS
+
+T = TypeVar("T")
+tracer = trace.get_tracer(__name__)
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+
+
+class StorageError(Exception):
+    """Base of storage errors; `retryable` says whether another attempt can help."""
+
+    retryable = True
+
+
+class ObjectNotFound(StorageError):
+    retryable = False
+
+
+class AccessDenied(StorageError):
+    retryable = False
+
+
+class UploadGone(StorageError):
+    """The multipart upload a checkpoint refers to no longer exists."""
+
+    retryable = True
+
+
+class StorageUnavailable(StorageError):
+    retryable = True
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None
+    last_modified: datetime | None
+
+
+def _client(endpoint: str, settings: Settings, http: urllib3.PoolManager | None) -> Minio:
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    # An explicit region: S3 servers other than MinIO (rclone) do not answer location lookups.
+    return Minio(
+        parts.netloc,
+        access_key=settings.s3_access_key_id,
+        secret_key=settings.s3_secret_access_key,
+        secure=parts.scheme == "https",
+        region=settings.s3_region,
+        http_client=http,
+    )
+
+
+def _classify(exc: Exception, key: str) -> StorageError:
+    if isinstance(exc, S3Error):
+        if exc.code in _NOT_FOUND:
+            return ObjectNotFound(f"{key}: not found")
+        if exc.code in _DENIED:
+            return AccessDenied(f"{key}: access denied ({exc.code})")
+        if exc.code == "NoSuchUpload":
+            return UploadGone(f"{key}: multipart upload no longer exists")
+        return StorageUnavailable(f"{key}: storage error {exc.code}")
+    if isinstance(exc, InvalidResponseError | ServerError):
+        text = str(exc)
+        if "NoSuchUpload" in text:
+            return UploadGone(f"{key}: multipart upload no longer exists")
+        if "NoSuchKey" in text:
+            return ObjectNotFound(f"{key}: not found")
+        return StorageUnavailable(f"{key}: storage error ({type(exc).__name__})")
+    return StorageUnavailable(f"{key}: storage unreachable ({type(exc).__name__})")
+
+
+class ObjectStore:
+    """Blocking S3 client wrapper (minio); async callers run it in a thread."""
+
+    def __init__(self, settings: Settings, *, pool_size: int = 32) -> None:
+        self.settings = settings
+        self.bucket = settings.s3_bucket_name
+        http = urllib3.PoolManager(
+            maxsize=pool_size,
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            # Short transport retries only; Temporal's retry policy handles outages.
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+        self.client = _client(settings.s3_endpoint, settings, http)
+        public = settings.s3_public_endpoint or settings.s3_endpoint
+        # Presigning is local computation; this client never connects.
+        self.public_client = _client(public, settings, None)
+
+    def _call(self, operation: str, key: str, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        with tracer.start_as_current_span(f"s3.{operation}", attributes={"s3.key": key}):
+            try:
+                result = fn()
+            except Exception as exc:
+                S3_OPERATIONS.labels(operation, "error").inc()
+                S3_DURATION.labels(operation).observe(time.perf_counter() - start)
+                raise _classify(exc, key) from exc
+        S3_OPERATIONS.labels(operation, "success").inc()
+        S3_DURATION.labels(operation).observe(time.perf_counter() - start)
+        return result
+
+    # --- objects ---
+    def stat(self, key: str) -> ObjectInfo:
+        st = self._call("stat", key, lambda: self.client.stat_object(self.bucket, key))
+        return ObjectInfo(key, int(st.size or 0), st.etag, st.last_modified)
+
+    def stat_or_none(self, key: str) -> ObjectInfo | None:
+        try:
+            return self.stat(key)
+        except ObjectNotFound:
+            return None
+
+    def read(self, key: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream an object from `offset`; the response is released when the iterator ends."""
+        resp = self._call(
+            "get", key, lambda: self.client.get_object(self.bucket, key, offset=offset)
+        )
+        try:
+            yield from resp.stream(chunk_size)
+        except urllib3.exceptions.HTTPError as exc:
+            S3_OPERATIONS.labels("get", "error").inc()
+            raise StorageUnavailable(f"{key}: read interrupted ({type(exc).__name__})") from exc
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        import io
+
+        self._call(
+            "put",
+            key,
+            lambda: self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            ),
+        )
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda: self.client.remove_object(self.bucket, key))
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        def run() -> list[ObjectInfo]:
+            return [
+                ObjectInfo(o.object_name or "", int(o.size or 0), o.etag, o.last_modified)
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            ]
+
+        return self._call("list", prefix, run)
+
+    def presign(self, key: str, expires: timedelta, filename: str | None = None) -> str:
+        headers = (
+            {"response-content-disposition": f'attachment; filename="{filename}"'}
+            if filename
+            else None
+        )
+        return self.public_client.presigned_get_object(
+            self.bucket, key, expires=expires, response_headers=headers
+        )
+
+    # --- bucket and health ---
+    def ensure_bucket(self) -> None:
+        def run() -> None:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+
+        self._call("ensure_bucket", self.bucket, run)
+
+    def ping(self) -> None:
+        """Cheap round trip proving the bucket is reachable with our credentials."""
+
+        def run() -> None:
+            if not self.client.bucket_exists(self.bucket):
+                raise ObjectNotFound(f"bucket {self.bucket} does not exist")
+
+        self._call("ping", self.bucket, run)
+
+    # --- multipart uploads (minio exposes these as underscore methods) ---
+    def create_upload(self, key: str, content_type: str = "application/zip") -> str:
+        headers = {"Content-Type": content_type}
+        return self._call(
+            "create_multipart",
+            key,
+            lambda: self.client._create_multipart_upload(self.bucket, key, headers),
+        )
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        return self._call(
+            "upload_part",
+            key,
+            lambda: self.client._upload_part(self.bucket, key, data, None, upload_id, number),
+        )
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        self._call(
+            "complete_multipart",
+            key,
+            lambda: self.client._complete_multipart_upload(
+                self.bucket, key, upload_id, [Part(n, etag) for n, etag in parts]
+            ),
+        )
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self._call(
+                "abort_multipart",
+                key,
+                lambda: self.client._abort_multipart_upload(self.bucket, key, upload_id),
+            )
+        except UploadGone:
+            pass
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, str]:
+        def run() -> dict[int, str]:
+            result = self.client._list_parts(self.bucket, key, upload_id, max_parts=10000)
+            return {p.part_number: p.etag for p in result.parts}
+
+        return self._call("list_parts", key, run)

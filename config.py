@@ -1,0 +1,169 @@
+"""Service configuration: one settings class read from the environment (and an optional `.env`).
+
+Variable names of the existing service are kept (PORT, S3_*, RATE_LIMIT_*, DOWNLOAD_DELAY_*, ...).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class Compression(StrEnum):
+    stored = "stored"
+    deflate = "deflate"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # --- service ---
+    environment: Environment = Environment.development
+    service_name: str = "download-service"
+    log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    host: str = "127.0.0.1"
+    port: Port = 3000
+    request_timeout_ms: int = Field(30_000, ge=100)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    cors_origins: str = "*"
+    trusted_proxies: str = "127.0.0.1,::1"
+    rate_limit_window_ms: int = Field(60_000, ge=1)
+    rate_limit_max_requests: int = Field(100, ge=1)
+    rate_limit_enabled: bool = True
+
+    # --- auth (off unless a secret, public key or API keys are set) ---
+    auth_jwt_secret: str | None = None
+    auth_jwt_public_key: str | None = None
+    auth_jwt_algorithms: str = "HS256,RS256,ES256"
+    auth_jwt_audience: str | None = None
+    auth_api_keys: str | None = Field(None, description="comma-separated key=owner pairs")
+
+    # --- storage (S3 / MinIO) ---
+    s3_endpoint: str = "http://localhost:9000"
+    s3_public_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = "minioadmin"
+    s3_secret_access_key: str = "minioadmin"
+    s3_bucket_name: str = "downloads"
+    s3_force_path_style: bool = True
+    s3_source_key_template: str = Field("downloads/{file_id}.zip", pattern=r"\{file_id\}")
+    s3_archive_key_template: str = Field("archives/{job_id}.zip", pattern=r"\{job_id\}")
+    s3_part_size_mb: int = Field(8, ge=5, le=512)
+    presign_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    archive_ttl_hours: float = Field(24.0, gt=0)
+    archive_compression: Compression = Compression.stored
+
+    # --- temporal ---
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "downloads"
+    temporal_ui_url: str = "http://localhost:8233"
+
+    # --- worker ---
+    worker_max_concurrent_activities: int = Field(20, ge=1)
+    worker_max_concurrent_workflow_tasks: int = Field(100, ge=1)
+    worker_metrics_port: int = Field(9464, ge=0, le=65535)
+    worker_graceful_shutdown_seconds: float = Field(10.0, ge=0)
+    heartbeat_timeout_seconds: float = Field(30.0, ge=1)
+    heartbeat_interval_seconds: float = Field(0.5, gt=0, le=5)
+    activity_max_attempts: int = Field(3, ge=1)
+    retry_initial_interval_seconds: float = Field(5.0, gt=0)
+    retry_backoff_coefficient: float = Field(2.0, ge=1)
+    retry_maximum_interval_seconds: float = Field(20.0, gt=0)
+
+    # --- simulated slow origin (existing service's names) ---
+    download_delay_enabled: bool = False
+    download_delay_min_ms: int = Field(10_000, ge=0)
+    download_delay_max_ms: int = Field(120_000, ge=0)
+
+    # --- callbacks ---
+    callback_secret: str = "change-me"
+    callback_allow_private: bool = False
+    callback_timeout_seconds: float = Field(10.0, gt=0)
+
+    # --- telemetry ---
+    otel_exporter_otlp_endpoint: str | None = None
+
+    # --- local stack ---
+    data_dir: Path = Path("data")
+    temporal_port: Port = 7233
+    temporal_ui_port: Port = 8233
+    s3_port: Port = 9000
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Self:
+        if self.download_delay_min_ms > self.download_delay_max_ms:
+            raise ValueError("DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS")
+        for net in self.trusted_proxy_networks:
+            _ = net  # parsed eagerly so a bad value fails at start
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @cached_property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        try:
+            return [
+                ipaddress.ip_network(p.strip(), strict=False)
+                for p in self.trusted_proxies.split(",")
+                if p.strip()
+            ]
+        except ValueError as exc:
+            raise ValueError(f"TRUSTED_PROXIES: {exc}") from exc
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        pairs = [p.strip() for p in (self.auth_api_keys or "").split(",") if p.strip()]
+        return dict(p.split("=", 1) if "=" in p else (p, p) for p in pairs)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_jwt_secret or self.auth_jwt_public_key or self.api_keys)
+
+    @property
+    def part_size(self) -> int:
+        return self.s3_part_size_mb * 1024 * 1024
+
+    def source_key(self, file_id: int) -> str:
+        return self.s3_source_key_template.format(file_id=file_id)
+
+    def archive_key(self, job_id: str) -> str:
+        return self.s3_archive_key_template.format(job_id=job_id)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line per bad variable, naming it the way it is set in the environment."""
+    lines = []
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper() or "configuration"
+        value = err.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+        lines.append(f"invalid configuration: {name}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; on a bad value exit with one clear line per variable, no traceback."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(describe_error(exc), file=sys.stderr)  # noqa: T201 - logging is not set up yet
+        raise SystemExit(2) from None

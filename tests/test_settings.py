@@ -1,0 +1,85 @@
+"""Settings: environment names of the existing service, parsing, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from config import Settings, load_settings
+
+
+def test_defaults_keep_the_existing_service_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PORT", "S3_BUCKET_NAME", "DOWNLOAD_DELAY_ENABLED", "RATE_LIMIT_MAX_REQUESTS"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.port == 3000
+    assert s.s3_bucket_name == "downloads"
+    assert s.source_key(70000) == "downloads/70000.zip"
+    assert s.rate_limit_max_requests == 100
+    assert s.rate_limit_window_ms == 60_000
+    assert s.request_timeout_ms == 30_000
+    assert s.download_delay_enabled is False
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("false", False), ("0", False), ("true", True)])
+def test_booleans(monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool) -> None:
+    monkeypatch.setenv("DOWNLOAD_DELAY_ENABLED", raw)
+    monkeypatch.setenv("S3_FORCE_PATH_STYLE", raw)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.download_delay_enabled is expected
+    assert s.s3_force_path_style is expected
+
+
+def test_environment_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "8080")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("TEMPORAL_TASK_QUEUE", "bundles")
+    monkeypatch.setenv("AUTH_API_KEYS", "k1=alice,k2=bob")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.port == 8080
+    assert s.cors_origin_list == ["https://a.example", "https://b.example"]
+    assert s.temporal_task_queue == "bundles"
+    assert s.api_keys == {"k1": "alice", "k2": "bob"}
+    assert s.auth_enabled
+
+
+def test_archive_and_source_templates_must_name_their_placeholder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("S3_SOURCE_KEY_TEMPLATE", "downloads/static.zip")
+    with pytest.raises(SystemExit):
+        load_settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "not-a-port"),
+        ("PORT", "70000"),
+        ("DOWNLOAD_DELAY_ENABLED", "maybe"),
+        ("RATE_LIMIT_MAX_REQUESTS", "0"),
+        ("TRUSTED_PROXIES", "300.1.1.1"),
+        ("ARCHIVE_COMPRESSION", "bzip2"),
+    ],
+)
+def test_bad_value_stops_with_one_clear_line(name: str, value: str) -> None:
+    """A bad value exits non-zero naming the variable, with no traceback."""
+    code = "from config import load_settings; load_settings(_env_file=None)"
+    env = {"PATH": "/usr/bin:/bin", name: value}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert name in lines[0] or name == "TRUSTED_PROXIES" and "TRUSTED_PROXIES" in proc.stderr
+
+
+def test_delay_range_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOWNLOAD_DELAY_MIN_MS", "5000")
+    monkeypatch.setenv("DOWNLOAD_DELAY_MAX_MS", "100")
+    with pytest.raises(SystemExit):
+        load_settings(_env_file=None)

@@ -1,0 +1,59 @@
+"""Storage against the real S3 server started by the fixtures."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import urllib3
+
+from activities.storage import ObjectNotFound, ObjectStore, StorageUnavailable
+from config import Settings
+
+
+def test_round_trip(store: ObjectStore, http: urllib3.PoolManager) -> None:
+    store.put_bytes("downloads/10001.zip", b"hello world")
+    info = store.stat("downloads/10001.zip")
+    assert info.size == 11
+    assert b"".join(store.read("downloads/10001.zip")) == b"hello world"
+    assert b"".join(store.read("downloads/10001.zip", offset=6)) == b"world"
+    url = store.presign("downloads/10001.zip", timedelta(minutes=5))
+    assert http.request("GET", url).data == b"hello world"
+    store.delete("downloads/10001.zip")
+    assert store.stat_or_none("downloads/10001.zip") is None
+
+
+def test_missing_object_is_typed(store: ObjectStore) -> None:
+    with pytest.raises(ObjectNotFound):
+        store.stat("downloads/12345.zip")
+
+
+def test_multipart_upload_and_abort(store: ObjectStore) -> None:
+    part1, part2 = b"a" * (5 * 1024 * 1024), b"tail"
+    upload = store.create_upload("archives/x.zip")
+    e1 = store.upload_part("archives/x.zip", upload, 1, part1)
+    e2 = store.upload_part("archives/x.zip", upload, 2, part2)
+    assert store.list_parts("archives/x.zip", upload) == {1: e1, 2: e2}
+    store.complete_upload("archives/x.zip", upload, [(1, e1), (2, e2)])
+    assert store.stat("archives/x.zip").size == len(part1) + len(part2)
+
+    aborted = store.create_upload("archives/y.zip")
+    store.upload_part("archives/y.zip", aborted, 1, b"partial")
+    store.abort_upload("archives/y.zip", aborted)
+    assert store.stat_or_none("archives/y.zip") is None
+    assert [o.key for o in store.list("archives/")] == ["archives/x.zip"]
+
+
+def test_presigned_url_uses_public_endpoint(settings: Settings) -> None:
+    public = settings.model_copy(update={"s3_public_endpoint": "https://files.example.com"})
+    url = ObjectStore(public).presign("archives/a.zip", timedelta(hours=1), filename="a.zip")
+    assert url.startswith("https://files.example.com/")
+    assert "X-Amz-Signature=" in url
+    assert "response-content-disposition" in url
+
+
+def test_unreachable_storage_is_retryable(settings: Settings) -> None:
+    down = settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
+    with pytest.raises(StorageUnavailable) as err:
+        ObjectStore(down).stat("downloads/10001.zip")
+    assert err.value.retryable

@@ -1,0 +1,26 @@
+"""`ArchiveCleanupWorkflow`: run on a Temporal Schedule, deletes archives past their TTL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.packaging import DownloadActivities
+    from workflows.models import CleanupResult
+
+CLEANUP_SCHEDULE_ID = "archive-cleanup"
+
+
+@workflow.defn
+class ArchiveCleanupWorkflow:
+    @workflow.run
+    async def run(self) -> CleanupResult:
+        return await workflow.execute_activity_method(
+            DownloadActivities.delete_expired_archives,
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=5)),
+        )

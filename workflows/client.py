@@ -1,0 +1,126 @@
+"""How the API, the worker and the tools reach Temporal: one connect function, one data converter."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
+from temporalio.service import RPCError
+
+from config import Settings
+from observability import get_logger
+from workflows.models import (
+    DOWNLOAD_STATUS,
+    FILE_COUNT,
+    OWNER,
+    STATE_MEMO_KEY,
+    DownloadRequest,
+    FileState,
+    JobOptions,
+    JobState,
+    JobStatus,
+    RetryOptions,
+)
+
+log = get_logger(__name__)
+
+
+async def connect(
+    settings: Settings,
+    *,
+    runtime: Runtime | None = None,
+    lazy: bool = False,
+    wait_seconds: float = 0.0,
+) -> Client:
+    """Connect with the project's data converter and tracing; optionally wait for the server."""
+    deadline = asyncio.get_running_loop().time() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            return await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                data_converter=pydantic_data_converter,
+                interceptors=[TracingInterceptor()],
+                runtime=runtime,
+                lazy=lazy,
+            )
+        except (RuntimeError, RPCError) as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            log.info("waiting for temporal", address=settings.temporal_address, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def job_options(settings: Settings, compression: str | None = None) -> JobOptions:
+    """Per-job options fixed at start from the deployment's settings."""
+    return JobOptions(
+        compression=compression or settings.archive_compression.value,  # type: ignore[arg-type]
+        retry=RetryOptions(
+            maximum_attempts=settings.activity_max_attempts,
+            initial_interval_seconds=settings.retry_initial_interval_seconds,
+            backoff_coefficient=settings.retry_backoff_coefficient,
+            maximum_interval_seconds=settings.retry_maximum_interval_seconds,
+        ),
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+    )
+
+
+def new_request(
+    settings: Settings,
+    job_id: str,
+    file_ids: list[int],
+    *,
+    owner: str = "anonymous",
+    callback_url: str | None = None,
+    request_id: str | None = None,
+    compression: str | None = None,
+) -> DownloadRequest:
+    """A workflow input: ids deduplicated in their order, archive key from the template."""
+    return DownloadRequest(
+        job_id=job_id,
+        owner=owner,
+        file_ids=list(dict.fromkeys(file_ids)),
+        callback_url=callback_url,
+        archive_key=settings.archive_key(job_id),
+        options=job_options(settings, compression),
+        created_at=datetime.now(UTC).replace(microsecond=0),
+        request_id=request_id,
+    )
+
+
+async def start_download(client: Client, settings: Settings, request: DownloadRequest) -> WorkflowHandle[Any, JobState]:
+    """Start the job's workflow with its initial memo and search attributes (readable at once)."""
+    initial = JobState(
+        job_id=request.job_id,
+        owner=request.owner,
+        status=JobStatus.queued,
+        files=[FileState(file_id=i) for i in request.file_ids],
+        archive_key=request.archive_key,
+        callback_url=request.callback_url,
+        created_at=request.created_at,
+        updated_at=request.created_at,
+    )
+    return await client.start_workflow(
+        "DownloadWorkflow",
+        request,
+        id=request.job_id,
+        task_queue=settings.temporal_task_queue,
+        result_type=JobState,
+        memo={STATE_MEMO_KEY: initial},
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(DOWNLOAD_STATUS, JobStatus.queued.value),
+                SearchAttributePair(OWNER, request.owner),
+                SearchAttributePair(FILE_COUNT, len(request.file_ids)),
+            ]
+        ),
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    )

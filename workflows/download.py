@@ -1,0 +1,211 @@
+"""`DownloadWorkflow`: resolve the requested files, package them into one archive, notify.
+
+Orchestration only; every side effect is an activity. The job state is kept in the memo (readable
+with no worker running) and in the `DownloadStatus` search attribute (for visibility queries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.callbacks import CallbackActivities
+    from activities.packaging import DownloadActivities
+    from workflows.models import (
+        DOWNLOAD_STATUS,
+        STATE_MEMO_KEY,
+        CallbackNotice,
+        DownloadRequest,
+        ErrorType,
+        FileState,
+        FileStatus,
+        JobState,
+        JobStatus,
+        PackageInput,
+        PackageResult,
+        ResolveInput,
+        SourceFile,
+    )
+
+
+@workflow.defn
+class DownloadWorkflow:
+    def __init__(self) -> None:
+        self._state: JobState | None = None
+
+    @workflow.query
+    def status(self) -> JobState:
+        if self._state is None:
+            raise ApplicationError("workflow has not started yet")
+        return self._state
+
+    @workflow.run
+    async def run(self, request: DownloadRequest) -> JobState:
+        now = workflow.now()
+        self._state = state = JobState(
+            job_id=request.job_id,
+            owner=request.owner,
+            status=JobStatus.processing,
+            files=[FileState(file_id=i) for i in request.file_ids],
+            archive_key=request.archive_key,
+            callback_url=request.callback_url,
+            created_at=request.created_at,
+            started_at=now,
+            updated_at=now,
+            run_attempt=workflow.info().attempt,
+        )
+        self._publish()
+        retry = request.options.retry.policy()
+        try:
+            resolved = await workflow.execute_activity_method(
+                DownloadActivities.resolve_files,
+                ResolveInput(job_id=request.job_id, file_ids=request.file_ids),
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
+                retry_policy=retry,
+            )
+            state.files = resolved.files
+            sources = [
+                SourceFile(file_id=f.file_id, key=f.key, size=f.size)
+                for f in resolved.files
+                if f.status is not FileStatus.failed and f.key is not None and f.size is not None
+            ]
+            state.total_bytes = sum(s.size for s in sources)
+            if not sources:
+                raise ApplicationError(
+                    "none of the requested files is available",
+                    type=ErrorType.nothing_to_package.value,
+                    non_retryable=True,
+                )
+            self._publish()
+            result = await workflow.execute_activity_method(
+                DownloadActivities.package_archive,
+                PackageInput(
+                    job_id=request.job_id,
+                    archive_key=request.archive_key,
+                    sources=sources,
+                    compression=request.options.compression,
+                    mtime=request.created_at,
+                ),
+                start_to_close_timeout=timedelta(seconds=request.options.package_timeout_seconds),
+                # Cancellation and lost workers are only noticed through heartbeats.
+                heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
+                retry_policy=retry,
+                # Wait for the activity to abort its upload before the job reports cancelled.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+            self._completed(result)
+        except asyncio.CancelledError:
+            self._finish(JobStatus.cancelled, "cancelled")
+            await self._notify(request)
+            raise
+        except (ActivityError, ApplicationError) as err:
+            if _is_cancellation(err):
+                self._finish(JobStatus.cancelled, "cancelled")
+                await self._notify(request)
+                raise
+            message, kind = _describe_failure(err)
+            self._finish(JobStatus.failed, message, kind)
+            await self._notify(request)
+            raise ApplicationError(message, type=kind, non_retryable=True) from err
+        await self._notify(request)
+        return state
+
+    def _completed(self, result: PackageResult) -> None:
+        state = self._require_state()
+        missing = set(result.missing)
+        for f in state.files:
+            if f.status is FileStatus.failed:
+                continue
+            if f.file_id in missing:
+                f.status, f.error = FileStatus.failed, "not found"
+                f.error_type = ErrorType.file_not_found.value
+            else:
+                f.status = FileStatus.completed
+        state.bytes_processed = result.bytes_packaged
+        state.archive_key = result.archive_key
+        state.archive_size = result.archive_size
+        self._finish(JobStatus.completed)
+
+    def _finish(self, status: JobStatus, error: str | None = None, kind: str | None = None) -> None:
+        state = self._require_state()
+        state.status = status
+        state.current_file = None
+        if status is not JobStatus.completed:
+            state.error, state.error_type = error, kind
+            state.archive_key = None
+        state.completed_at = workflow.now()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Make the state visible without a worker: memo for the API, search attribute for lists."""
+        state = self._require_state()
+        state.updated_at = workflow.now()
+        workflow.upsert_memo({STATE_MEMO_KEY: state})
+        workflow.upsert_search_attributes([DOWNLOAD_STATUS.value_set(state.status.value)])
+
+    async def _notify(self, request: DownloadRequest) -> None:
+        """Tell the caller's callback URL about the terminal state; never fails the job."""
+        if not request.callback_url:
+            return
+        state = self._require_state()
+        notice = CallbackNotice(
+            url=request.callback_url,
+            payload={
+                "jobId": state.job_id,
+                "status": state.status.value,
+                "totalFiles": len(state.files),
+                "completedFiles": state.completed_files,
+                "failedFiles": state.failed_files,
+                "error": state.error,
+                "completedAt": state.completed_at.isoformat() if state.completed_at else None,
+            },
+        )
+        try:
+            # Shielded: a cancelled job still reports that it was cancelled.
+            await asyncio.shield(
+                workflow.execute_activity_method(
+                    CallbackActivities.send_callback,
+                    notice,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(
+                        maximum_attempts=5,
+                        initial_interval=timedelta(seconds=2),
+                        non_retryable_error_types=[ErrorType.callback_refused.value],
+                    ),
+                )
+            )
+        except ActivityError as err:
+            workflow.logger.warning("callback failed: %s", _root_message(err))
+
+    def _require_state(self) -> JobState:
+        assert self._state is not None
+        return self._state
+
+
+def _is_cancellation(err: BaseException) -> bool:
+    return isinstance(err, CancelledError) or isinstance(err.__cause__, CancelledError)
+
+
+def _root_message(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(getattr(err, "message", None) or err)
+
+
+def _describe_failure(err: BaseException) -> tuple[str, str]:
+    """Plain words for the job's `error` and a stable type for clients and tests."""
+    cause: BaseException = err
+    while cause.__cause__ is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError):
+        kind = cause.type or "Error"
+        if kind == ErrorType.storage_unavailable.value:
+            return "storage is unavailable; retries exhausted", kind
+        return cause.message, kind
+    return "the job failed: " + _root_message(err), "Error"

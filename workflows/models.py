@@ -1,0 +1,205 @@
+"""Types shared by the API, the workflows and the activities.
+
+They cross the Temporal boundary with the pydantic data converter, so they are plain pydantic
+models; `JobState` is also kept in the workflow memo so a job's state is readable with no worker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from temporalio.common import RetryPolicy, SearchAttributeKey
+
+MIN_FILE_ID = 10_000
+MAX_FILE_ID = 100_000_000
+MAX_FILES_PER_JOB = 1000
+
+# Custom search attributes; the local stack and the test servers register them.
+DOWNLOAD_STATUS = SearchAttributeKey.for_keyword("DownloadStatus")
+OWNER = SearchAttributeKey.for_keyword("Owner")
+FILE_COUNT = SearchAttributeKey.for_int("FileCount")
+SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT)
+
+STATE_MEMO_KEY = "state"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled)
+
+
+class FileStatus(StrEnum):
+    pending = "pending"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+
+
+class ErrorType(StrEnum):
+    """`ApplicationError.type` values; the non-retryable ones never get another attempt."""
+
+    invalid_file_id = "InvalidFileId"
+    file_not_found = "FileNotFound"
+    access_denied = "AccessDenied"
+    nothing_to_package = "NothingToPackage"
+    source_changed = "SourceChanged"
+    storage_unavailable = "StorageUnavailable"
+    callback_refused = "CallbackRefused"
+
+
+NON_RETRYABLE_ERRORS = [
+    ErrorType.invalid_file_id.value,
+    ErrorType.file_not_found.value,
+    ErrorType.access_denied.value,
+    ErrorType.nothing_to_package.value,
+    ErrorType.callback_refused.value,
+]
+
+
+class RetryOptions(BaseModel):
+    """The seeds' policy: 3 attempts, 5 s -> 10 s -> 20 s; configurable per deployment."""
+
+    maximum_attempts: int = 3
+    initial_interval_seconds: float = 5.0
+    backoff_coefficient: float = 2.0
+    maximum_interval_seconds: float = 20.0
+
+    def policy(self, *, non_retryable: list[str] | None = None) -> RetryPolicy:
+        return RetryPolicy(
+            maximum_attempts=self.maximum_attempts,
+            initial_interval=timedelta(seconds=self.initial_interval_seconds),
+            backoff_coefficient=self.backoff_coefficient,
+            maximum_interval=timedelta(seconds=self.maximum_interval_seconds),
+            non_retryable_error_types=NON_RETRYABLE_ERRORS if non_retryable is None else non_retryable,
+        )
+
+
+class JobOptions(BaseModel):
+    compression: Literal["stored", "deflate"] = "stored"
+    retry: RetryOptions = Field(default_factory=RetryOptions)
+    heartbeat_timeout_seconds: float = 30.0
+    # Upper bound for one attempt of the packaging activity; heartbeats detect a lost worker sooner.
+    package_timeout_seconds: float = 6 * 3600.0
+
+
+class DownloadRequest(BaseModel):
+    """Input of `DownloadWorkflow`; workflow id = `job_id`."""
+
+    job_id: str
+    owner: str = "anonymous"
+    file_ids: list[int]
+    callback_url: str | None = None
+    archive_key: str
+    options: JobOptions = Field(default_factory=JobOptions)
+    created_at: datetime
+    request_id: str | None = None
+
+
+class FileState(BaseModel):
+    file_id: int
+    status: FileStatus = FileStatus.pending
+    key: str | None = None
+    size: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class JobState(BaseModel):
+    """What the workflow query returns and what the memo holds after each phase change."""
+
+    job_id: str
+    owner: str = "anonymous"
+    status: JobStatus = JobStatus.queued
+    files: list[FileState] = Field(default_factory=list)
+    total_bytes: int = 0
+    bytes_processed: int = 0
+    current_file: int | None = None
+    archive_key: str | None = None
+    archive_size: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    callback_url: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    updated_at: datetime
+    completed_at: datetime | None = None
+    run_attempt: int = 1
+
+    @property
+    def completed_files(self) -> int:
+        return sum(1 for f in self.files if f.status is FileStatus.completed)
+
+    @property
+    def failed_files(self) -> int:
+        return sum(1 for f in self.files if f.status is FileStatus.failed)
+
+
+class SourceFile(BaseModel):
+    file_id: int
+    key: str
+    size: int
+    etag: str | None = None
+
+
+class ResolveInput(BaseModel):
+    job_id: str
+    file_ids: list[int]
+
+
+class ResolveResult(BaseModel):
+    files: list[FileState]
+
+
+class PackageInput(BaseModel):
+    job_id: str
+    archive_key: str
+    sources: list[SourceFile]
+    compression: Literal["stored", "deflate"] = "stored"
+    # Modification time stamped on every entry, so a resumed archive is byte-identical.
+    mtime: datetime | None = None
+
+
+class PackageProgress(BaseModel):
+    """Heartbeat details of `package_archive`: live progress plus the resume checkpoint."""
+
+    files_done: int = 0
+    total_files: int = 0
+    bytes_done: int = 0
+    total_bytes: int = 0
+    current_file: int | None = None
+    # Bytes per second over the attempt so far, for completion estimates.
+    rate: float | None = None
+    updated_at: datetime | None = None
+    # Multipart upload id, uploaded parts and zip writer state after the last uploaded part.
+    checkpoint: dict[str, Any] | None = None
+
+
+class PackageResult(BaseModel):
+    archive_key: str
+    archive_size: int
+    files_packaged: int
+    bytes_packaged: int
+    # Sources that disappeared between resolving and packaging.
+    missing: list[int] = Field(default_factory=list)
+    # Archive offset this attempt resumed from (0 = started fresh) and source bytes it read.
+    resumed_from: int = 0
+    source_bytes_read: int = 0
+
+
+class CallbackNotice(BaseModel):
+    url: str
+    payload: dict[str, Any]
+
+
+class CleanupResult(BaseModel):
+    deleted: list[str]
