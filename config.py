@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     s3_public_endpoint: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str = "minioadmin"
-    s3_secret_access_key: str = "minioadmin"
+    s3_secret_access_key: str = "minioadmin"  # noqa: S105 - the local default
     s3_bucket_name: str = "downloads"
     s3_force_path_style: bool = True
     s3_source_key_template: str = Field("downloads/{file_id}.zip", pattern=r"\{file_id\}")
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     download_delay_max_ms: int = Field(120_000, ge=0)
 
     # --- callbacks ---
-    callback_secret: str = "change-me"
+    callback_secret: str = "change-me"  # noqa: S105 - documented placeholder
     callback_allow_private: bool = False
     callback_timeout_seconds: float = Field(10.0, gt=0)
 
@@ -131,8 +131,12 @@ class Settings(BaseSettings):
 
     @property
     def api_keys(self) -> dict[str, str]:
-        pairs = [p.strip() for p in (self.auth_api_keys or "").split(",") if p.strip()]
-        return dict(p.split("=", 1) if "=" in p else (p, p) for p in pairs)
+        keys: dict[str, str] = {}
+        for pair in (self.auth_api_keys or "").split(","):
+            key, _, owner = pair.strip().partition("=")
+            if key:
+                keys[key] = owner or key
+        return keys
 
     @property
     def auth_enabled(self) -> bool:
@@ -165,5 +169,5 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        print(describe_error(exc), file=sys.stderr)  # noqa: T201 - logging is not set up yet
+        print(describe_error(exc), file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,9 +20,7 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
 
 # --- metrics (names kept from the existing service, plus packaging) ---
-HTTP_REQUESTS = Counter(
-    "http_requests_total", "HTTP requests", ["method", "route", "status"]
-)
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_DURATION = Histogram(
     "http_request_duration_seconds", "HTTP request duration", ["method", "route"]
 )

@@ -11,7 +11,9 @@ import argparse
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from activities.storage import ObjectStore
@@ -52,6 +54,63 @@ def check_ports(settings: Settings) -> list[str]:
         for name, port in wanted.items()
         if port and port_in_use(port)
     ]
+
+
+def free_port() -> int:
+    """A free loopback port, for servers started by the tests and benchmarks."""
+    with socket.socket() as s:
+        s.bind((BIND, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((BIND, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class S3Server:
+    """`rclone serve s3` over a directory, for tests and benchmarks; stop and start it at will."""
+
+    def __init__(self, root: Path, port: int, access_key: str, secret_key: str) -> None:
+        self.root, self.port = root, port
+        self.credentials = f"{access_key},{secret_key}"
+        self.endpoint = f"http://{BIND}:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        rclone = str(Path(sys.executable).parent / "rclone")
+        self.proc = subprocess.Popen(
+            [
+                rclone,
+                "serve",
+                "s3",
+                str(self.root),
+                "--addr",
+                f"{BIND}:{self.port}",
+                "--auth-key",
+                self.credentials,
+                "--log-level",
+                "ERROR",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
 
 
 def stack_environment(settings: Settings, data: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -171,7 +172,10 @@ class DownloadActivities:
             writer = ResumableZipWriter.from_state(resume["writer"])
             file_index, file_offset = int(resume["file_index"]), int(resume["file_offset"])
             missing: list[int] = list(resume.get("missing", []))
-            state.files_done, state.bytes_done = int(resume["files_done"]), int(resume["bytes_done"])
+            state.files_done, state.bytes_done = (
+                int(resume["files_done"]),
+                int(resume["bytes_done"]),
+            )
             state.checkpoint = resume
             log.info("resuming archive", archive=key, offset=writer.offset, attempt=info.attempt)
         else:
@@ -183,13 +187,13 @@ class DownloadActivities:
         state.bytes_at_start = state.bytes_done
         source_bytes_read = 0
         buffer = bytearray()
-        in_flight: asyncio.Task[dict[str, Any]] | None = None
+        in_flight: asyncio.Task[None] | None = None
 
         async def settle() -> None:
             nonlocal in_flight
             if in_flight is not None:
                 task, in_flight = in_flight, None
-                state.checkpoint = await task
+                await task
 
         async def flush_part(position: tuple[int, int]) -> None:
             """Upload the buffer as the next part; its checkpoint counts once the part is stored."""
@@ -210,11 +214,12 @@ class DownloadActivities:
                 "missing": list(missing),
             }
 
-            async def upload() -> dict[str, Any]:
+            async def upload() -> None:
                 etag = await self._call(self.store.upload_part, key, upload_id, number, data)
                 parts.append((number, etag))
                 checkpoint["parts"] = [list(p) for p in parts]
-                return checkpoint
+                state.checkpoint = checkpoint
+                activity.heartbeat(state.details())
 
             in_flight = asyncio.create_task(upload())
 
@@ -233,8 +238,13 @@ class DownloadActivities:
                         missing.append(source.file_id)
                         file_index += 1
                         continue
-                    buffer.extend(writer.start_entry(f"{source.file_id}.zip", source.size,
-                                                     deflate=request.compression == "deflate"))
+                    buffer.extend(
+                        writer.start_entry(
+                            f"{source.file_id}.zip",
+                            source.size,
+                            deflate=request.compression == "deflate",
+                        )
+                    )
                 elif file_offset < source.size:
                     reader = self.store.read(source.key, file_offset, READ_CHUNK)
                     first = await _next_chunk(reader)
@@ -324,10 +334,8 @@ class DownloadActivities:
 
     async def _drain(self, task: asyncio.Task[Any] | None) -> None:
         if task is not None:
-            try:
+            with contextlib.suppress(StorageError, asyncio.CancelledError):
                 await asyncio.shield(task)
-            except (StorageError, asyncio.CancelledError):
-                pass
 
     async def _abort(self, key: str, upload_id: str, task: asyncio.Task[Any] | None) -> None:
         await self._drain(task)
@@ -343,7 +351,7 @@ class DownloadActivities:
         prefix = self.settings.s3_archive_key_template.split("{job_id}", 1)[0]
         cutoff = datetime.now(UTC) - timedelta(hours=self.settings.archive_ttl_hours)
         try:
-            objects = await asyncio.to_thread(self.store.list, prefix)
+            objects = await asyncio.to_thread(self.store.list_objects, prefix)
             expired = [o.key for o in objects if o.last_modified and o.last_modified < cutoff]
             for name in expired:
                 activity.heartbeat(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from config import Settings
 from observability import S3_DURATION, S3_OPERATIONS
 
 T = TypeVar("T")
+Headers = dict[str, str | list[str] | tuple[str]]
 tracer = trace.get_tracer(__name__)
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket"}
@@ -99,7 +102,9 @@ class ObjectStore:
             maxsize=pool_size,
             timeout=urllib3.Timeout(connect=5.0, read=60.0),
             # Short transport retries only; Temporal's retry policy handles outages.
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
         )
         self.client = _client(settings.s3_endpoint, settings, http)
         public = settings.s3_public_endpoint or settings.s3_endpoint
@@ -144,9 +149,9 @@ class ObjectStore:
             resp.close()
             resp.release_conn()
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        import io
-
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         self._call(
             "put",
             key,
@@ -158,7 +163,7 @@ class ObjectStore:
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.client.remove_object(self.bucket, key))
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
         def run() -> list[ObjectInfo]:
             return [
                 ObjectInfo(o.object_name or "", int(o.size or 0), o.etag, o.last_modified)
@@ -168,7 +173,7 @@ class ObjectStore:
         return self._call("list", prefix, run)
 
     def presign(self, key: str, expires: timedelta, filename: str | None = None) -> str:
-        headers = (
+        headers: Headers | None = (
             {"response-content-disposition": f'attachment; filename="{filename}"'}
             if filename
             else None
@@ -196,7 +201,7 @@ class ObjectStore:
 
     # --- multipart uploads (minio exposes these as underscore methods) ---
     def create_upload(self, key: str, content_type: str = "application/zip") -> str:
-        headers = {"Content-Type": content_type}
+        headers: Headers = {"Content-Type": content_type}
         return self._call(
             "create_multipart",
             key,
@@ -220,14 +225,12 @@ class ObjectStore:
         )
 
     def abort_upload(self, key: str, upload_id: str) -> None:
-        try:
+        with contextlib.suppress(UploadGone):
             self._call(
                 "abort_multipart",
                 key,
                 lambda: self.client._abort_multipart_upload(self.bucket, key, upload_id),
             )
-        except UploadGone:
-            pass
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, str]:
         def run() -> dict[int, str]:

@@ -7,16 +7,15 @@ Each test gets its own bucket and task queue.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import urllib3
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -24,6 +23,7 @@ from temporalio.worker import Worker
 
 from activities.storage import ObjectStore
 from config import Settings
+from stack import S3Server, free_port
 from worker import build_worker
 from workflows.models import SEARCH_ATTRIBUTES
 
@@ -38,60 +38,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--s3-secret-key", default=S3_SECRET)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-class S3Server:
-    """`rclone serve s3` over a temporary directory; can be stopped and restarted (outages)."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root, self.port = root, port
-        self.endpoint = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "rclone"),
-                "serve",
-                "s3",
-                str(self.root),
-                "--addr",
-                f"127.0.0.1:{self.port}",
-                "--auth-key",
-                f"{S3_KEY},{S3_SECRET}",
-                "--log-level",
-                "ERROR",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture(scope="session")
 def s3_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -99,7 +45,7 @@ def s3_server(
     if request.config.getoption("--s3-endpoint"):
         yield None
         return
-    server = S3Server(tmp_path_factory.mktemp("s3"), free_port())
+    server = S3Server(tmp_path_factory.mktemp("s3"), free_port(), S3_KEY, S3_SECRET)
     server.start()
     yield server
     server.stop()
@@ -137,12 +83,23 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
         test_server_existing_path=str(BIN / "temporal-test-server"),
         data_converter=pydantic_data_converter,
     )
+    await environment.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=environment.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
+                for key in SEARCH_ATTRIBUTES
+            },
+        )
+    )
     yield environment
     await environment.shutdown()
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, s3_endpoint: str, env: WorkflowEnvironment) -> Settings:
+def settings(
+    request: pytest.FixtureRequest, s3_endpoint: str, env: WorkflowEnvironment
+) -> Settings:
     """Settings for one test: its own bucket and task queue, fast retries and heartbeats."""
     config = request.config
     target = config.getoption("--temporal-target") or env.client.service_client.config.target_host

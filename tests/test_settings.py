@@ -75,7 +75,7 @@ def test_bad_value_stops_with_one_clear_line(name: str, value: str) -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert name in lines[0] or name == "TRUSTED_PROXIES" and "TRUSTED_PROXIES" in proc.stderr
+    assert name in lines[0] or (name == "TRUSTED_PROXIES" and "TRUSTED_PROXIES" in proc.stderr)
 
 
 def test_delay_range_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,3 +83,23 @@ def test_delay_range_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOWNLOAD_DELAY_MAX_MS", "100")
     with pytest.raises(SystemExit):
         load_settings(_env_file=None)
+
+
+def test_env_example_documents_every_setting() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / ".env.example").read_text()
+    documented = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line[:40]}
+    documented = {d for d in documented if not d.startswith("#")}
+    assert {name.upper() for name in Settings.model_fields} == documented
+
+
+def test_env_example_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    example = Settings(_env_file=Path(__file__).parent.parent / ".env.example")  # type: ignore[call-arg]
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    for name in Settings.model_fields:
+        assert (getattr(example, name) or None) == (getattr(defaults, name) or None), name

@@ -41,7 +41,7 @@ def test_multipart_upload_and_abort(store: ObjectStore) -> None:
     store.upload_part("archives/y.zip", aborted, 1, b"partial")
     store.abort_upload("archives/y.zip", aborted)
     assert store.stat_or_none("archives/y.zip") is None
-    assert [o.key for o in store.list("archives/")] == ["archives/x.zip"]
+    assert [o.key for o in store.list_objects("archives/")] == ["archives/x.zip"]
 
 
 def test_presigned_url_uses_public_endpoint(settings: Settings) -> None:

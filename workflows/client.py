@@ -96,7 +96,9 @@ def new_request(
     )
 
 
-async def start_download(client: Client, settings: Settings, request: DownloadRequest) -> WorkflowHandle[Any, JobState]:
+async def start_download(
+    client: Client, settings: Settings, request: DownloadRequest
+) -> WorkflowHandle[Any, JobState]:
     """Start the job's workflow with its initial memo and search attributes (readable at once)."""
     initial = JobState(
         job_id=request.job_id,

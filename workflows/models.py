@@ -80,7 +80,9 @@ class RetryOptions(BaseModel):
             initial_interval=timedelta(seconds=self.initial_interval_seconds),
             backoff_coefficient=self.backoff_coefficient,
             maximum_interval=timedelta(seconds=self.maximum_interval_seconds),
-            non_retryable_error_types=NON_RETRYABLE_ERRORS if non_retryable is None else non_retryable,
+            non_retryable_error_types=NON_RETRYABLE_ERRORS
+            if non_retryable is None
+            else non_retryable,
         )
 
 

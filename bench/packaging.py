@@ -1,0 +1,210 @@
+"""Packaging benchmarks, measured side by side in one run.
+
+1. Throughput: `package_archive` vs a plain streaming S3 copy of the same bytes (same S3 server,
+   same part size), alternating runs; prints the ratio (target >= 0.85).
+2. Memory: peak RSS of a real worker process packaging a ~2 GiB archive (target < 200 MB).
+
+    uv run python -m bench.packaging [--total-mib 1024] [--files 16] [--memory-gib 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.packaging import DownloadActivities
+from activities.storage import ObjectStore
+from config import Settings
+from stack import S3Server, free_port
+from workflows.client import new_request, start_download
+from workflows.models import SEARCH_ATTRIBUTES, PackageInput, SourceFile
+
+KEY, SECRET = "benchaccess", "benchsecret123"
+MIB = 1 << 20
+BIN = Path(sys.executable).parent
+
+
+def settings_for(endpoint: str, **extra: object) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        s3_endpoint=endpoint,
+        s3_access_key_id=KEY,
+        s3_secret_access_key=SECRET,
+        s3_bucket_name="bench",
+        worker_metrics_port=0,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def seed(store: ObjectStore, settings: Settings, files: int, size: int) -> list[SourceFile]:
+    store.ensure_bucket()
+    block = os.urandom(MIB)
+    sources = []
+    for i in range(files):
+        file_id = 20_000 + i
+        key = settings.source_key(file_id)
+        if store.stat_or_none(key) is None:
+            upload = store.create_upload(key)
+            parts, written, n = [], 0, 1
+            while written < size:
+                chunk = block * min(64, (size - written) // MIB or 1)
+                chunk = chunk[: size - written]
+                parts.append((n, store.upload_part(key, upload, n, chunk)))
+                written, n = written + len(chunk), n + 1
+            store.complete_upload(key, upload, parts)
+        sources.append(SourceFile(file_id=file_id, key=key, size=size))
+    return sources
+
+
+def plain_copy(store: ObjectStore, sources: list[SourceFile], part_size: int) -> int:
+    """The baseline: stream every source into one multipart object, nothing else."""
+    key = f"bench/copy-{uuid.uuid4()}"
+    upload = store.create_upload(key)
+    parts: list[tuple[int, str]] = []
+    buffer = bytearray()
+    total = 0
+    for source in sources:
+        for chunk in store.read(source.key):
+            buffer.extend(chunk)
+            total += len(chunk)
+            if len(buffer) >= part_size:
+                parts.append(
+                    (len(parts) + 1, store.upload_part(key, upload, len(parts) + 1, bytes(buffer)))
+                )
+                buffer.clear()
+    parts.append((len(parts) + 1, store.upload_part(key, upload, len(parts) + 1, bytes(buffer))))
+    store.complete_upload(key, upload, parts)
+    store.delete(key)
+    return total
+
+
+def package(store: ObjectStore, settings: Settings, sources: list[SourceFile]) -> int:
+    key = f"archives/bench-{uuid.uuid4()}.zip"
+    request = PackageInput(
+        job_id="bench", archive_key=key, sources=sources, mtime=datetime.now(UTC)
+    )
+    acts = DownloadActivities(store, settings)
+    result = asyncio.run(ActivityEnvironment().run(acts.package_archive, request))
+    store.delete(key)
+    return result.bytes_packaged
+
+
+def throughput(
+    store: ObjectStore, settings: Settings, sources: list[SourceFile], rounds: int
+) -> None:
+    total = sum(s.size for s in sources)
+    copy_rates: list[float] = []
+    package_rates: list[float] = []
+    for _ in range(rounds):
+        runs: list[tuple[str, Callable[[], int], list[float]]] = [
+            ("copy", lambda: plain_copy(store, sources, settings.part_size), copy_rates),
+            ("package", lambda: package(store, settings, sources), package_rates),
+        ]
+        for name, run, rates in runs:
+            start = time.perf_counter()
+            moved = run()
+            elapsed = time.perf_counter() - start
+            assert moved == total, f"{name} moved {moved} of {total} bytes"
+            rates.append(total / elapsed / MIB)
+            print(
+                f"  {name:8s} {total / MIB:7.0f} MiB in {elapsed:6.2f} s = {rates[-1]:7.1f} MiB/s"
+            )
+    copy, pack = statistics.median(copy_rates), statistics.median(package_rates)
+    print(f"packaging throughput: {pack:.1f} MiB/s vs plain copy {copy:.1f} MiB/s")
+    print(f"RATIO packaging/copy = {pack / copy:.3f}  (target >= 0.85)")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The kernel's high-water mark of the process's resident memory (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not reported")
+
+
+async def memory(endpoint: str, settings: Settings, sources: list[SourceFile]) -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=SEARCH_ATTRIBUTES,
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    queue = f"bench-{uuid.uuid4()}"
+    worker_env = {
+        **os.environ,
+        "S3_ENDPOINT": endpoint,
+        "S3_ACCESS_KEY_ID": KEY,
+        "S3_SECRET_ACCESS_KEY": SECRET,
+        "S3_BUCKET_NAME": settings.s3_bucket_name,
+        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "TEMPORAL_TASK_QUEUE": queue,
+        "WORKER_METRICS_PORT": "0",
+        "S3_SOURCE_KEY_TEMPLATE": settings.s3_source_key_template,
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([str(BIN / "download-worker")], env=worker_env)
+    try:
+        job = settings.model_copy(update={"temporal_task_queue": queue})
+        request = new_request(job, f"bench-{uuid.uuid4()}", [s.file_id for s in sources])
+        handle = await start_download(env.client, job, request)
+        start = time.perf_counter()
+        state = await handle.result()
+        elapsed = time.perf_counter() - start
+        peak_mb = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+        await env.shutdown()
+    size = state.archive_size or 0
+    print(
+        f"worker packaged {size / MIB:.0f} MiB in {elapsed:.1f} s ({size / MIB / elapsed:.0f} MiB/s)"
+    )
+    print(
+        f"RESULT worker peak RSS = {peak_mb:.0f} MB for a {size / 2**30:.2f} GiB archive  (target < 200 MB)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--total-mib", type=int, default=1024, help="bytes for the throughput run")
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory-gib", type=float, default=2.0, help="archive size; 0 skips it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as root:
+        server = S3Server(Path(root), free_port(), KEY, SECRET)
+        server.start()
+        try:
+            settings = settings_for(server.endpoint)
+            store = ObjectStore(settings)
+            size = args.total_mib * MIB // args.files
+            print(f"throughput: {args.files} files x {size / MIB:.0f} MiB, {args.rounds} rounds")
+            throughput(store, settings, seed(store, settings, args.files, size), args.rounds)
+            if args.memory_gib:
+                files = 8
+                big = int(args.memory_gib * 2**30) // files
+                print(f"memory: {files} files x {big / MIB:.0f} MiB through a worker process")
+                big_settings = settings.model_copy(
+                    update={"s3_source_key_template": "big/{file_id}.zip"}
+                )
+                big_sources = seed(store, big_settings, files, big)
+                asyncio.run(memory(server.endpoint, big_settings, big_sources))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

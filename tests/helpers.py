@@ -1,0 +1,119 @@
+"""Shared test helpers: sources in S3, archive checks, waiting on real workflow state."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+import uuid
+import zipfile
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
+
+from activities.storage import ObjectStore
+from config import Settings
+from workflows.client import new_request, start_download
+from workflows.models import JobState, PackageProgress, PackageResult
+
+T = TypeVar("T")
+
+
+def source_bytes(file_id: int, size: int) -> bytes:
+    return random.Random(file_id).randbytes(size)
+
+
+def put_sources(store: ObjectStore, settings: Settings, sizes: dict[int, int]) -> dict[int, bytes]:
+    """Upload one source per id; returns the bytes for later comparison."""
+    data = {}
+    for file_id, size in sizes.items():
+        data[file_id] = source_bytes(file_id, size)
+        store.put_bytes(settings.source_key(file_id), data[file_id])
+    return data
+
+
+def read_archive(store: ObjectStore, key: str) -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO(b"".join(store.read(key))))
+
+
+def assert_archive_matches(archive: zipfile.ZipFile, expected: dict[int, bytes]) -> None:
+    """Every entry is present, CRC-valid and equal to its source byte for byte."""
+    assert archive.testzip() is None
+    assert sorted(archive.namelist()) == sorted(f"{i}.zip" for i in expected)
+    for file_id, data in expected.items():
+        assert archive.read(f"{file_id}.zip") == data, f"entry {file_id} differs"
+
+
+async def start_job(
+    client: Client, settings: Settings, file_ids: list[int], **kwargs: Any
+) -> WorkflowHandle[Any, JobState]:
+    request = new_request(settings, f"job-{uuid.uuid4()}", file_ids, **kwargs)
+    return await start_download(client, settings, request)
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.1
+) -> T:
+    """Poll until `probe` returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(interval)
+
+
+async def package_progress(
+    client: Client, desc: WorkflowExecutionDescription
+) -> PackageProgress | None:
+    """Heartbeat details of a started `package_archive` attempt, if any."""
+    for act in desc.raw_description.pending_activities:
+        if act.activity_type.name != "package_archive":
+            continue
+        if act.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
+            continue
+        if not act.heartbeat_details.payloads:
+            return None
+        (progress,) = await client.data_converter.decode(
+            act.heartbeat_details.payloads, [PackageProgress]
+        )
+        return progress  # type: ignore[no-any-return]
+    return None
+
+
+async def wait_for_checkpoint(
+    client: Client, handle: WorkflowHandle[Any, Any], min_parts: int = 1, timeout: float = 60
+) -> PackageProgress:
+    async def probe() -> PackageProgress | None:
+        progress = await package_progress(client, await handle.describe())
+        if progress and progress.checkpoint and len(progress.checkpoint["parts"]) >= min_parts:
+            return progress
+        return None
+
+    return await wait_for(probe, timeout=timeout)
+
+
+async def package_results(client: Client, handle: WorkflowHandle[Any, Any]) -> PackageResult:
+    """The `package_archive` result recorded in the workflow history."""
+    history = await handle.fetch_history()
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            payloads = event.activity_task_completed_event_attributes.result.payloads
+            (value,) = await client.data_converter.decode(payloads, [Any])
+            if isinstance(value, dict) and "archive_size" in value:
+                return PackageResult.model_validate(value)
+    raise AssertionError("no package_archive result in history")
+
+
+def package_attempts(history_events: list[Any]) -> int:
+    for event in history_events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attempt = event.activity_task_started_event_attributes.attempt
+            if attempt > 1:
+                return int(attempt)
+    return 1

@@ -1,0 +1,221 @@
+"""Activities in `ActivityEnvironment` (heartbeats, cancellation, resume) against the real S3."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+from temporalio.activity import ActivityCancellationDetails
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.callbacks import CallbackActivities, check_target, sign
+from activities.packaging import DownloadActivities
+from activities.storage import ObjectStore, UploadGone
+from config import Settings
+from stack import free_port
+from tests.helpers import assert_archive_matches, put_sources, read_archive
+from workflows.models import (
+    CallbackNotice,
+    FileStatus,
+    PackageInput,
+    PackageProgress,
+    ResolveInput,
+    SourceFile,
+)
+
+MIB = 1024 * 1024
+
+
+def _sources(settings: Settings, sizes: dict[int, int]) -> list[SourceFile]:
+    return [SourceFile(file_id=i, key=settings.source_key(i), size=s) for i, s in sizes.items()]
+
+
+def _request(
+    settings: Settings, sizes: dict[int, int], key: str = "archives/a.zip"
+) -> PackageInput:
+    return PackageInput(
+        job_id="a",
+        archive_key=key,
+        sources=_sources(settings, sizes),
+        mtime=datetime(2024, 5, 1, tzinfo=UTC),
+    )
+
+
+async def test_resolve_marks_missing_and_invalid(settings: Settings, store: ObjectStore) -> None:
+    put_sources(store, settings, {10_001: 5})
+    acts = DownloadActivities(store, settings)
+    result = await ActivityEnvironment().run(
+        acts.resolve_files, ResolveInput(job_id="j", file_ids=[10_001, 10_002, 5])
+    )
+    by_id = {f.file_id: f for f in result.files}
+    assert by_id[10_001].status is FileStatus.pending and by_id[10_001].size == 5
+    assert (by_id[10_002].status, by_id[10_002].error) == (FileStatus.failed, "not found")
+    assert by_id[5].error_type == "InvalidFileId"
+
+
+async def test_heartbeats_carry_progress_and_a_checkpoint(
+    settings: Settings, store: ObjectStore
+) -> None:
+    sizes = {10_001: 7 * MIB, 10_002: 4 * MIB}
+    sources = put_sources(store, settings, sizes)
+    beats: list[PackageProgress] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+    result = await env.run(
+        DownloadActivities(store, settings).package_archive, _request(settings, sizes)
+    )
+
+    assert result.bytes_packaged == sum(sizes.values())
+    assert result.resumed_from == 0
+    assert beats, "no heartbeat"
+    with_checkpoint = [b for b in beats if b.checkpoint]
+    assert with_checkpoint, "no checkpoint was heartbeated"
+    assert with_checkpoint[-1].checkpoint is not None
+    assert with_checkpoint[-1].checkpoint["parts"]
+    assert max(b.bytes_done for b in beats) <= sum(sizes.values())
+    assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+
+
+async def test_resume_from_a_checkpoint_reads_only_what_is_left(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """Stop an attempt after its first part, then run a new attempt from the heartbeat details."""
+    sizes = {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 3 * MIB}
+    sources = put_sources(store, settings, sizes)
+    acts = DownloadActivities(store, settings)
+    first = ActivityEnvironment()
+    checkpoints: list[PackageProgress] = []
+
+    def on_beat(*details: Any) -> None:
+        progress: PackageProgress = details[0]
+        if progress.checkpoint and not checkpoints:
+            checkpoints.append(progress)
+            # As when the worker is lost: not a user's cancel, so the upload is kept.
+            first.cancel(ActivityCancellationDetails(timed_out=True))
+
+    first.on_heartbeat = on_beat
+    with pytest.raises(asyncio.CancelledError):
+        await first.run(acts.package_archive, _request(settings, sizes))
+    (checkpoint,) = checkpoints
+
+    second = ActivityEnvironment()
+    second.info = dataclasses.replace(
+        second.info, heartbeat_details=[checkpoint.model_dump(mode="json")], attempt=2
+    )
+    result = await second.run(acts.package_archive, _request(settings, sizes))
+    assert result.resumed_from > 0
+    assert result.source_bytes_read < sum(sizes.values())
+    assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+
+
+async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
+    settings: Settings, store: ObjectStore
+) -> None:
+    slow = settings.model_copy(
+        update={
+            "download_delay_enabled": True,
+            "download_delay_min_ms": 60_000,
+            "download_delay_max_ms": 60_000,
+        }
+    )
+    put_sources(store, settings, {10_001: 10})
+    env = ActivityEnvironment()
+    beats: list[PackageProgress] = []
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+
+    async def cancel_soon() -> None:
+        while len(beats) < 2:  # still heartbeating while it waits
+            await asyncio.sleep(0.05)
+        env.cancel()
+
+    canceller = asyncio.create_task(cancel_soon())
+    with pytest.raises(asyncio.CancelledError):
+        await env.run(
+            DownloadActivities(store, slow).package_archive, _request(settings, {10_001: 10})
+        )
+    await canceller
+    assert store.stat_or_none("archives/a.zip") is None
+    assert store.list_objects("archives/") == []
+
+
+def test_callback_targets_are_checked() -> None:
+    async def check(url: str, allow: bool = False) -> None:
+        await check_target(url, allow)
+
+    for url in ("http://127.0.0.1/x", "http://10.0.0.8/x", "http://169.254.169.254/", "ftp://a/"):
+        with pytest.raises(ApplicationError) as err:
+            asyncio.run(check(url))
+        assert err.value.type == "CallbackRefused"
+        assert err.value.non_retryable
+    asyncio.run(check("http://127.0.0.1/x", allow=True))
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_callback_is_signed(settings: Settings) -> None:
+    port = free_port()
+    server = HTTPServer(("127.0.0.1", port), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        allowed = settings.model_copy(
+            update={"callback_allow_private": True, "callback_secret": "s3cret"}
+        )
+        notice = CallbackNotice(
+            url=f"http://127.0.0.1:{port}/hook", payload={"jobId": "j", "status": "completed"}
+        )
+        status = await ActivityEnvironment().run(CallbackActivities(allowed).send_callback, notice)
+    finally:
+        server.shutdown()
+    assert status == 204
+    headers, body = _Receiver.received[-1]
+    assert json.loads(body) == {"jobId": "j", "status": "completed"}
+    expected = (
+        "sha256="
+        + hmac.new(
+            b"s3cret", headers["X-Signature-Timestamp"].encode() + b"." + body, hashlib.sha256
+        ).hexdigest()
+    )
+    assert (
+        headers["X-Signature"] == expected == sign("s3cret", headers["X-Signature-Timestamp"], body)
+    )
+
+
+async def test_expired_archives_are_deleted(settings: Settings, store: ObjectStore) -> None:
+    store.put_bytes("archives/old.zip", b"x")
+    store.put_bytes("downloads/10001.zip", b"source")
+    await asyncio.sleep(1.1)
+    short = settings.model_copy(update={"archive_ttl_hours": 1 / 3600})
+    result = await ActivityEnvironment().run(
+        DownloadActivities(store, short).delete_expired_archives
+    )
+    assert result.deleted == ["archives/old.zip"]
+    assert store.stat_or_none("downloads/10001.zip") is not None
+    kept = await ActivityEnvironment().run(
+        DownloadActivities(store, settings).delete_expired_archives
+    )
+    assert kept.deleted == []
+
+
+def test_upload_gone_is_reported(store: ObjectStore) -> None:
+    with pytest.raises(UploadGone):
+        store.list_parts("archives/none.zip", "no-such-upload")

@@ -1,0 +1,43 @@
+"""The seeds' retry policy with its real intervals, on the time-skipping test server."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.storage import ObjectStore
+from config import Settings
+from tests.helpers import start_job
+from worker import build_worker
+
+
+async def test_storage_outage_exhausts_three_attempts_then_fails(
+    time_env: WorkflowEnvironment, settings: Settings
+) -> None:
+    """5 s -> 10 s backoff would take 15 s of wall time; the test server skips it."""
+    seeds = settings.model_copy(
+        update={
+            "s3_endpoint": "http://127.0.0.1:9",  # nothing listens: every call is refused
+            "activity_max_attempts": 3,
+            "retry_initial_interval_seconds": 5,
+            "retry_backoff_coefficient": 2,
+            "retry_maximum_interval_seconds": 20,
+        }
+    )
+    async with build_worker(time_env.client, seeds, ObjectStore(seeds)):
+        handle = await start_job(time_env.client, seeds, [10_001])
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "StorageUnavailable"
+    assert "retries exhausted" in cause.message
+    history = await handle.fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts == [3]

@@ -1,0 +1,229 @@
+"""The download workflow end to end on the real Temporal dev server and the real S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.storage import ObjectStore, UploadGone
+from config import Settings
+from stack import S3Server
+from tests.conftest import BIN
+from tests.helpers import (
+    assert_archive_matches,
+    package_results,
+    put_sources,
+    read_archive,
+    start_job,
+    wait_for,
+    wait_for_checkpoint,
+)
+from worker import build_worker
+from workflows.models import DOWNLOAD_STATUS, STATE_MEMO_KEY, FileStatus, JobState, JobStatus
+
+MIB = 1024 * 1024
+
+
+async def test_archive_holds_every_file_byte_for_byte(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
+) -> None:
+    sources = put_sources(store, settings, {10_001: 1234, 10_002: 0, 10_003: 12 * MIB + 17})
+    handle = await start_job(env.client, settings, [10_001, 10_002, 10_003, 10_001])
+    state = await handle.result()
+
+    assert state.status is JobStatus.completed
+    assert [f.file_id for f in state.files] == [10_001, 10_002, 10_003]  # deduplicated, in order
+    assert all(f.status is FileStatus.completed for f in state.files)
+    assert state.archive_key == settings.archive_key(handle.id)
+    assert state.bytes_processed == sum(len(d) for d in sources.values())
+    assert store.stat(state.archive_key).size == state.archive_size
+    assert_archive_matches(read_archive(store, state.archive_key), sources)
+
+    desc = await handle.describe()
+    memo = await desc.memo_value(STATE_MEMO_KEY, type_hint=JobState)
+    assert memo.status is JobStatus.completed
+    assert desc.typed_search_attributes.get(DOWNLOAD_STATUS) == "completed"
+    query = await handle.query("status", result_type=JobState)
+    assert query.status is JobStatus.completed
+
+
+async def test_visibility_query_finds_jobs_by_status(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
+) -> None:
+    put_sources(store, settings, {10_001: 10})
+    done = await start_job(env.client, settings, [10_001])
+    failed = await start_job(env.client, settings, [10_009])
+    await done.result()
+    with pytest.raises(WorkflowFailureError):
+        await failed.result()
+
+    async def listed(status: str) -> list[str]:
+        query = f"DownloadStatus = '{status}' AND TaskQueue = '{settings.temporal_task_queue}'"
+        return [w.id async for w in env.client.list_workflows(query)]
+
+    assert await wait_for(lambda: listed("completed")) == [done.id]
+    assert await wait_for(lambda: listed("failed")) == [failed.id]
+
+
+async def test_missing_files_are_marked_and_the_rest_packaged(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
+) -> None:
+    sources = put_sources(store, settings, {10_001: 100, 10_003: 300})
+    handle = await start_job(env.client, settings, [10_001, 10_002, 10_003])
+    state = await handle.result()
+
+    assert state.status is JobStatus.completed
+    by_id = {f.file_id: f for f in state.files}
+    assert by_id[10_002].status is FileStatus.failed
+    assert by_id[10_002].error == "not found"
+    assert by_id[10_002].error_type == "FileNotFound"
+    assert state.failed_files == 1 and state.completed_files == 2
+    assert_archive_matches(read_archive(store, str(state.archive_key)), sources)
+
+
+async def test_nothing_available_fails_in_plain_words(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
+) -> None:
+    handle = await start_job(env.client, settings, [10_005, 10_006])
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "NothingToPackage"
+    assert "none of the requested files" in cause.message
+    memo = await (await handle.describe()).memo_value(STATE_MEMO_KEY, type_hint=JobState)
+    assert memo.status is JobStatus.failed
+    assert memo.error == cause.message
+    assert all(f.status is FileStatus.failed for f in memo.files)
+
+
+async def test_cancel_mid_package_aborts_the_upload(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    slow = settings.model_copy(
+        update={
+            "download_delay_enabled": True,
+            "download_delay_min_ms": 3000,
+            "download_delay_max_ms": 3000,
+        }
+    )
+    put_sources(store, settings, {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 6 * MIB})
+    async with build_worker(env.client, slow, store):
+        handle = await start_job(env.client, settings, [10_001, 10_002, 10_003])
+        progress = await wait_for_checkpoint(env.client, handle)
+        assert progress.checkpoint is not None
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+        assert isinstance(err.value.cause, CancelledError)
+
+    key = settings.archive_key(handle.id)
+    assert store.stat_or_none(key) is None
+    with pytest.raises(UploadGone):
+        store.list_parts(key, progress.checkpoint["upload_id"])
+    memo = await (await handle.describe()).memo_value(STATE_MEMO_KEY, type_hint=JobState)
+    assert memo.status is JobStatus.cancelled
+
+
+async def test_resume_after_worker_is_killed(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    subprocess_env: dict[str, str],
+) -> None:
+    """A worker process killed mid-archive: the next attempt continues from the checkpoint."""
+    sizes = {10_000 + i: 6 * MIB + i for i in range(1, 6)}
+    sources = put_sources(store, settings, sizes)
+    total = sum(sizes.values())
+    child_env = {
+        **subprocess_env,
+        "DOWNLOAD_DELAY_ENABLED": "true",
+        "DOWNLOAD_DELAY_MIN_MS": "400",
+        "DOWNLOAD_DELAY_MAX_MS": "400",
+    }
+    proc = subprocess.Popen([str(BIN / "download-worker")], env=child_env)
+    try:
+        handle = await start_job(env.client, settings, list(sizes))
+        progress = await wait_for_checkpoint(env.client, handle, min_parts=2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert progress.bytes_done < total
+
+    async with build_worker(env.client, settings, store):
+        state = await handle.result()
+
+    assert state.status is JobStatus.completed
+    result = await package_results(env.client, handle)
+    assert result.resumed_from > 0, "the second attempt started over"
+    assert result.source_bytes_read < total, "finished bytes were read again"
+    assert_archive_matches(read_archive(store, str(state.archive_key)), sources)
+
+
+async def test_retries_across_a_short_storage_outage(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    s3_server: S3Server | None,
+) -> None:
+    if s3_server is None:
+        pytest.skip("needs the S3 server started by the fixtures")
+    patient = settings.model_copy(
+        update={
+            "activity_max_attempts": 6,
+            "retry_initial_interval_seconds": 1.0,
+            "download_delay_enabled": True,
+            "download_delay_min_ms": 300,
+            "download_delay_max_ms": 300,
+        }
+    )
+    sources = put_sources(store, settings, {10_000 + i: 6 * MIB for i in range(1, 5)})
+    async with build_worker(env.client, patient, store):
+        handle = await start_job(env.client, patient, list(sources))
+        await wait_for_checkpoint(env.client, handle)
+        s3_server.stop()
+        await asyncio.sleep(2)
+        s3_server.start()
+        state = await handle.result()
+    assert state.status is JobStatus.completed
+    history = await handle.fetch_history()
+    failures = [e for e in history.events if e.activity_task_started_event_attributes.attempt > 1]
+    assert failures, "the outage did not cause a retry"
+    assert_archive_matches(read_archive(store, str(state.archive_key)), sources)
+
+
+async def test_access_denied_fails_fast_without_retry(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    put_sources(store, settings, {10_001: 10})
+    wrong = settings.model_copy(update={"s3_secret_access_key": "not-the-secret"})
+    async with build_worker(env.client, settings, ObjectStore(wrong)):
+        handle = await start_job(env.client, settings, [10_001])
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "AccessDenied"
+    history = await handle.fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts == [1]
+
+
+def _started_attempts(events: Any) -> list[int]:
+    return [
+        e.activity_task_started_event_attributes.attempt
+        for e in events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
