@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import socket
 import urllib.request
@@ -28,7 +30,13 @@ from activities.callbacks import CallbackActivities
 from activities.packaging import DownloadActivities
 from activities.storage import ObjectStore, StorageError
 from config import Settings, load_settings
-from observability import get_logger, setup_logging, setup_tracing
+from observability import (
+    DOWNLOAD_JOB_DURATION,
+    DOWNLOAD_JOBS,
+    get_logger,
+    setup_logging,
+    setup_tracing,
+)
 from workflows.cleanup import CLEANUP_SCHEDULE_ID, ArchiveCleanupWorkflow
 from workflows.client import connect
 from workflows.download import DownloadWorkflow
@@ -103,20 +111,31 @@ def metrics_runtime(settings: Settings) -> Runtime:
     sdk_address = f"127.0.0.1:{_free_loopback_port()}"
     runtime = Runtime(
         telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=sdk_address, durations_as_seconds=True)
+            metrics=PrometheusConfig(
+                bind_address=sdk_address, durations_as_seconds=True, counters_total_suffix=True
+            )
         )
     )
     if settings.worker_metrics_port:
+        # Workflows count jobs through the SDK meter; these names come from there on a worker.
+        for local in (DOWNLOAD_JOBS, DOWNLOAD_JOB_DURATION):
+            REGISTRY.unregister(local)
         REGISTRY.register(SdkMetrics(f"http://{sdk_address}/metrics"))
         start_http_server(settings.worker_metrics_port, addr="0.0.0.0")  # noqa: S104
     return runtime
 
 
 async def run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     runtime = metrics_runtime(settings)
     client = await connect(settings, runtime=runtime, wait_seconds=120)
     store = ObjectStore(settings)
     for delay in (0.5, 1, 2, 4, 8, 15, 30):
+        if stop.is_set():
+            return
         try:
             await asyncio.to_thread(store.ensure_bucket)
             break
@@ -124,18 +143,13 @@ async def run(settings: Settings) -> None:
             log.info("waiting for storage", endpoint=settings.s3_endpoint, error=str(exc))
             await asyncio.sleep(delay)
     await ensure_cleanup_schedule(client, settings)
-    worker = build_worker(client, settings, store)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "worker started",
-        task_queue=settings.temporal_task_queue,
-        temporal=settings.temporal_address,
-        metrics_port=settings.worker_metrics_port,
-    )
-    async with worker:
+    async with build_worker(client, settings, store):
+        log.info(
+            "worker started",
+            task_queue=settings.temporal_task_queue,
+            temporal=settings.temporal_address,
+            metrics_port=settings.worker_metrics_port,
+        )
         await stop.wait()
         # Leaving the block shuts the worker down gracefully: running packaging attempts
         # checkpoint and fail over, to resume on another worker.
@@ -147,6 +161,10 @@ def main() -> None:
     setup_logging(settings, "worker")
     setup_tracing(settings, "worker")
     asyncio.run(run(settings))
+    # The worker has shut down and reported everything; skip interpreter finalization, during
+    # which the SDK's native threads can still call into Python and abort the process.
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -154,7 +154,10 @@ class DownloadActivities:
         if not self.settings.download_delay_enabled:
             return
         low, high = self.settings.download_delay_min_ms, self.settings.download_delay_max_ms
-        await asyncio.sleep(random.uniform(low, high) / 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                activity.wait_for_worker_shutdown(), random.uniform(low, high) / 1000
+            )
 
     @activity.defn
     async def package_archive(self, request: PackageInput) -> PackageResult:
@@ -163,7 +166,7 @@ class DownloadActivities:
         key = request.archive_key
         sources = request.sources
         state = _Packaging(total_files=len(sources), total_bytes=sum(s.size for s in sources))
-        resume = self._resume_point(info.heartbeat_details, key)
+        resume = await self._resume_point(info.heartbeat_details, key)
         part_size = self._part_size(sources)
 
         if resume is not None:
@@ -230,6 +233,7 @@ class DownloadActivities:
                 state.current_file = source.file_id
                 if not writer.in_entry:
                     await self._origin_delay()
+                    await self._stop_if_worker_shutdown(settle, state)
                     try:
                         reader = self.store.read(source.key, 0, READ_CHUNK)
                         first = await _next_chunk(reader)
@@ -259,11 +263,7 @@ class DownloadActivities:
                     BYTES_PACKAGED.inc(len(chunk))
                     if len(buffer) >= part_size:
                         await flush_part((file_index, file_offset))
-                    if activity.is_worker_shutdown():
-                        await settle()
-                        activity.heartbeat(state.details())
-                        # Retryable: the next attempt, on any worker, resumes from the checkpoint.
-                        raise ApplicationError("worker shutting down", type="WorkerShutdown")
+                    await self._stop_if_worker_shutdown(settle, state)
                     chunk = await _next_chunk(reader)
                 buffer.extend(writer.end_entry())
                 FILES_PACKAGED.inc()
@@ -306,7 +306,16 @@ class DownloadActivities:
             source_bytes_read=source_bytes_read,
         )
 
-    def _resume_point(self, details: Any, key: str) -> dict[str, Any] | None:
+    async def _stop_if_worker_shutdown(
+        self, settle: Callable[[], Awaitable[None]], state: _Packaging
+    ) -> None:
+        if activity.is_worker_shutdown():
+            await settle()
+            activity.heartbeat(state.details())
+            # Retryable: the next attempt, on any worker, resumes from the checkpoint.
+            raise ApplicationError("worker shutting down", type="WorkerShutdown")
+
+    async def _resume_point(self, details: Any, key: str) -> dict[str, Any] | None:
         if not details:
             return None
         try:
@@ -317,10 +326,13 @@ class DownloadActivities:
         if not cp or "parts" not in cp:
             return None
         try:
-            stored = self.store.list_parts(key, cp["upload_id"])
-        except StorageError:
-            return None
+            stored = await asyncio.to_thread(self.store.list_parts, key, cp["upload_id"])
+        except UploadGone:
+            return None  # expired or aborted: start over
+        except StorageError as exc:
+            raise storage_failure(exc) from exc
         if any(stored.get(int(n)) != etag for n, etag in cp["parts"]):
+            await self._abort(key, cp["upload_id"], None)
             return None
         return cp
 

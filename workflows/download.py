@@ -141,6 +141,14 @@ class DownloadWorkflow:
             state.archive_key = None
         state.completed_at = workflow.now()
         self._publish()
+        # The SDK meter is replay-safe; the worker exports it with its Prometheus metrics.
+        meter = workflow.metric_meter()
+        meter.create_counter("download_jobs", "Download jobs by terminal status").add(
+            1, {"status": status.value}
+        )
+        meter.create_histogram_float(
+            "download_job_duration_seconds", "Job creation to terminal state", "s"
+        ).record((state.completed_at - state.created_at).total_seconds(), {"status": status.value})
 
     def _publish(self) -> None:
         """Make the state visible without a worker: memo for the API, search attribute for lists."""
