@@ -10,7 +10,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,7 +45,7 @@ from workflows.models import (
 
 log = get_logger(__name__)
 
-READ_CHUNK = 1 << 20
+READ_CHUNK = 4 << 20
 MAX_PARTS = 9000  # S3 allows 10 000; keep headroom for parts slightly over the nominal size
 
 
@@ -92,6 +92,90 @@ class _Packaging:
         )
 
 
+class _ArchiveSink:
+    """Archive bytes on their way to S3: parts upload one at a time while the next one fills.
+
+    A part's checkpoint (writer state and source position right after its last byte) becomes the
+    resume point once the part is stored. An archive smaller than one part is a single PUT.
+    """
+
+    def __init__(self, store: ObjectStore, key: str, part_size: int, state: _Packaging) -> None:
+        self.store, self.key, self.part_size, self.state = store, key, part_size, state
+        self.upload_id: str | None = None
+        self.parts: list[tuple[int, str]] = []
+        self.missing: list[int] = []
+        self.buffer = bytearray()
+        self.in_flight: asyncio.Task[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.buffer) >= self.part_size
+
+    def write(self, data: bytes) -> None:
+        self.buffer.extend(data)
+
+    async def settle(self, *, quiet: bool = False) -> None:
+        """Wait for the part being uploaded; `quiet` swallows its failure (already failing)."""
+        task, self.in_flight = self.in_flight, None
+        if task is None:
+            return
+        if quiet:
+            with contextlib.suppress(StorageError, asyncio.CancelledError):
+                await asyncio.shield(task)
+        else:
+            await task
+
+    async def flush(self, writer: ResumableZipWriter, file_index: int, file_offset: int) -> None:
+        extra, writer_state = writer.checkpoint()
+        self.buffer.extend(extra)
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        await self.settle()
+        if self.upload_id is None:
+            self.upload_id = await asyncio.to_thread(self.store.create_upload, self.key)
+        upload_id, number = self.upload_id, len(self.parts) + 1
+        checkpoint: dict[str, Any] = {
+            "upload_id": upload_id,
+            "writer": writer_state,
+            "file_index": file_index,
+            "file_offset": file_offset,
+            "files_done": self.state.files_done,
+            "bytes_done": self.state.bytes_done,
+            "missing": list(self.missing),
+        }
+
+        async def upload() -> None:
+            etag = await asyncio.to_thread(
+                self.store.upload_part, self.key, upload_id, number, data
+            )
+            self.parts.append((number, etag))
+            checkpoint["parts"] = [list(p) for p in self.parts]
+            self.state.checkpoint = checkpoint
+            activity.heartbeat(self.state.details())
+
+        self.in_flight = asyncio.create_task(upload())
+
+    async def complete(self, writer: ResumableZipWriter, file_index: int) -> None:
+        if self.upload_id is None:
+            data = bytes(self.buffer)
+            await asyncio.to_thread(self.store.put_bytes, self.key, data, "application/zip")
+            return
+        await self.flush(writer, file_index, 0)
+        await self.settle()
+        await asyncio.to_thread(self.store.complete_upload, self.key, self.upload_id, self.parts)
+
+    async def abort(self) -> None:
+        await self.settle(quiet=True)
+        if self.upload_id is None:
+            return
+        try:
+            await asyncio.shield(
+                asyncio.to_thread(self.store.abort_upload, self.key, self.upload_id)
+            )
+        except StorageError as exc:
+            log.warning("could not abort multipart upload", archive=self.key, error=str(exc))
+
+
 class DownloadActivities:
     def __init__(self, store: ObjectStore, settings: Settings) -> None:
         self.store = store
@@ -136,11 +220,13 @@ class DownloadActivities:
                 activity.heartbeat({"resolved": done, "total": len(request.file_ids)})
                 await asyncio.sleep(self.settings.heartbeat_interval_seconds)
 
-        beater = asyncio.create_task(beat())
+        # Local activities (short id lists) cannot heartbeat; long lists run as regular ones.
+        beater = None if activity.info().is_local else asyncio.create_task(beat())
         try:
             files = await asyncio.gather(*(resolve(i) for i in request.file_ids))
         finally:
-            beater.cancel()
+            if beater is not None:
+                beater.cancel()
         return ResolveResult(files=list(files))
 
     # ------------------------------------------------------------------ package
@@ -163,68 +249,30 @@ class DownloadActivities:
     async def package_archive(self, request: PackageInput) -> PackageResult:
         """Stream the sources into one zip written as a multipart upload, resumable by checkpoint."""
         info = activity.info()
-        key = request.archive_key
         sources = request.sources
         state = _Packaging(total_files=len(sources), total_bytes=sum(s.size for s in sources))
-        resume = await self._resume_point(info.heartbeat_details, key)
-        part_size = self._part_size(sources)
-
+        sink = _ArchiveSink(self.store, request.archive_key, self._part_size(sources), state)
+        resume = await self._resume_point(info.heartbeat_details, request.archive_key)
         if resume is not None:
-            upload_id = resume["upload_id"]
-            parts: list[tuple[int, str]] = [(int(n), str(e)) for n, e in resume["parts"]]
+            sink.upload_id = resume["upload_id"]
+            sink.parts = [(int(n), str(e)) for n, e in resume["parts"]]
             writer = ResumableZipWriter.from_state(resume["writer"])
             file_index, file_offset = int(resume["file_index"]), int(resume["file_offset"])
-            missing: list[int] = list(resume.get("missing", []))
+            sink.missing = list(resume.get("missing", []))
             state.files_done, state.bytes_done = (
                 int(resume["files_done"]),
                 int(resume["bytes_done"]),
             )
             state.checkpoint = resume
-            log.info("resuming archive", archive=key, offset=writer.offset, attempt=info.attempt)
+            log.info(
+                "resuming archive", archive=sink.key, offset=writer.offset, attempt=info.attempt
+            )
         else:
-            upload_id = await self._call(self.store.create_upload, key)
-            parts, missing = [], []
             writer = ResumableZipWriter(mtime=request.mtime)
             file_index, file_offset = 0, 0
         resumed_from = writer.offset
         state.bytes_at_start = state.bytes_done
         source_bytes_read = 0
-        buffer = bytearray()
-        in_flight: asyncio.Task[None] | None = None
-
-        async def settle() -> None:
-            nonlocal in_flight
-            if in_flight is not None:
-                task, in_flight = in_flight, None
-                await task
-
-        async def flush_part(position: tuple[int, int]) -> None:
-            """Upload the buffer as the next part; its checkpoint counts once the part is stored."""
-            nonlocal in_flight
-            extra, writer_state = writer.checkpoint()
-            buffer.extend(extra)
-            data = bytes(buffer)
-            buffer.clear()
-            await settle()
-            number = len(parts) + 1
-            checkpoint = {
-                "upload_id": upload_id,
-                "writer": writer_state,
-                "file_index": position[0],
-                "file_offset": position[1],
-                "files_done": state.files_done,
-                "bytes_done": state.bytes_done,
-                "missing": list(missing),
-            }
-
-            async def upload() -> None:
-                etag = await self._call(self.store.upload_part, key, upload_id, number, data)
-                parts.append((number, etag))
-                checkpoint["parts"] = [list(p) for p in parts]
-                state.checkpoint = checkpoint
-                activity.heartbeat(state.details())
-
-            in_flight = asyncio.create_task(upload())
 
         beater = asyncio.create_task(self._heartbeat_loop(state))
         try:
@@ -233,48 +281,42 @@ class DownloadActivities:
                 state.current_file = source.file_id
                 if not writer.in_entry:
                     await self._origin_delay()
-                    await self._stop_if_worker_shutdown(settle, state)
+                    await self._stop_if_worker_shutdown(sink)
                     try:
                         reader = self.store.read(source.key, 0, READ_CHUNK)
-                        first = await _next_chunk(reader)
+                        chunk = await _next_chunk(reader)
                     except ObjectNotFound:
                         # Removed since it was resolved: the archive goes on without it.
-                        missing.append(source.file_id)
+                        sink.missing.append(source.file_id)
                         file_index += 1
                         continue
-                    buffer.extend(
-                        writer.start_entry(
-                            f"{source.file_id}.zip",
-                            source.size,
-                            deflate=request.compression == "deflate",
-                        )
+                    deflate = request.compression == "deflate"
+                    sink.write(
+                        writer.start_entry(f"{source.file_id}.zip", source.size, deflate=deflate)
                     )
                 elif file_offset < source.size:
                     reader = self.store.read(source.key, file_offset, READ_CHUNK)
-                    first = await _next_chunk(reader)
+                    chunk = await _next_chunk(reader)
                 else:
-                    first = None
-                chunk = first
+                    chunk = None
                 while chunk is not None:
-                    buffer.extend(writer.write(chunk))
+                    sink.write(writer.write(chunk))
                     file_offset += len(chunk)
                     source_bytes_read += len(chunk)
                     state.bytes_done += len(chunk)
                     BYTES_PACKAGED.inc(len(chunk))
-                    if len(buffer) >= part_size:
-                        await flush_part((file_index, file_offset))
-                    await self._stop_if_worker_shutdown(settle, state)
+                    if sink.full:
+                        await sink.flush(writer, file_index, file_offset)
+                    await self._stop_if_worker_shutdown(sink)
                     chunk = await _next_chunk(reader)
-                buffer.extend(writer.end_entry())
+                sink.write(writer.end_entry())
                 FILES_PACKAGED.inc()
                 file_index, file_offset = file_index + 1, 0
                 state.files_done += 1
-            buffer.extend(writer.finish())
-            await flush_part((file_index, 0))
-            await settle()
-            await self._call(self.store.complete_upload, key, upload_id, parts)
+            sink.write(writer.finish())
+            await sink.complete(writer, file_index)
         except ValueError as exc:
-            await self._abort(key, upload_id, in_flight)
+            await sink.abort()
             raise ApplicationError(
                 f"source changed while packaging: {exc}",
                 type=ErrorType.source_changed.value,
@@ -285,33 +327,31 @@ class DownloadActivities:
             activity.heartbeat(PackageProgress(total_files=state.total_files))
             raise ApplicationError(str(exc), type=ErrorType.storage_unavailable.value) from exc
         except StorageError as exc:
-            await self._drain(in_flight)
+            await sink.settle(quiet=True)
             raise storage_failure(exc) from exc
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             # Only a user's cancel discards the upload; a lost or stopping worker keeps it to resume.
             if details is not None and details.cancel_requested:
-                await self._abort(key, upload_id, in_flight)
-                log.info("archive cancelled, upload aborted", archive=key)
+                await sink.abort()
+                log.info("archive cancelled, upload aborted", archive=sink.key)
             raise
         finally:
             beater.cancel()
         return PackageResult(
-            archive_key=key,
+            archive_key=sink.key,
             archive_size=writer.offset,
             files_packaged=state.files_done,
             bytes_packaged=state.bytes_done,
-            missing=missing,
+            missing=sink.missing,
             resumed_from=resumed_from,
             source_bytes_read=source_bytes_read,
         )
 
-    async def _stop_if_worker_shutdown(
-        self, settle: Callable[[], Awaitable[None]], state: _Packaging
-    ) -> None:
+    async def _stop_if_worker_shutdown(self, sink: _ArchiveSink) -> None:
         if activity.is_worker_shutdown():
-            await settle()
-            activity.heartbeat(state.details())
+            await sink.settle()
+            activity.heartbeat(sink.state.details())
             # Retryable: the next attempt, on any worker, resumes from the checkpoint.
             raise ApplicationError("worker shutting down", type="WorkerShutdown")
 
@@ -332,29 +372,16 @@ class DownloadActivities:
         except StorageError as exc:
             raise storage_failure(exc) from exc
         if any(stored.get(int(n)) != etag for n, etag in cp["parts"]):
-            await self._abort(key, cp["upload_id"], None)
+            with contextlib.suppress(StorageError):
+                await asyncio.to_thread(self.store.abort_upload, key, cp["upload_id"])
             return None
         return cp
 
     async def _heartbeat_loop(self, state: _Packaging) -> None:
+        # Sleep first: an archive done within one interval costs no heartbeat call at all.
         while True:
-            activity.heartbeat(state.details())
             await asyncio.sleep(self.settings.heartbeat_interval_seconds)
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
-
-    async def _drain(self, task: asyncio.Task[Any] | None) -> None:
-        if task is not None:
-            with contextlib.suppress(StorageError, asyncio.CancelledError):
-                await asyncio.shield(task)
-
-    async def _abort(self, key: str, upload_id: str, task: asyncio.Task[Any] | None) -> None:
-        await self._drain(task)
-        try:
-            await asyncio.shield(asyncio.to_thread(self.store.abort_upload, key, upload_id))
-        except StorageError as exc:
-            log.warning("could not abort multipart upload", archive=key, error=str(exc))
+            activity.heartbeat(state.details())
 
     # ------------------------------------------------------------------ expiry
     @activity.defn

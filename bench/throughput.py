@@ -15,17 +15,16 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.storage import ObjectStore
+from bench.bare import BareWorkflow, noop
 from config import Settings
 from stack import S3Server, free_port
 from worker import build_worker
@@ -34,18 +33,6 @@ from workflows.models import SEARCH_ATTRIBUTES
 
 KEY, SECRET = "benchaccess", "benchsecret123"
 BIN = Path(sys.executable).parent
-
-
-@activity.defn
-async def noop() -> None:
-    return None
-
-
-@workflow.defn(sandboxed=False)
-class BareWorkflow:
-    @workflow.run
-    async def run(self) -> None:
-        await workflow.execute_activity(noop, start_to_close_timeout=timedelta(seconds=30))
 
 
 async def run_bare(client: Client, settings: Settings, jobs: int) -> float:

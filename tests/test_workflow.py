@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -27,6 +27,7 @@ from tests.helpers import (
     wait_for_checkpoint,
 )
 from worker import build_worker
+from workflows.download import LOCAL_RESOLVE_LIMIT
 from workflows.models import DOWNLOAD_STATUS, STATE_MEMO_KEY, FileStatus, JobState, JobStatus
 
 MIB = 1024 * 1024
@@ -205,6 +206,7 @@ async def test_access_denied_fails_fast_without_retry(
 ) -> None:
     put_sources(store, settings, {10_001: 10})
     wrong = settings.model_copy(update={"s3_secret_access_key": "not-the-secret"})
+    errors_before = _stat_errors()
     async with build_worker(env.client, settings, ObjectStore(wrong)):
         handle = await start_job(env.client, settings, [10_001])
         with pytest.raises(WorkflowFailureError) as err:
@@ -212,18 +214,31 @@ async def test_access_denied_fails_fast_without_retry(
     cause = err.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.type == "AccessDenied"
+    # One stat call in all: the resolving activity gave up at once instead of retrying.
+    assert _stat_errors() - errors_before == 1
+
+
+def _stat_errors() -> float:
+    value = REGISTRY.get_sample_value(
+        "s3_operations_total", {"operation": "stat", "status": "error"}
+    )
+    return value or 0.0
+
+
+async def test_long_id_lists_resolve_in_a_regular_activity(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
+) -> None:
+    """Past LOCAL_RESOLVE_LIMIT ids, resolving is a regular (heartbeating) activity."""
+    ids = list(range(20_000, 20_000 + LOCAL_RESOLVE_LIMIT + 10))
+    sources = put_sources(store, settings, {ids[0]: 10, ids[-1]: 20})
+    handle = await start_job(env.client, settings, ids)
+    state = await handle.result()
+    assert state.completed_files == 2 and state.failed_files == len(ids) - 2
+    assert_archive_matches(read_archive(store, str(state.archive_key)), sources)
     history = await handle.fetch_history()
-    attempts = [
-        e.activity_task_started_event_attributes.attempt
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
         for e in history.events
-        if e.HasField("activity_task_started_event_attributes")
+        if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    assert attempts == [1]
-
-
-def _started_attempts(events: Any) -> list[int]:
-    return [
-        e.activity_task_started_event_attributes.attempt
-        for e in events
-        if e.HasField("activity_task_started_event_attributes")
-    ]
+    assert scheduled == ["resolve_files", "package_archive"]

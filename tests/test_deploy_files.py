@@ -1,0 +1,705 @@
+"""Checks of the container files: compose.yml, docker/** and .dockerignore.
+
+No Docker engine is needed. Where the validators are installed (`docker-compose`, `nginx`,
+`promtool`, `hadolint`) they run too; otherwise those checks are skipped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+from temporalio.common import SearchAttributeKey
+
+import observability
+import workflows.models
+from config import Settings
+
+yaml = pytest.importorskip("yaml", reason="PyYAML parses compose.yml and the docker/ configs")
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+COMPOSE = ROOT / "compose.yml"
+DOCKERFILE = DOCKER / "Dockerfile"
+NGINX_CONF = DOCKER / "nginx" / "nginx.conf"
+PROMETHEUS_DIR = DOCKER / "prometheus"
+GRAFANA_DIR = DOCKER / "grafana"
+SEARCH_ATTRIBUTES_SCRIPT = DOCKER / "temporal" / "register-search-attributes.sh"
+
+APP_SERVICES = ("api", "worker", "seed")
+OUR_IMAGE = "temporal-downloads"
+SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+
+# Metrics of the Temporal Core SDK (temporalio 1.35, durations in seconds, as a worker run shows;
+# the worker re-exports them on WORKER_METRICS_PORT).
+TEMPORAL_SDK_METRICS = {
+    f"{name}{suffix}"
+    for name in (
+        "temporal_activity_schedule_to_start_latency",
+        "temporal_activity_execution_latency",
+        "temporal_activity_succeed_endtoend_latency",
+        "temporal_workflow_task_schedule_to_start_latency",
+        "temporal_workflow_task_execution_latency",
+        "temporal_workflow_task_replay_latency",
+        "temporal_workflow_endtoend_latency",
+        "temporal_request_latency",
+        "temporal_long_request_latency",
+    )
+    for suffix in ("_bucket", "_sum", "_count")
+} | {
+    "temporal_worker_task_slots_used",
+    "temporal_worker_task_slots_available",
+    "temporal_num_pollers",
+    "temporal_sticky_cache_size",
+    "temporal_request",
+    "temporal_workflow_completed",
+}
+# Prometheus' own series.
+PROMETHEUS_BUILTIN_METRICS = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+
+# --- helpers ---
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    data = load_yaml(COMPOSE)
+    assert isinstance(data, dict)
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found = compose()["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def with_defaults(value: str) -> str:
+    """Resolve compose interpolation (`${NAME:-default}`) to its default."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def seconds(duration: str) -> float:
+    """A compose duration such as `45s` or `1m30s`."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def our_metric_names() -> set[str]:
+    """Sample names of every metric defined in observability.py."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
+    names: set[str] = set()
+    for value in vars(observability).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    return names
+
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+PROMQL_KEYWORDS |= {"offset", "and", "or", "unless", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (identifiers that are not functions or keywords)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])([A-Za-z_:][\w:]*)(\s*\()?", expr):
+        if not match.group(2) and match.group(1).lower() not in PROMQL_KEYWORDS:
+            names.add(match.group(1))
+    return names
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    data = load_yaml(PROMETHEUS_DIR / "alerts.yml")
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def dashboards() -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((GRAFANA_DIR / "dashboards").glob("*.json"))]
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def prometheus_exprs(dashboard: dict[str, Any]) -> list[str]:
+    exprs = []
+    for panel in panels(dashboard):
+        for target in panel.get("targets", []):
+            source = target.get("datasource") or panel.get("datasource") or {}
+            if source.get("type") == "prometheus":
+                exprs.append(target["expr"])
+    return exprs
+
+
+def nginx_block(text: str, header: str) -> str:
+    """The body of the first `header { ... }` block (braces balanced)."""
+    start = text.index(header)
+    opening = text.index("{", start)
+    depth = 0
+    for i in range(opening, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[opening + 1 : i]
+    raise AssertionError(f"unbalanced block {header!r}")
+
+
+def directives(block: str) -> set[str]:
+    """Directives of a block, whitespace-normalised, without nested blocks and comments."""
+    text = re.sub(r"#[^\n]*", "", block)
+    while re.search(r"\{[^{}]*\}", text):
+        text = re.sub(r"[^;{}]*\{[^{}]*\}", ";", text)
+    return {" ".join(d.split()) for d in text.split(";") if d.strip()}
+
+
+SSE_LOCATION = "location ~ ^/v1/download/(subscribe|progress)/"
+
+
+def run(cmd: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
+# --- compose.yml ---
+
+
+def test_compose_has_the_whole_stack() -> None:
+    data = compose()
+    assert "version" not in data, "compose spec: no `version:` key"
+    expected = {
+        "minio",
+        "seed",
+        "postgresql",
+        "temporal",
+        "temporal-setup",
+        "temporal-ui",
+        "api",
+        "worker",
+        "nginx",
+        "prometheus",
+        "grafana",
+        "loki",
+        "promtail",
+        "jaeger",
+    }
+    assert expected <= set(services())
+
+
+def test_every_image_is_pinned() -> None:
+    for name, service in services().items():
+        image = service.get("image")
+        assert image, f"{name}: no image"
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag, f"{name}: image {image!r} has no tag"
+        assert tag != "latest" and re.search(r"\d", tag), f"{name}: tag {tag!r} is not pinned"
+    assert services()["minio"]["image"].startswith("minio/minio:RELEASE.")
+
+
+def test_app_services_use_our_dockerfile() -> None:
+    for name in APP_SERVICES:
+        service = services()[name]
+        build = service["build"]
+        assert (ROOT / build["context"]).resolve() == ROOT, name
+        assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE, name
+        assert service["image"].startswith(f"{OUR_IMAGE}:"), name
+    assert services()["api"]["command"] == ["download-api"]
+    assert services()["worker"]["command"] == ["download-worker"]
+    assert services()["seed"]["command"] == ["download-stack", "seed"]
+
+
+def test_app_environment_names_are_settings() -> None:
+    for name in APP_SERVICES:
+        unknown = set(environment(services()[name])) - SETTING_NAMES
+        assert not unknown, f"{name}: not settings of config.Settings: {sorted(unknown)}"
+
+
+def test_app_environment_values_are_valid_settings() -> None:
+    for name in APP_SERVICES:
+        values = {k.lower(): with_defaults(v) for k, v in environment(services()[name]).items()}
+        Settings.model_validate(values)
+
+
+def test_api_and_worker_reach_the_stack() -> None:
+    for name in ("api", "worker"):
+        env = environment(services()[name])
+        assert env["S3_ENDPOINT"] == "http://minio:9000"
+        assert with_defaults(env["S3_PUBLIC_ENDPOINT"]).startswith("http://localhost")
+        assert env["TEMPORAL_ADDRESS"] == "temporal:7233"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    api = environment(services()["api"])
+    assert api["HOST"] == "0.0.0.0"
+    assert f"api:{api['PORT']}" in nginx_block(NGINX_CONF.read_text(), "upstream api")
+
+
+def test_worker_scales_and_stops_gracefully() -> None:
+    worker = services()["worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    # A fixed name or a published port would stop `--scale worker=N`.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    grace = float(environment(worker)["WORKER_GRACEFUL_SHUTDOWN_SECONDS"])
+    assert seconds(worker["stop_grace_period"]) > grace
+
+
+def test_health_dependencies_point_at_services_with_healthchecks() -> None:
+    dockerfile_has_healthcheck = "HEALTHCHECK" in DOCKERFILE.read_text()
+    for name, service in services().items():
+        depends = service.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
+        for target, rule in depends.items():
+            other = services()[target]
+            if rule["condition"] == "service_healthy":
+                check = other.get("healthcheck")
+                from_image = "build" in other and dockerfile_has_healthcheck
+                assert (check and not check.get("disable")) or from_image, f"{name} -> {target}"
+            elif rule["condition"] == "service_completed_successfully":
+                assert other.get("restart") == "no", f"{target} should be a one-shot"
+    expected = {
+        ("api", "temporal"): "service_healthy",
+        ("api", "minio"): "service_healthy",
+        ("worker", "temporal-setup"): "service_completed_successfully",
+        ("worker", "minio"): "service_healthy",
+        ("seed", "minio"): "service_healthy",
+        ("temporal-setup", "temporal"): "service_healthy",
+        ("temporal", "postgresql"): "service_healthy",
+        ("nginx", "api"): "service_healthy",
+    }
+    for (name, target), condition in expected.items():
+        assert services()[name]["depends_on"][target]["condition"] == condition, (name, target)
+
+
+def test_bind_mounts_exist() -> None:
+    for name, service in services().items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source} is missing"
+
+
+def test_every_service_ships_logs_to_loki() -> None:
+    promtail = load_yaml(DOCKER / "loki" / "promtail.yml")
+    wanted = promtail["scrape_configs"][0]["docker_sd_configs"][0]["filters"][0]["values"][0]
+    key, _, value = wanted.partition("=")
+    for name in ("api", "worker", "nginx", "temporal", "minio"):
+        assert services()[name]["labels"].get(key) == value, name
+    loki = load_yaml(DOCKER / "loki" / "loki.yml")
+    assert loki["server"]["http_listen_port"] == 3100
+    assert promtail["clients"][0]["url"].startswith("http://loki:3100/")
+
+
+def test_search_attributes_match_the_workflow_and_the_local_stack() -> None:
+    script = SEARCH_ATTRIBUTES_SCRIPT.read_text()
+    registered = set(re.findall(r"\b([A-Z]\w+)=(Keyword|Int|Text|Bool|Double|Datetime)\b", script))
+    used = {
+        (key.name, key.indexed_value_type.name.title().replace("_", ""))
+        for key in vars(workflows.models).values()
+        if isinstance(key, SearchAttributeKey)
+    }
+    assert registered == used
+    procfile = (ROOT / "Procfile").read_text()
+    assert set(re.findall(r"--search-attribute (\w+)=(\w+)", procfile)) == registered
+    setup = services()["temporal-setup"]
+    assert any(SEARCH_ATTRIBUTES_SCRIPT.name in v for v in setup["volumes"])
+    assert setup["image"].startswith("temporalio/admin-tools:")
+    assert services()["temporal"]["image"].startswith("temporalio/auto-setup:")
+    assert run(["sh", "-n", str(SEARCH_ATTRIBUTES_SCRIPT)]).returncode == 0
+
+
+def test_docker_compose_config() -> None:
+    tool = require("docker-compose")
+    result = run([tool, "-f", str(COMPOSE), "config", "-q"])
+    assert result.returncode == 0, result.stderr
+
+
+# --- Dockerfile and .dockerignore ---
+
+
+def test_dockerfile_builds_one_slim_non_root_image() -> None:
+    text = DOCKERFILE.read_text()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\w+))?", text, re.M | re.I)
+    assert len(stages) >= 2, "multi-stage build"
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M)
+    assert base and re.fullmatch(r"python:3\.11[\w.]*-slim[\w-]*", base.group(1))
+    final = text[text.rindex("\nFROM ") :]
+    assert "COPY --from=" in final
+    assert not re.search(r"apt-get install|build-essential|gcc", final), "no compilers at runtime"
+    uv = re.search(r"^ARG UV_VERSION=([\d.]+)$", text, re.M)
+    assert uv and 'pip install "uv==${UV_VERSION}"' in text
+    # The same uv as `make` uses, so both read uv.lock alike.
+    assert f"uv=={uv.group(1)}" in (ROOT / "Makefile").read_text()
+    syncs = re.findall(r"uv sync[^\n]*", text)
+    assert syncs and all("--frozen" in sync and "--no-dev" in sync for sync in syncs)
+    user = re.findall(r"^USER\s+(\S+)", final, re.M)
+    assert user and user[-1].split(":")[0] not in {"root", "0"}
+    assert "PYTHONUNBUFFERED=1" in final and "HOST=0.0.0.0" in final
+    assert re.search(r'^HEALTHCHECK .*CMD \["python"', text, re.M | re.S)
+    assert re.search(r'^CMD \["download-api"\]', text, re.M)
+
+
+def test_dockerignore_keeps_the_build_inputs() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(name: str) -> bool:
+        result = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            if fnmatch.fnmatch(name, pattern.lstrip("!").removeprefix("**/")):
+                result = not negate
+        return result
+
+    for heavy in (".venv", ".tools", "data", ".git", "__pycache__", ".mypy_cache", ".env"):
+        assert ignored(heavy), heavy
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    needed = {"pyproject.toml", "uv.lock", "README.md"}
+    needed |= {p.split(".")[0] for p in setuptools["packages"]}
+    needed |= {f"{m}.py" for m in setuptools["py-modules"]}
+    assert not {n for n in needed if ignored(n)}
+
+
+def test_hadolint() -> None:
+    tool = require("hadolint")
+    result = run([tool, str(DOCKERFILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- nginx ---
+
+
+def test_nginx_is_sse_safe() -> None:
+    text = NGINX_CONF.read_text()
+    assert "server_tokens off" in directives(nginx_block(text, "http {"))
+    server = directives(nginx_block(text, "server {"))
+    for wanted in (
+        "client_max_body_size 1m",
+        "proxy_http_version 1.1",
+        'proxy_set_header Connection ""',
+        "proxy_set_header X-Request-ID $request_id_out",
+    ):
+        assert wanted in server, wanted
+    assert any(d.startswith("proxy_set_header X-Forwarded-For $") for d in server)
+    sse = directives(nginx_block(text, SSE_LOCATION))
+    for wanted in ("proxy_buffering off", "proxy_cache off", "proxy_read_timeout 1h"):
+        assert wanted in sse, wanted
+    # A location with its own proxy_set_header would drop the server-level ones.
+    code = re.sub(r"#[^\n]*", "", text)
+    for location in re.findall(r"location [^{]*\{", code):
+        assert "proxy_set_header" not in nginx_block(code, location), location
+    pattern = re.compile(SSE_LOCATION.split()[-1])
+    assert pattern.match("/v1/download/subscribe/abc") and pattern.match("/v1/download/progress/a")
+    assert not pattern.match("/v1/download/status/abc")
+    upstream = directives(nginx_block(text, "upstream api"))
+    assert any(d.startswith("keepalive ") for d in upstream)
+
+
+def nginx_copy(tmp_path: Path, api_port: int, listen_port: int) -> Path:
+    """The config with the upstream on loopback and temp files under tmp_path."""
+    version = run([require("nginx"), "-v"]).stderr
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", version)
+    has_resolve = found is not None and tuple(map(int, found.groups())) >= (1, 27, 3)
+    text = NGINX_CONF.read_text()
+    text = re.sub(
+        r"server api:3000( resolve)?;",
+        f"server 127.0.0.1:{api_port}{' resolve' if has_resolve else ''};",
+        text,
+    )
+    text = text.replace("listen 80 default_server;", f"listen 127.0.0.1:{listen_port};")
+    temp = "".join(
+        f"    {kind}_temp_path {tmp_path / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = text.replace("http {\n", "http {\n" + temp, 1)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    return conf
+
+
+def test_nginx_config_is_valid(tmp_path: Path) -> None:
+    conf = nginx_copy(tmp_path, 3000, 8080)
+    pid = f"pid {tmp_path / 'nginx.pid'};"
+    result = run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr", "-g", pid])
+    assert result.returncode == 0, result.stderr
+
+
+class FakeApi(BaseHTTPRequestHandler):
+    """Streams two SSE events with a pause between them; records what nginx forwarded."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, dict[str, str]]] = []
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        FakeApi.seen.append((self.request_version, dict(self.headers.items())))
+        if self.path.startswith("/v1/download/subscribe/"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._chunk(b"id: 1\nevent: progress\ndata: {}\n\n")
+            FakeApi.release.wait(10)
+            self._chunk(b"id: 2\nevent: completed\ndata: {}\n\n")
+            self._chunk(b"")
+        else:
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[int]:
+    """nginx with the shipped config in front of FakeApi; yields nginx's port."""
+    require("nginx")
+    FakeApi.seen.clear()
+    FakeApi.release.clear()
+    api = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    port = free_port()
+    conf = nginx_copy(tmp_path, api.server_address[1], port)
+    cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")]
+    cmd += ["-g", f"pid {tmp_path / 'nginx.pid'}; daemon off;"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "error.log").read_text()
+                time.sleep(0.05)
+        yield port
+    finally:
+        FakeApi.release.set()
+        proc.terminate()
+        proc.wait(10)
+        api.shutdown()
+        api.server_close()
+
+
+def test_nginx_streams_sse_without_buffering(proxied: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", proxied, timeout=5)
+    headers = {"X-Request-ID": "req-123", "X-Forwarded-For": "203.0.113.9"}
+    conn.request("GET", "/v1/download/subscribe/job-1", headers=headers)
+    response = conn.getresponse()
+    assert response.status == 200
+    # The first event arrives while the upstream still holds the stream open.
+    first = b""
+    while not first.endswith(b"\n\n"):
+        first += response.read1(1024)
+    assert b"event: progress" in first
+    FakeApi.release.set()
+    assert b"event: completed" in response.read()
+    assert response.getheader("Server") == "nginx"
+    version, forwarded = FakeApi.seen[0]
+    assert version == "HTTP/1.1"
+    assert forwarded["X-Request-ID"] == "req-123"
+    assert forwarded["X-Forwarded-For"] == "127.0.0.1", "the edge replaces client-sent values"
+    assert "Connection" not in forwarded
+
+
+def test_nginx_request_ids_body_limit_and_metrics(proxied: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", proxied, timeout=5)
+    conn.request("GET", "/v1/download/status/job-1")
+    conn.getresponse().read()
+    assert re.fullmatch(r"[0-9a-f]{32}", FakeApi.seen[-1][1]["X-Request-ID"])
+    conn.request("POST", "/v1/download/initiate", body=b"x" * (1024 * 1024 + 1))
+    assert conn.getresponse().status == 413
+    conn = http.client.HTTPConnection("127.0.0.1", proxied, timeout=5)
+    conn.request("GET", "/metrics")
+    assert conn.getresponse().status == 404
+
+
+# --- Prometheus ---
+
+
+def test_prometheus_scrapes_api_workers_and_temporal() -> None:
+    config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    static = {
+        target
+        for job in jobs.values()
+        for group in job.get("static_configs", [])
+        for target in group["targets"]
+    }
+    api_port = environment(services()["api"])["PORT"]
+    assert f"api:{api_port}" in static
+    metrics_port = int(environment(services()["worker"])["WORKER_METRICS_PORT"])
+    dns = [sd for job in jobs.values() for sd in job.get("dns_sd_configs", [])]
+    assert any("worker" in sd["names"] and sd["port"] == metrics_port for sd in dns)
+    temporal_metrics = environment(services()["temporal"])["PROMETHEUS_ENDPOINT"]
+    assert f"temporal:{temporal_metrics.rsplit(':', 1)[1]}" in static
+    for rule_file in config["rule_files"]:
+        assert (PROMETHEUS_DIR / rule_file).is_file()
+    assert {"download-api", "download-worker", "temporal-server"} <= set(jobs)
+
+
+def test_alert_rules_cover_the_failure_modes() -> None:
+    exprs = " ".join(rule["expr"] for rule in alert_rules())
+    for wanted in (
+        'http_requests_total{status=~"5.."}',
+        'download_jobs_total{status="failed"}',
+        "download_queue_size",
+        's3_operations_total{status="error"}',
+        'up{job="download-worker"} == 0',
+        "active_sse_connections",
+    ):
+        assert wanted in exprs, wanted
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+
+
+def test_promql_metric_names_parser() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (le, route) (rate(http_request_duration_seconds_bucket"
+        '{route!~"/metrics"}[$__rate_interval]))) / clamp_min(sum(up{job="x"} == 1), 1e-9)'
+    )
+    assert promql_metric_names(expr) == {"http_request_duration_seconds_bucket", "up"}
+
+
+def test_alerts_and_dashboards_use_existing_metrics() -> None:
+    known = our_metric_names() | TEMPORAL_SDK_METRICS | PROMETHEUS_BUILTIN_METRICS
+    assert "download_jobs_total" in known and "http_request_duration_seconds_bucket" in known
+    exprs = [rule["expr"] for rule in alert_rules()]
+    exprs += [e for dashboard in dashboards() for e in prometheus_exprs(dashboard)]
+    used = set().union(*(promql_metric_names(e) for e in exprs))
+    assert not used - known, f"unknown metrics: {sorted(used - known)}"
+
+
+def test_promtool_check_config_and_rules() -> None:
+    tool = require("promtool")
+    result = run([tool, "check", "config", "prometheus.yml"], cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run([tool, "check", "rules", "alerts.yml"], cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_alert_unit_tests() -> None:
+    tool = require("promtool")
+    result = run([tool, "test", "rules", "alerts.test.yml"], cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Grafana ---
+
+
+def test_grafana_datasources_and_dashboard_provider() -> None:
+    sources = {}
+    for path in (GRAFANA_DIR / "provisioning" / "datasources").glob("*.yml"):
+        for source in load_yaml(path)["datasources"]:
+            sources[source["uid"]] = source
+    assert {sources[uid]["type"] for uid in ("prometheus", "loki", "jaeger")} == {
+        "prometheus",
+        "loki",
+        "jaeger",
+    }
+    assert sources["prometheus"]["url"] == "http://prometheus:9090"
+    assert sources["loki"]["url"] == "http://loki:3100"
+    assert sources["jaeger"]["url"] == "http://jaeger:16686"
+    providers = [
+        provider
+        for path in (GRAFANA_DIR / "provisioning" / "dashboards").glob("*.yml")
+        for provider in load_yaml(path)["providers"]
+    ]
+    mounts = services()["grafana"]["volumes"]
+    for provider in providers:
+        assert f"./docker/grafana/dashboards:{provider['options']['path']}:ro" in mounts
+
+
+def test_dashboards_are_valid_and_show_the_service() -> None:
+    found = dashboards()
+    assert found, "no dashboard"
+    uids = [d["uid"] for d in found]
+    assert len(uids) == len(set(uids))
+    provisioned = {
+        source["uid"]
+        for path in (GRAFANA_DIR / "provisioning" / "datasources").glob("*.yml")
+        for source in load_yaml(path)["datasources"]
+    }
+    for dashboard in found:
+        ids = [p["id"] for p in panels(dashboard)]
+        assert len(ids) == len(set(ids)), dashboard["uid"]
+        for panel in panels(dashboard):
+            if panel["type"] != "row":
+                assert panel["datasource"]["uid"] in provisioned, panel["title"]
+    used = set().union(*(promql_metric_names(e) for d in found for e in prometheus_exprs(d)))
+    for metric in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "download_jobs_total",
+        "download_job_duration_seconds_bucket",
+        "download_queue_size",
+        "download_bytes_packaged_total",
+        "s3_operations_total",
+        "active_sse_connections",
+        "temporal_activity_schedule_to_start_latency_bucket",
+        "temporal_activity_execution_latency_bucket",
+        "temporal_workflow_task_schedule_to_start_latency_bucket",
+        "temporal_workflow_task_execution_latency_bucket",
+    ):
+        assert metric in used, metric
+    by_route = [e for d in found for e in prometheus_exprs(d) if "by (le, route)" in e]
+    assert any("0.5," in e for e in by_route) and any("0.99," in e for e in by_route)
