@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prometheus_client import REGISTRY
@@ -15,7 +18,7 @@ from temporalio.worker import Worker
 
 from activities.storage import ObjectStore, UploadGone
 from config import Settings
-from stack import S3Server
+from stack import S3Server, free_port
 from tests.conftest import BIN
 from tests.helpers import (
     assert_archive_matches,
@@ -242,3 +245,60 @@ async def test_long_id_lists_resolve_in_a_regular_activity(
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
     assert scheduled == ["resolve_files", "package_archive"]
+
+
+async def test_terminal_state_is_posted_to_the_callback(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    received: list[dict[str, object]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    allowed = settings.model_copy(update={"callback_allow_private": True})
+    put_sources(store, settings, {10_001: 10})
+    try:
+        async with build_worker(env.client, allowed, store):
+            url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+            handle = await start_job(env.client, settings, [10_001, 10_002], callback_url=url)
+            await handle.result()
+    finally:
+        server.shutdown()
+    assert received == [
+        {
+            "jobId": handle.id,
+            "status": "completed",
+            "totalFiles": 2,
+            "completedFiles": 1,
+            "failedFiles": 1,
+            "error": None,
+            "completedAt": received[0]["completedAt"],
+        }
+    ]
+
+
+async def test_a_refused_callback_never_fails_the_job(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
+) -> None:
+    put_sources(store, settings, {10_001: 10})
+    handle = await start_job(
+        env.client, settings, [10_001], callback_url="http://127.0.0.1:9/private"
+    )
+    state = await handle.result()
+    assert state.status is JobStatus.completed
+    history = await handle.fetch_history()
+    failed = [
+        e.activity_task_failed_event_attributes.failure.application_failure_info.type
+        for e in history.events
+        if e.HasField("activity_task_failed_event_attributes")
+    ]
+    assert failed == ["CallbackRefused"]
