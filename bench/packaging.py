@@ -26,7 +26,7 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.packaging import DownloadActivities
+from activities.packaging import READ_CHUNK, DownloadActivities
 from activities.storage import ObjectStore
 from config import Settings
 from stack import S3Server, free_port
@@ -98,7 +98,7 @@ def plain_copy(
                 pending = None
 
         for source in sources:
-            for chunk in store.read(source.key):
+            for chunk in store.read(source.key, 0, READ_CHUNK):
                 buffer.extend(chunk)
                 total += len(chunk)
                 if len(buffer) >= part_size:
