@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from activities.storage import ObjectStore
-from api.routes import health
+from api.auth import Authenticator
+from api.errors import install_error_handlers
+from api.jobs import with_download
+from api.middleware import install_middleware
+from api.routes import downloads, health, legacy
+from api.routes.docs import mount_docs
+from api.routes.health import STATIC
+from api.sse import JobWatchers
 from config import Settings, load_settings
 from observability import get_logger, setup_logging, setup_tracing
 from workflows.client import connect
@@ -23,14 +31,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings
-        app.state.store = ObjectStore(settings)
+        store = ObjectStore(settings)
         # Lazy: the API starts (and answers 503) while Temporal is still coming up or down.
-        app.state.temporal = await connect(settings, lazy=True)
+        client = await connect(settings, lazy=True)
+        app.state.settings = settings
+        app.state.store = store
+        app.state.temporal = client
+        app.state.auth = Authenticator(settings)
+        app.state.watchers = JobWatchers(
+            client, lambda record: with_download(record.view, record.state, store, settings)
+        )
         if not settings.auth_enabled:
             log.warning("authentication is off: every caller acts as 'anonymous'")
-        yield
-        await asyncio.sleep(0)
+        try:
+            yield
+        finally:
+            await app.state.watchers.close()
 
     app = FastAPI(
         title="Download service",
@@ -38,15 +54,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Start bundle downloads as durable Temporal workflows, follow their progress, "
         "and fetch the archive.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_error_handlers(app, settings)
+    install_middleware(app, settings)
     app.include_router(health.router)
+    app.include_router(downloads.router)
+    app.include_router(legacy.router)
+    mount_docs(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    setup_tracing(settings, "api")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,metrics")
     return app
 
 
 def main() -> None:
     settings = load_settings()
     setup_logging(settings, "api")
-    setup_tracing(settings, "api")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -97,7 +97,11 @@ def new_request(
 
 
 async def start_download(
-    client: Client, settings: Settings, request: DownloadRequest
+    client: Client,
+    settings: Settings,
+    request: DownloadRequest,
+    *,
+    id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.REJECT_DUPLICATE,
 ) -> WorkflowHandle[Any, JobState]:
     """Start the job's workflow with its initial memo and search attributes (readable at once)."""
     initial = JobState(
@@ -124,5 +128,5 @@ async def start_download(
                 SearchAttributePair(FILE_COUNT, len(request.file_ids)),
             ]
         ),
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=id_reuse_policy,
     )

@@ -1,26 +1,46 @@
-"""`GET /` and `GET /health`."""
+"""`GET /` (JSON for API clients, the web page for browsers), `/health` and `/metrics`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
+from pathlib import Path
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from temporalio.client import Client
 
 from activities.storage import ObjectStore, StorageError
+from api.deps import StoreDep, TemporalDep
+from api.schemas import Check, HealthResponse, ServiceInfo
+from observability import DOWNLOAD_QUEUE_SIZE
 
 router = APIRouter(tags=["service"])
+STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-class HealthResponse(BaseModel):
-    status: str
-    checks: dict[str, str]
+@router.get(
+    "/",
+    response_model=ServiceInfo,
+    responses={200: {"content": {"text/html": {}}, "description": "the web page for browsers"}},
+    summary="Service information, or the web page when a browser asks for HTML",
+)
+async def index(request: Request) -> Response:
+    accept = request.headers.get("accept", "")
+    if "text/html" in accept and (STATIC / "index.html").is_file():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+    info = ServiceInfo(
+        message="Download service: POST /v1/download/initiate to start a job",
+        version=request.app.version,
+        docs="/docs",
+        health="/health",
+    )
+    return JSONResponse(info.model_dump())
 
 
-async def _check_storage(store: ObjectStore) -> str:
+async def _check_storage(store: ObjectStore) -> Check:
     try:
         await asyncio.wait_for(asyncio.to_thread(store.ping), timeout=5)
     except (StorageError, TimeoutError):
@@ -28,7 +48,7 @@ async def _check_storage(store: ObjectStore) -> str:
     return "ok"
 
 
-async def _check_temporal(client: Client) -> str:
+async def _check_temporal(client: Client) -> Check:
     try:
         ok = await client.service_client.check_health(timeout=timedelta(seconds=3))
     except Exception:  # any failure to answer means unhealthy
@@ -36,14 +56,32 @@ async def _check_temporal(client: Client) -> str:
     return "ok" if ok else "error"
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-async def health(request: Request) -> JSONResponse:
-    storage, temporal = await asyncio.gather(
-        _check_storage(request.app.state.store), _check_temporal(request.app.state.temporal)
-    )
-    checks = {"storage": storage, "temporal": temporal}
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse}},
+    summary="Storage and Temporal reachability",
+)
+async def health(store: StoreDep, client: TemporalDep) -> JSONResponse:
+    storage, temporal = await asyncio.gather(_check_storage(store), _check_temporal(client))
+    checks: dict[str, Check] = {"storage": storage, "temporal": temporal}
     healthy = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "healthy" if healthy else "unhealthy", "checks": checks},
-        status_code=200 if healthy else 503,
-    )
+    body = HealthResponse(status="healthy" if healthy else "unhealthy", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+    summary="Prometheus metrics",
+)
+async def metrics(client: TemporalDep) -> Response:
+    # Jobs waiting or running, from Temporal visibility; skipped when Temporal does not answer.
+    with contextlib.suppress(Exception):
+        count = await client.count_workflows(
+            "WorkflowType = 'DownloadWorkflow' AND ExecutionStatus = 'Running'",
+            rpc_timeout=timedelta(seconds=2),
+        )
+        DOWNLOAD_QUEUE_SIZE.set(count.count)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,280 @@
+"""Cross-cutting behaviour as plain ASGI middleware (streams pass through untouched).
+
+Order, outermost first: request context (request id, security headers, metrics, access log, last
+resort 500), CORS, rate limit, body size limit, request timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import time
+import uuid
+from typing import Any
+
+import anyio
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from opentelemetry import trace
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response, internal_error_body
+from config import Settings
+from observability import HTTP_DURATION, HTTP_REQUESTS, get_logger, job_id_var, request_id_var
+
+log = get_logger("api.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+# Page assets are our own files: no inline script, no third-party origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# Probes, scrapes and static assets are not counted against a client's limit.
+RATE_LIMIT_EXEMPT = ("/health", "/metrics", "/static/", "/docs/assets/", "/favicon.ico")
+MOUNTS = ("/static/", "/docs/assets/")
+KNOWN_PATHS = ("/openapi.json",)
+
+
+def client_address(scope: Scope, settings: Settings) -> str:
+    """The peer, or the nearest untrusted hop of X-Forwarded-For when the peer is a proxy."""
+    peer = (scope.get("client") or ("unknown", 0))[0]
+    if not _trusted(peer, settings):
+        return str(peer)
+    forwarded = Headers(scope=scope).get("x-forwarded-for")
+    if not forwarded:
+        return str(peer)
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, settings):
+            return hop
+    return hops[0] if hops else str(peer)
+
+
+def _trusted(address: str, settings: Settings) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in settings.trusted_proxy_networks)
+
+
+def _route_label(scope: Scope, status: int) -> str:
+    """The route template, never the raw path, so metric labels stay few."""
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path is not None:
+        return str(path)
+    for prefix in MOUNTS:
+        if scope["path"].startswith(prefix):
+            return prefix + "{path}"
+    return scope["path"] if scope["path"] in KNOWN_PATHS and status < 400 else "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
+        request_id_var.set(request_id)
+        job_id_var.set(None)
+        scope.setdefault("state", {})["client_ip"] = client_address(scope, self.settings)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                if "server" in headers:
+                    del headers["server"]
+                span = trace.get_current_span().get_span_context()
+                if span.is_valid:
+                    headers["X-Trace-Id"] = format(span.trace_id, "032x")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if response_started:
+                log.error("error after the response started", exc_info=exc)
+            else:
+                body = internal_error_body(self.settings, exc)
+                await JSONResponse(body, 500)(scope, receive, send_with_headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope, status)
+            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            HTTP_DURATION.labels(scope["method"], route).observe(elapsed)
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                route=route,
+                status=status,
+                durationMs=round(elapsed * 1000, 1),
+                client=scope["state"]["client_ip"],
+            )
+
+
+class RateLimitMiddleware:
+    """Per-client moving window from `limits`; headers follow the IETF RateLimit draft."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        window = max(1, round(settings.rate_limit_window_ms / 1000))
+        self.item = RateLimitItemPerSecond(settings.rate_limit_max_requests, window)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.policy = f"{settings.rate_limit_max_requests};w={window}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        key = scope["state"]["client_ip"]
+        exempt = scope["path"].startswith(RATE_LIMIT_EXEMPT)
+        allowed = exempt or await self.limiter.hit(self.item, key)
+        stats = await self.limiter.get_window_stats(self.item, key)
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        headers = {
+            "RateLimit-Policy": self.policy,
+            "RateLimit-Limit": str(self.item.amount),
+            "RateLimit-Remaining": str(max(0, stats.remaining)),
+            "RateLimit-Reset": str(reset),
+        }
+        if not allowed:
+            headers["Retry-After"] = str(max(1, reset))
+            response = error_response(429, "too many requests; slow down", headers=headers)
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(headers)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over MAX_BODY_BYTES, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        too_large = error_response(413, f"request body exceeds {self.max_bytes} bytes")
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replay() -> Message:
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+
+class TimeoutMiddleware:
+    """Answer 504 when no response has started within REQUEST_TIMEOUT_MS; streams are exempt."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        with anyio.CancelScope(deadline=anyio.current_time() + self.seconds) as deadline:
+
+            async def send_and_release(message: Message) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                    deadline.deadline = math.inf
+                await send(message)
+
+            await self.app(scope, receive, send_and_release)
+        if deadline.cancelled_caught and not started:
+            log.warning("request timed out", path=scope["path"], timeoutSeconds=self.seconds)
+            response = error_response(504, "the request took too long", "request_timeout")
+            await response(scope, receive, send)
+
+
+def install_middleware(app: Any, settings: Settings) -> None:
+    """Added innermost first: Starlette wraps each new middleware around the previous ones."""
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_ms / 1000)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit_enabled:
+        app.add_middleware(RateLimitMiddleware, settings=settings)
+    origins = settings.cors_origin_list
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_credentials="*" not in origins,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=[
+            "Content-Type",
+            "Authorization",
+            "X-Request-ID",
+            "X-API-Key",
+            "Idempotency-Key",
+            "Last-Event-ID",
+        ],
+        expose_headers=[
+            "X-Request-ID",
+            "X-Trace-Id",
+            "Location",
+            "Retry-After",
+            "RateLimit-Policy",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+        ],
+        max_age=600,
+    )
+    app.add_middleware(RequestContextMiddleware, settings=settings)

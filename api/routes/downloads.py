@@ -1,0 +1,275 @@
+"""Download jobs: start, status, live progress (SSE), details, file, cancel, retry, list."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import RedirectResponse
+from sse_starlette import EventSourceResponse
+from starlette.convertors import Convertor, register_url_convertor
+from temporalio.client import Client
+
+from activities.storage import ObjectStore
+from api.deps import (
+    JobIdDep,
+    OwnerDep,
+    SettingsDep,
+    StoreDep,
+    StreamOwnerDep,
+    TemporalDep,
+    WatchersDep,
+)
+from api.errors import ApiError, error_responses
+from api.jobs import (
+    cancel_job,
+    links,
+    list_jobs,
+    new_job_id,
+    retry_job,
+    start_job,
+    with_download,
+)
+from api.schemas import (
+    CancelResponse,
+    InitiateRequest,
+    InitiateResponse,
+    JobList,
+    JobView,
+)
+from api.sse import JobWatchers, job_events, parse_event_id
+from api.status import JobRecord, describe_job
+from config import Settings
+from observability import request_id_var
+from workflows.models import JobStatus
+
+
+class JobIdConvertor(Convertor[str]):
+    """Job ids never shadow the fixed paths, so `GET /v1/download/initiate` is 405, not 404."""
+
+    regex = r"(?!(?:initiate|check|start)(?:/|$))[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("job_id", JobIdConvertor())
+
+
+router = APIRouter(tags=["downloads"])
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "events `progress`, `completed`, `failed`, `cancelled`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    204: {"description": "the job is finished and the client has its last event"},
+    **error_responses(401, 404),
+}
+
+
+@router.post(
+    "/v1/download/initiate",
+    response_model=InitiateResponse,
+    responses=error_responses(400, 401, 409, 413),
+    summary="Start a download job",
+)
+async def initiate(
+    body: InitiateRequest,
+    owner: OwnerDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> InitiateResponse:
+    """Returns at once; the job runs as a workflow. Repeats with one `Idempotency-Key` get one job."""
+    record = await start_job(
+        client,
+        settings,
+        job_id=new_job_id(owner, idempotency_key),
+        owner=owner,
+        file_ids=list(body.file_ids),
+        callback_url=str(body.callback_url) if body.callback_url else None,
+        request_id=request_id_var.get(),
+    )
+    return _started(record, total_file_ids=len(body.file_ids))
+
+
+def _started(record: JobRecord, total_file_ids: int) -> InitiateResponse:
+    view = record.view
+    return InitiateResponse(
+        job_id=view.job_id,
+        status=view.status,
+        total_files=view.total_files,
+        total_file_ids=total_file_ids,
+        created_at=view.created_at,
+        **links(view.job_id),
+    )
+
+
+@router.get(
+    "/v1/download/status/{jobId:job_id}",
+    response_model=JobView,
+    responses=error_responses(401, 404),
+    summary="A job's status and progress",
+)
+async def status(
+    job_id: JobIdDep,
+    owner: OwnerDep,
+    client: TemporalDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> JobView:
+    record = await describe_job(client, job_id, owner)
+    return with_download(record.view, record.state, store, settings)
+
+
+async def _stream(
+    job_id: str, owner: str, client: Client, watchers: JobWatchers, last_event_id: str | None
+) -> Response:
+    record = watchers.watched(job_id, owner) or await describe_job(client, job_id, owner)
+    last = parse_event_id(last_event_id)
+    if record.view.status.terminal:
+        snap = watchers.snapshot(record)
+        if last is not None and last >= snap.key:
+            # 204 tells EventSource not to reconnect: the client has the final event already.
+            return Response(status_code=204)
+        events = _once(snap.event)
+    else:
+        events = job_events(watchers, record, last)
+    return EventSourceResponse(events, ping=watchers.ping_seconds, send_timeout=30)
+
+
+async def _once(event: bytes) -> AsyncIterator[bytes]:
+    yield event
+
+
+@router.get(
+    "/v1/download/subscribe/{jobId:job_id}",
+    response_class=EventSourceResponse,
+    responses=SSE_RESPONSES,
+    summary="Live progress as Server-Sent Events",
+)
+async def subscribe(
+    job_id: JobIdDep,
+    owner: StreamOwnerDep,
+    client: TemporalDep,
+    watchers: WatchersDep,
+    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    """Ends after the terminal event; `Last-Event-ID` resumes without repeating events."""
+    return await _stream(job_id, owner, client, watchers, last_event_id)
+
+
+@router.get(
+    "/v1/download/progress/{jobId:job_id}",
+    response_class=EventSourceResponse,
+    responses=SSE_RESPONSES,
+    summary="Alias of /v1/download/subscribe/{jobId}",
+)
+async def progress(
+    job_id: JobIdDep,
+    owner: StreamOwnerDep,
+    client: TemporalDep,
+    watchers: WatchersDep,
+    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    return await _stream(job_id, owner, client, watchers, last_event_id)
+
+
+async def _finished_job(
+    job_id: str, owner: str, client: Client, store: ObjectStore, settings: Settings
+) -> JobView:
+    record = await describe_job(client, job_id, owner)
+    view = with_download(record.view, record.state, store, settings)
+    if view.status is JobStatus.completed and record.state.archive_key:
+        info = await asyncio.to_thread(store.stat_or_none, record.state.archive_key)
+        if info is None:
+            raise ApiError(410, "gone", "the archive has expired; retry is not possible")
+        view = view.model_copy(update={"archive_size": info.size})
+    return view
+
+
+@router.get(
+    "/v1/download/{jobId:job_id}",
+    response_model=JobView,
+    responses=error_responses(401, 404, 410),
+    summary="A job's details, with a fresh download URL when completed",
+)
+async def details(
+    job_id: JobIdDep,
+    owner: OwnerDep,
+    client: TemporalDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> JobView:
+    return await _finished_job(job_id, owner, client, store, settings)
+
+
+@router.get(
+    "/v1/download/{jobId:job_id}/file",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={
+        302: {"description": "to a fresh presigned URL"},
+        **error_responses(401, 404, 409, 410),
+    },
+    summary="Redirect to the archive",
+)
+async def file(
+    job_id: JobIdDep,
+    owner: OwnerDep,
+    client: TemporalDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> RedirectResponse:
+    view = await _finished_job(job_id, owner, client, store, settings)
+    if view.download_url is None:
+        raise ApiError.conflict(f"the job is {view.status.value}; there is no archive")
+    return RedirectResponse(view.download_url, status_code=302)
+
+
+@router.delete(
+    "/v1/download/{jobId:job_id}",
+    response_model=CancelResponse,
+    responses=error_responses(401, 404, 409),
+    summary="Cancel a job",
+)
+async def cancel(
+    job_id: JobIdDep, owner: OwnerDep, client: TemporalDep, settings: SettingsDep
+) -> CancelResponse:
+    wait = min(3.0, settings.request_timeout_ms / 2000)
+    record = await cancel_job(client, job_id, owner, wait)
+    return CancelResponse(job_id=job_id, cancelled=True, status=record.view.status)
+
+
+@router.post(
+    "/v1/download/{jobId:job_id}/retry",
+    response_model=InitiateResponse,
+    responses=error_responses(401, 404, 409),
+    summary="Run a failed or cancelled job again under the same id",
+)
+async def retry(
+    job_id: JobIdDep, owner: OwnerDep, client: TemporalDep, settings: SettingsDep
+) -> InitiateResponse:
+    record = await retry_job(client, settings, job_id, owner)
+    return _started(record, total_file_ids=record.view.total_files)
+
+
+@router.get(
+    "/v1/downloads",
+    response_model=JobList,
+    responses=error_responses(400, 401),
+    summary="The caller's jobs, newest first",
+)
+async def downloads(
+    owner: OwnerDep,
+    client: TemporalDep,
+    status: JobStatus | None = None,
+    page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
+    page_token: Annotated[str | None, Query(alias="pageToken", max_length=4096)] = None,
+) -> JobList:
+    return await list_jobs(client, owner, status, page_size, page_token)

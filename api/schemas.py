@@ -1,0 +1,169 @@
+"""Request and response bodies of the HTTP API; the OpenAPI document is generated from them.
+
+New endpoints speak camelCase; the existing service's endpoints keep their snake_case fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from workflows.models import MAX_FILE_ID, MAX_FILES_PER_JOB, MIN_FILE_ID, FileStatus, JobStatus
+
+FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+
+
+class CamelModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="stable machine-readable code, e.g. validation_error")
+    message: str
+    requestId: str | None = None
+    details: Any | None = None
+
+
+# --- requests ---
+class InitiateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file_ids: list[FileId] = Field(min_length=1, max_length=MAX_FILES_PER_JOB)
+    callback_url: AnyHttpUrl | None = Field(
+        None, description="POSTed a signed JSON notice when the job ends"
+    )
+
+
+class FileRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: FileId
+
+
+# --- job views ---
+class FileView(CamelModel):
+    file_id: int
+    status: FileStatus
+    size: int | None = None
+    error: str | None = None
+
+
+class JobView(CamelModel):
+    """A job's status as clients see it (`GET /v1/download/status/{jobId}`)."""
+
+    job_id: str
+    status: JobStatus
+    progress: int = Field(ge=0, le=100)
+    current_file: int | None = None
+    total_files: int
+    completed_files: int
+    failed_files: int
+    bytes_processed: int
+    total_bytes: int
+    files: list[FileView]
+    created_at: datetime
+    started_at: datetime | None = None
+    updated_at: datetime
+    completed_at: datetime | None = None
+    estimated_completion_at: datetime | None = None
+    download_url: str | None = None
+    expires_at: datetime | None = None
+    archive_size: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class JobLinks(CamelModel):
+    status_url: str
+    subscribe_url: str
+    details_url: str
+    file_url: str
+
+
+class InitiateResponse(JobLinks):
+    job_id: str
+    status: JobStatus
+    total_files: int
+    total_file_ids: int
+    created_at: datetime
+
+
+class CancelResponse(CamelModel):
+    job_id: str
+    cancelled: bool
+    status: JobStatus
+
+
+class JobSummary(CamelModel):
+    job_id: str
+    status: JobStatus
+    total_files: int
+    created_at: datetime
+    completed_at: datetime | None = None
+    error: str | None = None
+
+
+class JobList(CamelModel):
+    jobs: list[JobSummary]
+    next_page_token: str | None = None
+
+
+class ProgressEvent(CamelModel):
+    """Data of an SSE `progress` event; terminal events carry a whole `JobView`."""
+
+    job_id: str
+    status: JobStatus
+    progress: int
+    current_file: int | None = None
+    total_files: int
+    completed_files: int
+    failed_files: int
+    bytes_processed: int
+    total_bytes: int
+    updated_at: datetime
+    estimated_completion_at: datetime | None = None
+
+
+# --- the existing service's shapes ---
+class CheckResponse(BaseModel):
+    file_id: int
+    available: bool
+    s3Key: str | None
+    size: int | None
+
+
+class LegacyStartResponse(BaseModel):
+    file_id: int
+    status: Literal["completed", "failed"]
+    downloadUrl: str | None
+    size: int | None
+    processingTimeMs: int
+    message: str
+
+
+class StartAccepted(JobLinks):
+    """`POST /v1/download/start` that did not finish within the request timeout."""
+
+    file_id: int = Field(alias="file_id")
+    job_id: str
+    status: JobStatus
+    message: str
+
+
+Check = Literal["ok", "error"]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    checks: dict[str, Check]
+
+
+class ServiceInfo(BaseModel):
+    message: str
+    version: str
+    docs: str
+    health: str

@@ -1,0 +1,195 @@
+"""Live job progress over Server-Sent Events.
+
+One watcher task per job per API process polls `describe()` while the job has subscribers and
+shares each new snapshot with all of them, so Temporal is asked once per job, not per subscriber.
+Subscribers only ever need the newest snapshot, so a slow one skips stale progress instead of
+queueing it.
+
+Event ids are ordered keys derived from the job's state (run, terminal, bytes, files, status):
+a client resuming with `Last-Event-ID` gets only newer events, from any API replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from sse_starlette import ServerSentEvent
+from temporalio.client import Client
+
+from api.errors import ApiError
+from api.schemas import JobView, ProgressEvent
+from api.status import JobRecord, describe_job
+from observability import ACTIVE_SSE, get_logger
+from workflows.models import JobStatus
+
+log = get_logger("api.sse")
+
+POLL_SECONDS = 0.25
+PING_SECONDS = 15.0
+RECONNECT_MS = 3000
+EventKey = tuple[int, ...]
+_RANK = {JobStatus.queued: 0, JobStatus.processing: 1}
+
+
+def event_key(record: JobRecord) -> EventKey:
+    view = record.view
+    run = int(record.run_started.timestamp() * 1000)
+    terminal = int(view.status.terminal)
+    files = view.completed_files + view.failed_files
+    return (run, terminal, view.bytes_processed, files, _RANK.get(view.status, 2))
+
+
+def format_event_id(key: EventKey) -> str:
+    return ".".join(str(k) for k in key)
+
+
+def parse_event_id(value: str | None) -> EventKey | None:
+    parts = (value or "").strip().split(".")
+    if len(parts) != 5 or not all(p.isdigit() and len(p) < 20 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    key: EventKey
+    terminal: bool
+    event: bytes
+
+
+def snapshot(record: JobRecord, view: JobView) -> Snapshot:
+    """Encoded once and sent as is to every subscriber; terminal events carry the whole job."""
+    key = event_key(record)
+    if view.status.terminal:
+        name, data = view.status.value, view.model_dump_json(by_alias=True)
+    else:
+        progress = ProgressEvent.model_validate(view.model_dump(exclude={"files"}))
+        name, data = "progress", progress.model_dump_json(by_alias=True)
+    event = ServerSentEvent(data=data, event=name, id=format_event_id(key), retry=RECONNECT_MS)
+    return Snapshot(key=key, terminal=view.status.terminal, event=event.encode())
+
+
+@dataclass
+class _Watch:
+    record: JobRecord
+    latest: Snapshot
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    subscribers: int = 0
+    task: asyncio.Task[None] | None = None
+    closed: bool = False
+
+    def publish(self, record: JobRecord, snap: Snapshot) -> None:
+        self.record = record
+        if snap.key > self.latest.key:
+            self.latest = snap
+            self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def next_after(self, key: EventKey | None) -> Snapshot | None:
+        while True:
+            if key is None or self.latest.key > key:
+                return self.latest
+            if self.closed:
+                return None
+            await self.changed.wait()
+
+
+class JobWatchers:
+    """The watcher tasks of one API process, keyed by job id."""
+
+    def __init__(
+        self,
+        client: Client,
+        present: Callable[[JobRecord], JobView],
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        self.client, self.present, self.poll_seconds = client, present, poll_seconds
+        self.ping_seconds = PING_SECONDS
+        self._watches: dict[str, _Watch] = {}
+
+    def snapshot(self, record: JobRecord) -> Snapshot:
+        return snapshot(record, self.present(record))
+
+    @property
+    def watched_jobs(self) -> int:
+        return len(self._watches)
+
+    def watched(self, job_id: str, owner: str) -> JobRecord | None:
+        """The job's last polled record when a watcher runs, saving a `describe()` per subscriber."""
+        watch = self._watches.get(job_id)
+        if watch is None or watch.closed or watch.record.state.owner != owner:
+            return None
+        return watch.record
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, record: JobRecord) -> AsyncIterator[_Watch]:
+        job_id = record.view.job_id
+        watch = self._watches.get(job_id)
+        if watch is None:
+            watch = _Watch(record=record, latest=self.snapshot(record))
+            watch.task = asyncio.create_task(self._run(job_id, record.state.owner, watch))
+            self._watches[job_id] = watch
+        watch.subscribers += 1
+        try:
+            yield watch
+        finally:
+            watch.subscribers -= 1
+            if watch.subscribers == 0:
+                if self._watches.get(job_id) is watch:
+                    del self._watches[job_id]
+                if watch.task is not None:
+                    watch.task.cancel()
+
+    async def _run(self, job_id: str, owner: str, watch: _Watch) -> None:
+        delay = self.poll_seconds
+        while not watch.closed:
+            await asyncio.sleep(delay)
+            try:
+                record = await describe_job(self.client, job_id, owner)
+            except ApiError:
+                log.info("watched job disappeared", jobId=job_id)
+                watch.close()
+                return
+            except Exception as exc:
+                # Temporal unreachable: keep the streams open and try again, slower.
+                log.warning("job watch failed", jobId=job_id, error=str(exc))
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = self.poll_seconds
+            snap = self.snapshot(record)
+            watch.publish(record, snap)
+            if snap.terminal:
+                watch.close()
+
+    async def close(self) -> None:
+        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watches.clear()
+
+
+async def job_events(
+    watchers: JobWatchers, record: JobRecord, last: EventKey | None
+) -> AsyncIterator[bytes]:
+    """The stream of one subscriber: newer snapshots until the terminal event."""
+    ACTIVE_SSE.inc()
+    try:
+        async with watchers.subscribe(record) as watch:
+            while (snap := await watch.next_after(last)) is not None:
+                yield snap.event
+                last = snap.key
+                if snap.terminal:
+                    return
+    finally:
+        ACTIVE_SSE.dec()

@@ -1,0 +1,243 @@
+"""Server-Sent Events through a real uvicorn server (streams cannot be buffered like the others)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from temporalio.testing import WorkflowEnvironment
+
+from activities.storage import ObjectStore
+from api.main import create_app
+from api.sse import JobWatchers, parse_event_id
+from api.status import describe_job
+from config import Settings
+from stack import free_port
+from tests.helpers import put_sources, wait_for
+from worker import build_worker
+
+TERMINAL = {"completed", "failed", "cancelled"}
+MIB = 1024 * 1024
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """The app on a free port, with an HTTP client pointed at it."""
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    await wait_for(started, timeout=20)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client, app
+    finally:
+        server.should_exit = True
+        await task
+
+
+def watchers(app: FastAPI) -> JobWatchers:
+    found: JobWatchers = app.state.watchers
+    return found
+
+
+async def read_events(resp: httpx.Response, comments: list[str] | None = None) -> list[Any]:
+    """Parse the stream until it ends; events as dicts with id, event and decoded data."""
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    async for line in resp.aiter_lines():
+        if not line:
+            if "data" in current:
+                current["data"] = json.loads(current["data"])
+                events.append(current)
+            current = {}
+        elif line.startswith(":"):
+            if comments is not None:
+                comments.append(line)
+        else:
+            name, _, value = line.partition(":")
+            current[name] = value.removeprefix(" ")
+    return events
+
+
+async def initiate(client: httpx.AsyncClient, file_ids: list[int], **kw: Any) -> str:
+    resp = await client.post("/v1/download/initiate", json={"file_ids": file_ids}, **kw)
+    assert resp.status_code == 200, resp.text
+    job_id: str = resp.json()["jobId"]
+    return job_id
+
+
+async def test_stream_follows_a_job_to_completion_and_resumes(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    slow = settings.model_copy(
+        update={
+            "download_delay_enabled": True,
+            "download_delay_min_ms": 400,
+            "download_delay_max_ms": 400,
+        }
+    )
+    put_sources(store, settings, {10_001 + i: MIB for i in range(4)})
+    async with serve(slow) as (client, _), build_worker(env.client, slow, store):
+        job_id = await initiate(client, [10_001, 10_002, 10_003, 10_004])
+        async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            assert resp.headers["x-accel-buffering"] == "no"
+            assert resp.headers["cache-control"] == "no-store"
+            events = await read_events(resp)
+
+        kinds = [e["event"] for e in events]
+        assert kinds[-1] == "completed" and set(kinds[:-1]) == {"progress"}
+        processing = [e["data"] for e in events if e["data"]["status"] == "processing"]
+        assert len(processing) >= 2, kinds
+        keys = [parse_event_id(e["id"]) for e in events]
+        assert all(k is not None for k in keys)
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)  # type: ignore[type-var]
+        progress = [e["data"]["progress"] for e in events]
+        assert progress == sorted(progress) and progress[-1] == 100
+        final = events[-1]["data"]
+        assert final["jobId"] == job_id and final["downloadUrl"]
+        assert [f["status"] for f in final["files"]] == ["completed"] * 4
+
+        # Resuming after a progress event yields only what came later.
+        middle = events[len(events) // 2]["id"]
+        resumed = await client.get(
+            f"/v1/download/progress/{job_id}", headers={"Last-Event-ID": middle}
+        )
+        assert resumed.status_code == 200
+        again = await read_events(resumed)
+        assert [e["event"] for e in again] == ["completed"]
+        assert again[0]["id"] == events[-1]["id"]
+        # Nothing newer than the final event: 204 tells EventSource to stop reconnecting.
+        done = await client.get(
+            f"/v1/download/subscribe/{job_id}", headers={"Last-Event-ID": events[-1]["id"]}
+        )
+        assert done.status_code == 204
+
+
+async def test_subscribers_share_one_watcher(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    describes = 0
+
+    async def counting(*args: Any) -> Any:
+        nonlocal describes
+        describes += 1
+        return await describe_job(*args)
+
+    monkeypatch.setattr("api.sse.describe_job", counting)
+    put_sources(store, settings, {10_001: 1000})
+    async with serve(settings) as (client, app):
+        job_id = await initiate(client, [10_001])
+
+        async def subscriber(ready: asyncio.Future[Any]) -> list[Any]:
+            events: list[Any] = []
+            async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        event = json.loads(line.removeprefix("data:"))
+                        events.append(event)
+                        if not ready.done():
+                            ready.set_result(event)
+            return events
+
+        loop = asyncio.get_running_loop()
+        first_events = [loop.create_future() for _ in range(5)]
+        streams = [asyncio.create_task(subscriber(f)) for f in first_events]
+        firsts = await asyncio.wait_for(asyncio.gather(*first_events), 20)
+        assert {e["status"] for e in firsts} == {"queued"}  # no worker yet
+
+        async def five_share_one() -> bool:
+            watches = watchers(app)._watches
+            return len(watches) == 1 and watches[job_id].subscribers == 5
+
+        await wait_for(five_share_one)
+        before = describes
+        await asyncio.sleep(1.0)
+        # One poll every 0.25 s for the job, not one per subscriber (5 would make ~20).
+        assert describes - before <= 6
+
+        async with build_worker(env.client, settings, store):
+            results = await asyncio.wait_for(asyncio.gather(*streams), 60)
+        for events in results:
+            assert events[-1]["status"] == "completed"
+
+        async def released() -> bool:
+            return watchers(app).watched_jobs == 0
+
+        await wait_for(released)
+
+
+async def test_failed_and_cancelled_jobs_end_their_streams(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    stuck = settings.model_copy(
+        update={
+            "download_delay_enabled": True,
+            "download_delay_min_ms": 60_000,
+            "download_delay_max_ms": 60_000,
+        }
+    )
+    put_sources(store, settings, {10_001: 100})
+    async with serve(stuck) as (client, _), build_worker(env.client, stuck, store):
+        missing = await initiate(client, [10_009])
+        events = await read_events(await client.get(f"/v1/download/subscribe/{missing}"))
+        assert events[-1]["event"] == "failed"
+        assert events[-1]["data"]["error"] == "none of the requested files is available"
+
+        running = await initiate(client, [10_001])
+        async with client.stream("GET", f"/v1/download/subscribe/{running}") as resp:
+            lines = resp.aiter_lines()
+            async for line in lines:
+                if '"status":"processing"' in line:
+                    break
+            cancel = await client.delete(f"/v1/download/{running}")
+            assert cancel.status_code == 200
+            rest = [line async for line in lines]
+        assert "event: cancelled" in rest
+
+
+async def test_token_in_query_and_keepalive_comments(
+    settings: Settings, store: ObjectStore
+) -> None:
+    keyed = settings.model_copy(update={"auth_api_keys": "k1=frank"})
+    async with serve(keyed) as (client, app):
+        watchers(app).ping_seconds = 0.3
+        job_id = await initiate(client, [10_001], headers={"X-API-Key": "k1"})
+        denied = await client.get(f"/v1/download/subscribe/{job_id}")
+        assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
+        wrong = await client.get(f"/v1/download/subscribe/{job_id}?access_token=nope")
+        assert wrong.status_code == 401
+        url = f"/v1/download/subscribe/{job_id}?access_token=k1"
+        async with client.stream("GET", url) as resp:
+            assert resp.status_code == 200
+            seen: list[str] = []
+            async for line in resp.aiter_lines():
+                seen.append(line)
+                if line.startswith(":"):
+                    break
+        assert any(line.startswith("event: progress") for line in seen)
+        assert seen[-1].startswith(": ping")
+
+        async def released() -> bool:
+            return watchers(app).watched_jobs == 0
+
+        await wait_for(released)

@@ -1,0 +1,143 @@
+"""The status mapping (memo + run status + pending activities -> client view) and SSE event ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+
+from api.sse import event_key, format_event_id, parse_event_id
+from api.status import JobRecord, PendingActivity, job_view
+from workflows.models import FileState, FileStatus, JobState, JobStatus, PackageProgress
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+RUNNING = WorkflowExecutionStatus.RUNNING
+
+
+def state(status: JobStatus = JobStatus.processing, **kwargs: object) -> JobState:
+    files = [
+        FileState(file_id=10_001, size=100),
+        FileState(file_id=10_002, status=FileStatus.failed, error="not found"),
+        FileState(file_id=10_003, size=300),
+        FileState(file_id=10_004, size=600),
+    ]
+    values: dict[str, object] = {
+        "job_id": "j1",
+        "status": status,
+        "files": files,
+        "total_bytes": 1000,
+        "created_at": T0,
+        "started_at": T0,
+        "updated_at": T0,
+    }
+    values.update(kwargs)
+    return JobState.model_validate(values)
+
+
+def package(started: bool = True, **progress: object) -> PendingActivity:
+    details = PackageProgress.model_validate({"total_files": 3, "total_bytes": 1000, **progress})
+    return PendingActivity("package_archive", started=started, progress=details)
+
+
+def test_new_job_with_no_worker_is_queued() -> None:
+    memo = state(JobStatus.queued, files=[FileState(file_id=10_001)], total_bytes=0)
+    view = job_view(memo, RUNNING, [])
+    assert view.status is JobStatus.queued
+    assert view.progress == 0
+    assert [f.status for f in view.files] == [FileStatus.pending]
+
+
+def test_scheduled_activity_nobody_started_is_queued() -> None:
+    view = job_view(state(), RUNNING, [PendingActivity("resolve_files", started=False)])
+    assert view.status is JobStatus.queued
+    view = job_view(state(), RUNNING, [package(started=False, bytes_done=400, files_done=1)])
+    assert view.status is JobStatus.queued
+    assert view.bytes_processed == 400  # progress kept from the last attempt's checkpoint
+    assert view.current_file is None
+    assert view.estimated_completion_at is None
+
+
+def test_running_package_reports_heartbeat_progress() -> None:
+    beat = T0 + timedelta(seconds=10)
+    view = job_view(
+        state(),
+        RUNNING,
+        [package(files_done=1, bytes_done=250, current_file=10_003, rate=50.0, updated_at=beat)],
+    )
+    assert view.status is JobStatus.processing
+    assert view.progress == 25
+    assert view.bytes_processed == 250 and view.total_bytes == 1000
+    assert view.current_file == 10_003
+    assert [f.status for f in view.files] == [
+        FileStatus.completed,
+        FileStatus.failed,
+        FileStatus.processing,
+        FileStatus.pending,
+    ]
+    assert (view.completed_files, view.failed_files, view.total_files) == (1, 1, 4)
+    assert view.estimated_completion_at == beat + timedelta(seconds=15)  # 750 B at 50 B/s
+    assert view.updated_at == beat
+
+
+def test_started_package_without_heartbeat_yet_is_processing() -> None:
+    activity = PendingActivity("package_archive", started=True)
+    view = job_view(state(), RUNNING, [activity])
+    assert view.status is JobStatus.processing
+    assert view.progress == 0
+
+
+def test_all_bytes_written_is_not_yet_100_percent() -> None:
+    view = job_view(state(), RUNNING, [package(files_done=3, bytes_done=1000)])
+    assert view.progress == 99
+
+
+def test_callback_after_the_outcome_does_not_hide_it() -> None:
+    memo = state(JobStatus.completed, archive_key="a.zip", archive_size=1200, completed_at=T0)
+    view = job_view(memo, RUNNING, [PendingActivity("send_callback", started=True)])
+    assert view.status is JobStatus.completed
+    assert view.progress == 100
+
+
+def test_closed_workflow_uses_the_memo() -> None:
+    memo = state(JobStatus.failed, error="none of the requested files is available")
+    view = job_view(memo, WorkflowExecutionStatus.FAILED, [], closed_at=T0)
+    assert view.status is JobStatus.failed
+    assert view.error == "none of the requested files is available"
+    assert view.completed_at == T0
+
+
+@pytest.mark.parametrize(
+    ("run_status", "status", "words"),
+    [
+        (WorkflowExecutionStatus.TERMINATED, JobStatus.failed, "terminated"),
+        (WorkflowExecutionStatus.TIMED_OUT, JobStatus.failed, "timed out"),
+        (WorkflowExecutionStatus.CANCELED, JobStatus.cancelled, "cancelled"),
+    ],
+)
+def test_closed_by_an_operator_overrides_a_stale_memo(
+    run_status: WorkflowExecutionStatus, status: JobStatus, words: str
+) -> None:
+    view = job_view(state(current_file=10_001), run_status, [package()], closed_at=T0)
+    assert view.status is status
+    assert view.error is not None and words in view.error
+    assert view.current_file is None
+    assert view.completed_at == T0
+
+
+def test_event_ids_order_a_job_and_round_trip() -> None:
+    def key(
+        view_state: JobState, acts: list[PendingActivity], run: datetime = T0
+    ) -> tuple[int, ...]:
+        view = job_view(view_state, RUNNING if not view_state.status.terminal else None, acts)
+        return event_key(JobRecord(state=view_state, view=view, run_started=run))
+
+    queued = key(state(JobStatus.queued), [])
+    processing = key(state(), [PendingActivity("resolve_files", started=True)])
+    halfway = key(state(), [package(bytes_done=500, files_done=1)])
+    done = key(state(JobStatus.completed, bytes_processed=1000), [])
+    retried = key(state(JobStatus.queued), [], run=T0 + timedelta(minutes=1))
+    assert queued < processing < halfway < done < retried
+    assert parse_event_id(format_event_id(halfway)) == halfway
+    for bad in (None, "", "1.2.3", "a.b.c.d.e", "1.2.3.4.-5", "9" * 30 + ".1.1.1.1"):
+        assert parse_event_id(bad) is None
