@@ -8,14 +8,20 @@ import random
 import time
 import uuid
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import httpx
+import uvicorn
+from fastapi import FastAPI
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
 
 from activities.storage import ObjectStore
+from api.main import create_app
 from config import Settings
+from stack import free_port
 from workflows.client import new_request, start_download
 from workflows.models import JobState, PackageProgress, PackageResult
 
@@ -117,3 +123,26 @@ def package_attempts(history_events: list[Any]) -> int:
             if attempt > 1:
                 return int(attempt)
     return 1
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """The app on a free port, with an HTTP client pointed at it."""
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    await wait_for(started, timeout=20)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client, app
+    finally:
+        server.should_exit = True
+        await task

@@ -14,7 +14,7 @@ from schemathesis.checks import not_a_server_error
 
 from activities.storage import ObjectStore
 from config import Settings
-from tests.test_api_sse import serve
+from tests.helpers import serve
 
 
 async def test_no_input_causes_a_server_error(settings: Settings, store: ObjectStore) -> None:

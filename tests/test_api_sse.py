@@ -4,50 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
 from activities.storage import ObjectStore
-from api.main import create_app
 from api.sse import JobWatchers, parse_event_id
 from api.status import describe_job
 from config import Settings
-from stack import free_port
-from tests.helpers import put_sources, wait_for
+from tests.helpers import put_sources, serve, wait_for
 from worker import build_worker
 
 TERMINAL = {"completed", "failed", "cancelled"}
 MIB = 1024 * 1024
-
-
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    """The app on a free port, with an HTTP client pointed at it."""
-    app = create_app(settings)
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        return server.started
-
-    await wait_for(started, timeout=20)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client, app
-    finally:
-        server.should_exit = True
-        await task
 
 
 def watchers(app: FastAPI) -> JobWatchers:
