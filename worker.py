@@ -25,6 +25,7 @@ from temporalio.client import (
 )
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.callbacks import CallbackActivities
 from activities.packaging import DownloadActivities
@@ -42,6 +43,14 @@ from workflows.client import connect
 from workflows.download import DownloadWorkflow
 
 log = get_logger("worker")
+
+
+# Modules workflows use but that hold no workflow code: imported once, not again for every run.
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(
+        "activities", "config", "observability", "workflows.models", "pydantic", "structlog"
+    )
+)
 
 
 def build_worker(client: Client, settings: Settings, store: ObjectStore) -> Worker:
@@ -65,6 +74,7 @@ def build_worker(client: Client, settings: Settings, store: ObjectStore) -> Work
         max_heartbeat_throttle_interval=throttle,
         default_heartbeat_throttle_interval=throttle,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
+        workflow_runner=SANDBOX,
     )
 
 

@@ -197,11 +197,33 @@ async def describe_job(client: Client, job_id: str, owner: str) -> JobRecord:
     if desc.workflow_type != WORKFLOW_TYPE:
         raise ApiError.not_found(job_id)
     state = await _memo_state(desc, job_id)
+    if desc.status == WorkflowExecutionStatus.COMPLETED and state.owner == owner:
+        state = await completed_state(client, job_id, desc.run_id)
     if state.owner != owner:
         raise ApiError.not_found(job_id)
     activities = await pending_activities(client, desc)
     view = job_view(state, desc.status, activities, desc.close_time)
     return JobRecord(state=state, view=view, run_started=desc.start_time)
+
+
+_COMPLETED_CACHE: dict[tuple[str, str | None], JobState] = {}
+_COMPLETED_CACHE_SIZE = 4096
+
+
+async def completed_state(client: Client, job_id: str, run_id: str | None) -> JobState:
+    """A completed run's final state: its result, read from history (no worker needed).
+
+    Immutable once completed, so each API process keeps the most recent ones.
+    """
+    key = (job_id, run_id)
+    if (cached := _COMPLETED_CACHE.get(key)) is not None:
+        return cached
+    handle = client.get_workflow_handle(job_id, run_id=run_id, result_type=JobState)
+    state: JobState = await handle.result(rpc_timeout=RPC_TIMEOUT)
+    if len(_COMPLETED_CACHE) >= _COMPLETED_CACHE_SIZE:
+        _COMPLETED_CACHE.pop(next(iter(_COMPLETED_CACHE)))
+    _COMPLETED_CACHE[key] = state
+    return state
 
 
 async def _memo_state(desc: WorkflowExecutionDescription, job_id: str) -> JobState:

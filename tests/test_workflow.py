@@ -52,8 +52,6 @@ async def test_archive_holds_every_file_byte_for_byte(
     assert_archive_matches(read_archive(store, state.archive_key), sources)
 
     desc = await handle.describe()
-    memo = await desc.memo_value(STATE_MEMO_KEY, type_hint=JobState)
-    assert memo.status is JobStatus.completed
     assert desc.typed_search_attributes.get(DOWNLOAD_STATUS) == "completed"
     query = await handle.query("status", result_type=JobState)
     assert query.status is JobStatus.completed

@@ -35,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
 
 # Id lists up to this length are resolved in a local activity; longer ones heartbeat.
 LOCAL_RESOLVE_LIMIT = 50
+# Below this size a job's state is published only when it ends (fewer visibility writes).
+QUICK_JOB_BYTES = 64 * 1024 * 1024
 
 
 @workflow.defn
@@ -61,9 +63,9 @@ class DownloadWorkflow:
             created_at=request.created_at,
             started_at=now,
             updated_at=now,
-            run_attempt=workflow.info().attempt,
         )
-        self._publish()
+        # Published once the files are resolved: until then the memo written at start stands,
+        # and the API reads "processing" from the running activity itself.
         retry = request.options.retry.policy()
         try:
             resolve_input = ResolveInput(job_id=request.job_id, file_ids=request.file_ids)
@@ -91,12 +93,10 @@ class DownloadWorkflow:
             ]
             state.total_bytes = sum(s.size for s in sources)
             if not sources:
-                raise ApplicationError(
-                    "none of the requested files is available",
-                    type=ErrorType.nothing_to_package.value,
-                    non_retryable=True,
-                )
-            self._publish()
+                raise _nothing_to_package()
+            if len(sources) > LOCAL_RESOLVE_LIMIT or state.total_bytes > QUICK_JOB_BYTES:
+                # Worth a visibility update: the packaging phase will take a while.
+                self._publish()
             result = await workflow.execute_activity_method(
                 DownloadActivities.package_archive,
                 PackageInput(
@@ -113,6 +113,9 @@ class DownloadWorkflow:
                 # Wait for the activity to abort its upload before the job reports cancelled.
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
+            if result.files_packaged == 0:
+                # Every source vanished between resolving and packaging.
+                raise _nothing_to_package()
             self._completed(result)
         except asyncio.CancelledError:
             self._finish(JobStatus.cancelled, "cancelled")
@@ -154,7 +157,9 @@ class DownloadWorkflow:
             state.error, state.error_type = error, kind
             state.archive_key = None
         state.completed_at = workflow.now()
-        self._publish()
+        # A completed job's final state is the workflow result, readable from history; the memo
+        # is still needed when a callback keeps the run open after the job is decided.
+        self._publish(memo=status is not JobStatus.completed or state.callback_url is not None)
         # The SDK meter is replay-safe; the worker exports it with its Prometheus metrics.
         meter = workflow.metric_meter()
         meter.create_counter("download_jobs", "Download jobs by terminal status").add(
@@ -164,11 +169,12 @@ class DownloadWorkflow:
             "download_job_duration_seconds", "Job creation to terminal state", "s"
         ).record((state.completed_at - state.created_at).total_seconds(), {"status": status.value})
 
-    def _publish(self) -> None:
+    def _publish(self, *, memo: bool = True) -> None:
         """Make the state visible without a worker: memo for the API, search attribute for lists."""
         state = self._require_state()
         state.updated_at = workflow.now()
-        workflow.upsert_memo({STATE_MEMO_KEY: state})
+        if memo:
+            workflow.upsert_memo({STATE_MEMO_KEY: state})
         workflow.upsert_search_attributes([DOWNLOAD_STATUS.value_set(state.status.value)])
 
     async def _notify(self, request: DownloadRequest) -> None:
@@ -208,6 +214,14 @@ class DownloadWorkflow:
     def _require_state(self) -> JobState:
         assert self._state is not None
         return self._state
+
+
+def _nothing_to_package() -> ApplicationError:
+    return ApplicationError(
+        "none of the requested files is available",
+        type=ErrorType.nothing_to_package.value,
+        non_retryable=True,
+    )
 
 
 def _is_cancellation(err: BaseException) -> bool:

@@ -135,7 +135,6 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     updated_at: datetime
     completed_at: datetime | None = None
-    run_attempt: int = 1
 
     @property
     def completed_files(self) -> int:
