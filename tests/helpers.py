@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
 
@@ -146,3 +147,11 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Fa
     finally:
         server.should_exit = True
         await task
+
+
+def stat_errors() -> float:
+    """Failed S3 stat calls so far in this process (an in-process worker's storage calls)."""
+    value = REGISTRY.get_sample_value(
+        "s3_operations_total", {"operation": "stat", "status": "error"}
+    )
+    return value or 0.0

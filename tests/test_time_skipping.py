@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.storage import ObjectStore
 from config import Settings
-from tests.helpers import start_job
+from tests.helpers import start_job, stat_errors
 from worker import build_worker
 
 
@@ -27,7 +26,7 @@ async def test_storage_outage_exhausts_three_attempts_then_fails(
             "retry_maximum_interval_seconds": 20,
         }
     )
-    before = _stat_errors()
+    before = stat_errors()
     async with build_worker(time_env.client, seeds, ObjectStore(seeds)):
         handle = await start_job(time_env.client, seeds, [10_001])
         with pytest.raises(WorkflowFailureError) as err:
@@ -37,11 +36,4 @@ async def test_storage_outage_exhausts_three_attempts_then_fails(
     assert cause.type == "StorageUnavailable"
     assert "retries exhausted" in cause.message
     # Three attempts in all, each one failing stat call (the retries are the policy's, not ours).
-    assert _stat_errors() - before == 3
-
-
-def _stat_errors() -> float:
-    value = REGISTRY.get_sample_value(
-        "s3_operations_total", {"operation": "stat", "status": "error"}
-    )
-    return value or 0.0
+    assert stat_errors() - before == 3

@@ -10,7 +10,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from prometheus_client import REGISTRY
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -26,6 +25,7 @@ from tests.helpers import (
     put_sources,
     read_archive,
     start_job,
+    stat_errors,
     wait_for,
     wait_for_checkpoint,
 )
@@ -207,7 +207,7 @@ async def test_access_denied_fails_fast_without_retry(
 ) -> None:
     put_sources(store, settings, {10_001: 10})
     wrong = settings.model_copy(update={"s3_secret_access_key": "not-the-secret"})
-    errors_before = _stat_errors()
+    errors_before = stat_errors()
     async with build_worker(env.client, settings, ObjectStore(wrong)):
         handle = await start_job(env.client, settings, [10_001])
         with pytest.raises(WorkflowFailureError) as err:
@@ -216,14 +216,7 @@ async def test_access_denied_fails_fast_without_retry(
     assert isinstance(cause, ApplicationError)
     assert cause.type == "AccessDenied"
     # One stat call in all: the resolving activity gave up at once instead of retrying.
-    assert _stat_errors() - errors_before == 1
-
-
-def _stat_errors() -> float:
-    value = REGISTRY.get_sample_value(
-        "s3_operations_total", {"operation": "stat", "status": "error"}
-    )
-    return value or 0.0
+    assert stat_errors() - errors_before == 1
 
 
 async def test_long_id_lists_resolve_in_a_regular_activity(

@@ -21,7 +21,6 @@ from workflows.models import (
     OWNER,
     STATE_MEMO_KEY,
     DownloadRequest,
-    FileState,
     JobOptions,
     JobState,
     JobStatus,
@@ -104,16 +103,7 @@ async def start_download(
     id_reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.REJECT_DUPLICATE,
 ) -> WorkflowHandle[Any, JobState]:
     """Start the job's workflow with its initial memo and search attributes (readable at once)."""
-    initial = JobState(
-        job_id=request.job_id,
-        owner=request.owner,
-        status=JobStatus.queued,
-        files=[FileState(file_id=i) for i in request.file_ids],
-        archive_key=request.archive_key,
-        callback_url=request.callback_url,
-        created_at=request.created_at,
-        updated_at=request.created_at,
-    )
+    initial = JobState.for_request(request, JobStatus.queued)
     return await client.start_workflow(
         "DownloadWorkflow",
         request,

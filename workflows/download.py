@@ -22,7 +22,6 @@ with workflow.unsafe.imports_passed_through():
         CallbackNotice,
         DownloadRequest,
         ErrorType,
-        FileState,
         FileStatus,
         JobState,
         JobStatus,
@@ -52,17 +51,8 @@ class DownloadWorkflow:
 
     @workflow.run
     async def run(self, request: DownloadRequest) -> JobState:
-        now = workflow.now()
-        self._state = state = JobState(
-            job_id=request.job_id,
-            owner=request.owner,
-            status=JobStatus.processing,
-            files=[FileState(file_id=i) for i in request.file_ids],
-            archive_key=request.archive_key,
-            callback_url=request.callback_url,
-            created_at=request.created_at,
-            started_at=now,
-            updated_at=now,
+        self._state = state = JobState.for_request(
+            request, JobStatus.processing, started_at=workflow.now()
         )
         # Published once the files are resolved: until then the memo written at start stands,
         # and the API reads "processing" from the running activity itself.

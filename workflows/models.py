@@ -136,6 +136,23 @@ class JobState(BaseModel):
     updated_at: datetime
     completed_at: datetime | None = None
 
+    @classmethod
+    def for_request(
+        cls, request: DownloadRequest, status: JobStatus, started_at: datetime | None = None
+    ) -> JobState:
+        """The state before any file is resolved: every file pending."""
+        return cls(
+            job_id=request.job_id,
+            owner=request.owner,
+            status=status,
+            files=[FileState(file_id=i) for i in request.file_ids],
+            archive_key=request.archive_key,
+            callback_url=request.callback_url,
+            created_at=request.created_at,
+            started_at=started_at,
+            updated_at=started_at or request.created_at,
+        )
+
     @property
     def completed_files(self) -> int:
         return sum(1 for f in self.files if f.status is FileStatus.completed)

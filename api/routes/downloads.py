@@ -153,6 +153,12 @@ async def _once(event: bytes) -> AsyncIterator[bytes]:
     responses=SSE_RESPONSES,
     summary="Live progress as Server-Sent Events",
 )
+@router.get(
+    "/v1/download/progress/{jobId:job_id}",
+    response_class=EventSourceResponse,
+    responses=SSE_RESPONSES,
+    summary="Alias of /v1/download/subscribe/{jobId}",
+)
 async def subscribe(
     job_id: JobIdDep,
     owner: StreamOwnerDep,
@@ -161,22 +167,6 @@ async def subscribe(
     last_event_id: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Ends after the terminal event; `Last-Event-ID` resumes without repeating events."""
-    return await _stream(job_id, owner, client, watchers, last_event_id)
-
-
-@router.get(
-    "/v1/download/progress/{jobId:job_id}",
-    response_class=EventSourceResponse,
-    responses=SSE_RESPONSES,
-    summary="Alias of /v1/download/subscribe/{jobId}",
-)
-async def progress(
-    job_id: JobIdDep,
-    owner: StreamOwnerDep,
-    client: TemporalDep,
-    watchers: WatchersDep,
-    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
-) -> Response:
     return await _stream(job_id, owner, client, watchers, last_event_id)
 
 
