@@ -155,3 +155,14 @@ def stat_errors() -> float:
         "s3_operations_total", {"operation": "stat", "status": "error"}
     )
     return value or 0.0
+
+
+def slow_origin(settings: Settings, delay_ms: int) -> Settings:
+    """Settings with the simulated slow origin on: every file waits `delay_ms` before it is read."""
+    return settings.model_copy(
+        update={
+            "download_delay_enabled": True,
+            "download_delay_min_ms": delay_ms,
+            "download_delay_max_ms": delay_ms,
+        }
+    )

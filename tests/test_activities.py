@@ -22,7 +22,7 @@ from activities.packaging import DownloadActivities
 from activities.storage import ObjectStore, UploadGone
 from config import Settings
 from stack import free_port
-from tests.helpers import assert_archive_matches, put_sources, read_archive
+from tests.helpers import assert_archive_matches, put_sources, read_archive, slow_origin
 from workflows.models import (
     CallbackNotice,
     FileStatus,
@@ -120,13 +120,7 @@ async def test_resume_from_a_checkpoint_reads_only_what_is_left(
 async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
     settings: Settings, store: ObjectStore
 ) -> None:
-    slow = settings.model_copy(
-        update={
-            "download_delay_enabled": True,
-            "download_delay_min_ms": 60_000,
-            "download_delay_max_ms": 60_000,
-        }
-    )
+    slow = slow_origin(settings, 60_000)
     put_sources(store, settings, {10_001: 10})
     env = ActivityEnvironment()
     beats: list[PackageProgress] = []

@@ -26,7 +26,7 @@ from activities.storage import ObjectStore
 from api.main import create_app
 from config import Environment, Settings
 from stack import free_port
-from tests.helpers import put_sources, wait_for
+from tests.helpers import put_sources, slow_origin, wait_for
 from worker import build_worker
 from workflows.models import STATE_MEMO_KEY, JobState
 
@@ -435,13 +435,7 @@ async def test_failed_job_can_be_retried(
 async def test_cancel_a_running_job_then_retry_it(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    slow = settings.model_copy(
-        update={
-            "download_delay_enabled": True,
-            "download_delay_min_ms": 60_000,
-            "download_delay_max_ms": 60_000,
-        }
-    )
+    slow = slow_origin(settings, 60_000)
     put_sources(store, settings, {10_001: 100})
     async with api_client(slow) as api, build_worker(env.client, slow, store):
         job = await initiate(api, [10_001])

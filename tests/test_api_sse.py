@@ -15,7 +15,7 @@ from activities.storage import ObjectStore
 from api.sse import JobWatchers, parse_event_id
 from api.status import describe_job
 from config import Settings
-from tests.helpers import put_sources, serve, wait_for
+from tests.helpers import put_sources, serve, slow_origin, wait_for
 from worker import build_worker
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -56,13 +56,7 @@ async def initiate(client: httpx.AsyncClient, file_ids: list[int], **kw: Any) ->
 async def test_stream_follows_a_job_to_completion_and_resumes(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    slow = settings.model_copy(
-        update={
-            "download_delay_enabled": True,
-            "download_delay_min_ms": 400,
-            "download_delay_max_ms": 400,
-        }
-    )
+    slow = slow_origin(settings, 400)
     put_sources(store, settings, {10_001 + i: MIB for i in range(4)})
     async with serve(slow) as (client, _), build_worker(env.client, slow, store):
         job_id = await initiate(client, [10_001, 10_002, 10_003, 10_004])
@@ -161,13 +155,7 @@ async def test_subscribers_share_one_watcher(
 async def test_failed_and_cancelled_jobs_end_their_streams(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    stuck = settings.model_copy(
-        update={
-            "download_delay_enabled": True,
-            "download_delay_min_ms": 60_000,
-            "download_delay_max_ms": 60_000,
-        }
-    )
+    stuck = slow_origin(settings, 60_000)
     put_sources(store, settings, {10_001: 100})
     async with serve(stuck) as (client, _), build_worker(env.client, stuck, store):
         missing = await initiate(client, [10_009])

@@ -11,7 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.storage import ObjectStore
 from config import Settings
-from tests.helpers import put_sources, serve
+from tests.helpers import put_sources, serve, slow_origin
 from worker import build_worker
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -70,13 +70,7 @@ async def test_cancel_then_retry(
     browser: Browser, env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
     put_sources(store, settings, {10_001: 2000})
-    slow = settings.model_copy(
-        update={
-            "download_delay_enabled": True,
-            "download_delay_min_ms": 3000,
-            "download_delay_max_ms": 3000,
-        }
-    )
+    slow = slow_origin(settings, 3000)
     async with serve(settings) as (client, _), build_worker(env.client, slow, store):
         page = await browser.new_page()
         await start(page, str(client.base_url), "10001")

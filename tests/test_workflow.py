@@ -24,6 +24,7 @@ from tests.helpers import (
     package_results,
     put_sources,
     read_archive,
+    slow_origin,
     start_job,
     stat_errors,
     wait_for,
@@ -110,13 +111,7 @@ async def test_nothing_available_fails_in_plain_words(
 async def test_cancel_mid_package_aborts_the_upload(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    slow = settings.model_copy(
-        update={
-            "download_delay_enabled": True,
-            "download_delay_min_ms": 3000,
-            "download_delay_max_ms": 3000,
-        }
-    )
+    slow = slow_origin(settings, 3000)
     put_sources(store, settings, {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 6 * MIB})
     async with build_worker(env.client, slow, store):
         handle = await start_job(env.client, settings, [10_001, 10_002, 10_003])
