@@ -10,7 +10,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,6 +106,7 @@ class _ArchiveSink:
         self.missing: list[int] = []
         self.buffer = bytearray()
         self.in_flight: asyncio.Task[None] | None = None
+        self.carried: dict[str, Any] = {}
 
     @property
     def full(self) -> bool:
@@ -142,6 +143,7 @@ class _ArchiveSink:
             "files_done": self.state.files_done,
             "bytes_done": self.state.bytes_done,
             "missing": list(self.missing),
+            **self.carried,
         }
 
         async def upload() -> None:
@@ -185,11 +187,29 @@ class DownloadActivities:
     @activity.defn
     async def resolve_files(self, request: ResolveInput) -> ResolveResult:
         """Stat every requested source; missing and invalid ids are marked failed, not raised."""
-        limit = asyncio.Semaphore(16)
         done = 0
 
-        async def resolve(file_id: int) -> FileState:
+        async def beat() -> None:
+            while True:
+                activity.heartbeat({"resolved": done, "total": len(request.file_ids)})
+                await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+
+        def count() -> None:
             nonlocal done
+            done += 1
+
+        beater = asyncio.create_task(beat())
+        try:
+            return ResolveResult(files=await self._resolve(request.file_ids, count))
+        finally:
+            beater.cancel()
+
+    async def _resolve(
+        self, file_ids: list[int], on_done: Callable[[], None] | None = None
+    ) -> list[FileState]:
+        limit = asyncio.Semaphore(16)
+
+        async def resolve(file_id: int) -> FileState:
             if not MIN_FILE_ID <= file_id <= MAX_FILE_ID:
                 return FileState(
                     file_id=file_id,
@@ -212,22 +232,30 @@ class DownloadActivities:
                 except StorageError as exc:
                     raise storage_failure(exc) from exc
                 finally:
-                    done += 1
+                    if on_done is not None:
+                        on_done()
             return FileState(file_id=file_id, key=key, size=info.size)
 
-        async def beat() -> None:
-            while True:
-                activity.heartbeat({"resolved": done, "total": len(request.file_ids)})
-                await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+        return list(await asyncio.gather(*(resolve(i) for i in file_ids)))
 
-        # Local activities (short id lists) cannot heartbeat; long lists run as regular ones.
-        beater = None if activity.info().is_local else asyncio.create_task(beat())
-        try:
-            files = await asyncio.gather(*(resolve(i) for i in request.file_ids))
-        finally:
-            if beater is not None:
-                beater.cancel()
-        return ResolveResult(files=list(files))
+    async def _resolve_sources(
+        self, file_ids: list[int]
+    ) -> tuple[list[SourceFile], list[FileState]]:
+        """Resolution inside the packaging attempt, for short id lists (no separate activity)."""
+        files = await self._resolve(file_ids)
+        sources = [
+            SourceFile(file_id=f.file_id, key=f.key, size=f.size)
+            for f in files
+            if f.status is not FileStatus.failed and f.key is not None and f.size is not None
+        ]
+        if not sources:
+            raise ApplicationError(
+                "none of the requested files is available",
+                [f.model_dump(mode="json") for f in files],
+                type=ErrorType.nothing_to_package.value,
+                non_retryable=True,
+            )
+        return sources, files
 
     # ------------------------------------------------------------------ package
     def _part_size(self, sources: list[SourceFile]) -> int:
@@ -249,10 +277,23 @@ class DownloadActivities:
     async def package_archive(self, request: PackageInput) -> PackageResult:
         """Stream the sources into one zip written as a multipart upload, resumable by checkpoint."""
         info = activity.info()
-        sources = request.sources
+        resume = await self._resume_point(info.heartbeat_details, request.archive_key)
+        resolved: list[FileState] | None = None
+        if resume is not None and "sources" in resume:
+            sources = [SourceFile.model_validate(s) for s in resume["sources"]]
+            resolved = [FileState.model_validate(f) for f in resume["resolved"]]
+        elif request.file_ids is not None:
+            sources, resolved = await self._resolve_sources(request.file_ids)
+        else:
+            sources = request.sources
         state = _Packaging(total_files=len(sources), total_bytes=sum(s.size for s in sources))
         sink = _ArchiveSink(self.store, request.archive_key, self._part_size(sources), state)
-        resume = await self._resume_point(info.heartbeat_details, request.archive_key)
+        if resolved is not None:
+            # Carried in every checkpoint, so a resumed attempt packages the same list.
+            sink.carried = {
+                "sources": [s.model_dump(mode="json") for s in sources],
+                "resolved": [f.model_dump(mode="json") for f in resolved],
+            }
         if resume is not None:
             sink.upload_id = resume["upload_id"]
             sink.parts = [(int(n), str(e)) for n, e in resume["parts"]]
@@ -344,6 +385,7 @@ class DownloadActivities:
             files_packaged=state.files_done,
             bytes_packaged=state.bytes_done,
             missing=sink.missing,
+            resolved=resolved,
             resumed_from=resumed_from,
             source_bytes_read=source_bytes_read,
         )

@@ -31,7 +31,7 @@ from tests.helpers import (
     wait_for_checkpoint,
 )
 from worker import build_worker
-from workflows.download import LOCAL_RESOLVE_LIMIT
+from workflows.download import INLINE_RESOLVE_LIMIT
 from workflows.models import DOWNLOAD_STATUS, STATE_MEMO_KEY, FileStatus, JobState, JobStatus
 
 MIB = 1024 * 1024
@@ -217,8 +217,8 @@ async def test_access_denied_fails_fast_without_retry(
 async def test_long_id_lists_resolve_in_a_regular_activity(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
 ) -> None:
-    """Past LOCAL_RESOLVE_LIMIT ids, resolving is a regular (heartbeating) activity."""
-    ids = list(range(20_000, 20_000 + LOCAL_RESOLVE_LIMIT + 10))
+    """Past INLINE_RESOLVE_LIMIT ids, resolving is a regular (heartbeating) activity."""
+    ids = list(range(20_000, 20_000 + INLINE_RESOLVE_LIMIT + 10))
     sources = put_sources(store, settings, {ids[0]: 10, ids[-1]: 20})
     handle = await start_job(env.client, settings, ids)
     state = await handle.result()

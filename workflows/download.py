@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         CallbackNotice,
         DownloadRequest,
         ErrorType,
+        FileState,
         FileStatus,
         JobState,
         JobStatus,
@@ -32,10 +33,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-# Id lists up to this length are resolved in a local activity; longer ones heartbeat.
-LOCAL_RESOLVE_LIMIT = 50
-# Below this size a job's state is published only when it ends (fewer visibility writes).
-QUICK_JOB_BYTES = 64 * 1024 * 1024
+# Id lists up to this length are resolved by the packaging activity itself; longer ones by a
+# heartbeating activity of their own.
+INLINE_RESOLVE_LIMIT = 50
 
 
 @workflow.defn
@@ -54,45 +54,24 @@ class DownloadWorkflow:
         self._state = state = JobState.for_request(
             request, JobStatus.processing, started_at=workflow.now()
         )
-        # Published once the files are resolved: until then the memo written at start stands,
-        # and the API reads "processing" from the running activity itself.
         retry = request.options.retry.policy()
         try:
-            resolve_input = ResolveInput(job_id=request.job_id, file_ids=request.file_ids)
-            if len(request.file_ids) <= LOCAL_RESOLVE_LIMIT:
-                # A few stat calls: a local activity saves a server round trip per job.
-                resolved = await workflow.execute_local_activity_method(
-                    DownloadActivities.resolve_files,
-                    resolve_input,
-                    start_to_close_timeout=timedelta(minutes=2),
-                    retry_policy=retry,
-                )
+            if len(request.file_ids) <= INLINE_RESOLVE_LIMIT:
+                # A few stat calls: the packaging attempt makes them itself, which saves a whole
+                # activity round trip per job. Until it ends the memo written at start stands, and
+                # the API reads progress from the running activity.
+                sources: list[SourceFile] = []
+                file_ids: list[int] | None = request.file_ids
             else:
-                resolved = await workflow.execute_activity_method(
-                    DownloadActivities.resolve_files,
-                    resolve_input,
-                    start_to_close_timeout=timedelta(minutes=10),
-                    heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
-                    retry_policy=retry,
-                )
-            state.files = resolved.files
-            sources = [
-                SourceFile(file_id=f.file_id, key=f.key, size=f.size)
-                for f in resolved.files
-                if f.status is not FileStatus.failed and f.key is not None and f.size is not None
-            ]
-            state.total_bytes = sum(s.size for s in sources)
-            if not sources:
-                raise _nothing_to_package()
-            if len(sources) > LOCAL_RESOLVE_LIMIT or state.total_bytes > QUICK_JOB_BYTES:
-                # Worth a visibility update: the packaging phase will take a while.
-                self._publish()
+                sources = await self._resolve(request, retry)
+                file_ids = None
             result = await workflow.execute_activity_method(
                 DownloadActivities.package_archive,
                 PackageInput(
                     job_id=request.job_id,
                     archive_key=request.archive_key,
                     sources=sources,
+                    file_ids=file_ids,
                     compression=request.options.compression,
                     mtime=request.created_at,
                 ),
@@ -117,14 +96,41 @@ class DownloadWorkflow:
                 await self._notify(request)
                 raise
             message, kind = _describe_failure(err)
+            if kind == ErrorType.nothing_to_package.value:
+                self._record_unavailable(err)
             self._finish(JobStatus.failed, message, kind)
             await self._notify(request)
             raise ApplicationError(message, type=kind, non_retryable=True) from err
         await self._notify(request)
         return state
 
+    async def _resolve(self, request: DownloadRequest, retry: RetryPolicy) -> list[SourceFile]:
+        """Resolve a long id list in its own heartbeating activity, then publish the result."""
+        state = self._require_state()
+        resolved = await workflow.execute_activity_method(
+            DownloadActivities.resolve_files,
+            ResolveInput(job_id=request.job_id, file_ids=request.file_ids),
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
+            retry_policy=retry,
+        )
+        state.files = resolved.files
+        sources = [
+            SourceFile(file_id=f.file_id, key=f.key, size=f.size)
+            for f in resolved.files
+            if f.status is not FileStatus.failed and f.key is not None and f.size is not None
+        ]
+        state.total_bytes = sum(s.size for s in sources)
+        if not sources:
+            raise _nothing_to_package()
+        self._publish()
+        return sources
+
     def _completed(self, result: PackageResult) -> None:
         state = self._require_state()
+        if result.resolved is not None:
+            state.files = result.resolved
+            state.total_bytes = result.bytes_packaged
         missing = set(result.missing)
         for f in state.files:
             if f.status is FileStatus.failed:
@@ -138,6 +144,14 @@ class DownloadWorkflow:
         state.archive_key = result.archive_key
         state.archive_size = result.archive_size
         self._finish(JobStatus.completed)
+
+    def _record_unavailable(self, err: BaseException) -> None:
+        """Per-file reasons sent along by a packaging attempt that found nothing to package."""
+        cause = err.__cause__ if isinstance(err, ActivityError) else err
+        if isinstance(cause, ApplicationError) and cause.details:
+            files = cause.details[0]
+            if isinstance(files, list):
+                self._require_state().files = [FileState.model_validate(f) for f in files]
 
     def _finish(self, status: JobStatus, error: str | None = None, kind: str | None = None) -> None:
         state = self._require_state()

@@ -181,7 +181,9 @@ class ResolveResult(BaseModel):
 class PackageInput(BaseModel):
     job_id: str
     archive_key: str
-    sources: list[SourceFile]
+    sources: list[SourceFile] = Field(default_factory=list)
+    # Set instead of `sources` for short id lists: the packaging attempt resolves them itself.
+    file_ids: list[int] | None = None
     compression: Literal["stored", "deflate"] = "stored"
     # Modification time stamped on every entry, so a resumed archive is byte-identical.
     mtime: datetime | None = None
@@ -209,6 +211,8 @@ class PackageResult(BaseModel):
     bytes_packaged: int
     # Sources that disappeared between resolving and packaging.
     missing: list[int] = Field(default_factory=list)
+    # Per-file resolution, when the attempt resolved the ids itself.
+    resolved: list[FileState] | None = None
     # Archive offset this attempt resumed from (0 = started fresh) and source bytes it read.
     resumed_from: int = 0
     source_bytes_read: int = 0
