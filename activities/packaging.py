@@ -41,6 +41,8 @@ from workflows.models import (
     ResolveInput,
     ResolveResult,
     SourceFile,
+    available_sources,
+    nothing_to_package,
 )
 
 log = get_logger(__name__)
@@ -243,18 +245,9 @@ class DownloadActivities:
     ) -> tuple[list[SourceFile], list[FileState]]:
         """Resolution inside the packaging attempt, for short id lists (no separate activity)."""
         files = await self._resolve(file_ids)
-        sources = [
-            SourceFile(file_id=f.file_id, key=f.key, size=f.size)
-            for f in files
-            if f.status is not FileStatus.failed and f.key is not None and f.size is not None
-        ]
+        sources = available_sources(files)
         if not sources:
-            raise ApplicationError(
-                "none of the requested files is available",
-                [f.model_dump(mode="json") for f in files],
-                type=ErrorType.nothing_to_package.value,
-                non_retryable=True,
-            )
+            raise nothing_to_package(files)
         return sources, files
 
     # ------------------------------------------------------------------ package

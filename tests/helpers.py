@@ -117,15 +117,6 @@ async def package_results(client: Client, handle: WorkflowHandle[Any, Any]) -> P
     raise AssertionError("no package_archive result in history")
 
 
-def package_attempts(history_events: list[Any]) -> int:
-    for event in history_events:
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            attempt = event.activity_task_started_event_attributes.attempt
-            if attempt > 1:
-                return int(attempt)
-    return 1
-
-
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
     """The app on a free port, with an HTTP client pointed at it."""

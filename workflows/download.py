@@ -30,6 +30,8 @@ with workflow.unsafe.imports_passed_through():
         PackageResult,
         ResolveInput,
         SourceFile,
+        available_sources,
+        nothing_to_package,
     )
 
 
@@ -84,7 +86,7 @@ class DownloadWorkflow:
             )
             if result.files_packaged == 0:
                 # Every source vanished between resolving and packaging.
-                raise _nothing_to_package()
+                raise nothing_to_package()
             self._completed(result)
         except asyncio.CancelledError:
             self._finish(JobStatus.cancelled, "cancelled")
@@ -115,14 +117,10 @@ class DownloadWorkflow:
             retry_policy=retry,
         )
         state.files = resolved.files
-        sources = [
-            SourceFile(file_id=f.file_id, key=f.key, size=f.size)
-            for f in resolved.files
-            if f.status is not FileStatus.failed and f.key is not None and f.size is not None
-        ]
+        sources = available_sources(resolved.files)
         state.total_bytes = sum(s.size for s in sources)
         if not sources:
-            raise _nothing_to_package()
+            raise nothing_to_package()
         self._publish()
         return sources
 
@@ -218,14 +216,6 @@ class DownloadWorkflow:
     def _require_state(self) -> JobState:
         assert self._state is not None
         return self._state
-
-
-def _nothing_to_package() -> ApplicationError:
-    return ApplicationError(
-        "none of the requested files is available",
-        type=ErrorType.nothing_to_package.value,
-        non_retryable=True,
-    )
 
 
 def _is_cancellation(err: BaseException) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ApplicationError
 
 MIN_FILE_ID = 10_000
 MAX_FILE_ID = 100_000_000
@@ -74,15 +75,13 @@ class RetryOptions(BaseModel):
     backoff_coefficient: float = 2.0
     maximum_interval_seconds: float = 20.0
 
-    def policy(self, *, non_retryable: list[str] | None = None) -> RetryPolicy:
+    def policy(self) -> RetryPolicy:
         return RetryPolicy(
             maximum_attempts=self.maximum_attempts,
             initial_interval=timedelta(seconds=self.initial_interval_seconds),
             backoff_coefficient=self.backoff_coefficient,
             maximum_interval=timedelta(seconds=self.maximum_interval_seconds),
-            non_retryable_error_types=NON_RETRYABLE_ERRORS
-            if non_retryable is None
-            else non_retryable,
+            non_retryable_error_types=NON_RETRYABLE_ERRORS,
         )
 
 
@@ -166,7 +165,6 @@ class SourceFile(BaseModel):
     file_id: int
     key: str
     size: int
-    etag: str | None = None
 
 
 class ResolveInput(BaseModel):
@@ -176,6 +174,25 @@ class ResolveInput(BaseModel):
 
 class ResolveResult(BaseModel):
     files: list[FileState]
+
+
+def available_sources(files: list[FileState]) -> list[SourceFile]:
+    """The resolved files that exist, in request order."""
+    return [
+        SourceFile(file_id=f.file_id, key=f.key, size=f.size)
+        for f in files
+        if f.status is not FileStatus.failed and f.key is not None and f.size is not None
+    ]
+
+
+def nothing_to_package(files: list[FileState] | None = None) -> ApplicationError:
+    """The job's final error when no file is available; `files` gives the per-file reasons."""
+    return ApplicationError(
+        "none of the requested files is available",
+        *([[f.model_dump(mode="json") for f in files]] if files else []),
+        type=ErrorType.nothing_to_package.value,
+        non_retryable=True,
+    )
 
 
 class PackageInput(BaseModel):
