@@ -14,7 +14,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,31 +22,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment
 
 from activities.packaging import READ_CHUNK, DownloadActivities
-from activities.storage import ObjectStore
-from config import Settings
-from stack import S3Server, free_port
+from bench.common import KEY, MIB, SECRET, bench_settings, peak_rss_mb
+from core.config import Settings
+from core.storage import ObjectStore
+from devstack.servers import BIN, S3Server, free_port, start_dev_server
 from workflows.client import new_request, start_download
-from workflows.models import SEARCH_ATTRIBUTES, PackageInput, SourceFile
-
-KEY, SECRET = "benchaccess", "benchsecret123"
-MIB = 1 << 20
-BIN = Path(sys.executable).parent
-
-
-def settings_for(endpoint: str, **extra: object) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        s3_endpoint=endpoint,
-        s3_access_key_id=KEY,
-        s3_secret_access_key=SECRET,
-        s3_bucket_name="bench",
-        worker_metrics_port=0,
-        **extra,  # type: ignore[arg-type]
-    )
+from workflows.models import PackageInput, SourceFile
 
 
 def seed(store: ObjectStore, settings: Settings, files: int, size: int) -> list[SourceFile]:
@@ -149,21 +132,8 @@ def throughput(
         print(f"RATIO packaging/{name} = {pack / median[name]:.3f}  (target >= 0.85)")
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The kernel's high-water mark of the process's resident memory (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not reported")
-
-
 async def memory(endpoint: str, settings: Settings, sources: list[SourceFile]) -> None:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
+    env = await start_dev_server()
     queue = f"bench-{uuid.uuid4()}"
     worker_env = {
         **os.environ,
@@ -210,7 +180,7 @@ def main() -> None:
         server = S3Server(Path(root), free_port(), KEY, SECRET)
         server.start()
         try:
-            settings = settings_for(server.endpoint)
+            settings = bench_settings(server.endpoint)
             store = ObjectStore(settings)
             size = args.total_mib * MIB // args.files
             print(f"throughput: {args.files} files x {size / MIB:.0f} MiB, {args.rounds} rounds")

@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,25 +28,13 @@ from pathlib import Path
 
 import httpx
 import psutil
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from activities.storage import ObjectStore
-from config import Settings
-from stack import S3Server, free_port
-from workflows.models import SEARCH_ATTRIBUTES
+from bench.common import KEY, SECRET, bench_settings, peak_rss_mb
+from core.storage import ObjectStore
+from devstack.servers import BIN, S3Server, free_port, start_dev_server
 
-KEY, SECRET = "benchaccess", "benchsecret123"
-BIN = Path(sys.executable).parent
 TERMINAL = {"completed", "failed", "cancelled"}
 FIRST_ID = 20_000
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not reported")
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -156,12 +143,7 @@ async def run(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     s3 = S3Server(root / "s3", free_port(), KEY, SECRET)
     s3.start()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
+    env = await start_dev_server()
     api_port = free_port()
     common = {
         **os.environ,
@@ -173,13 +155,7 @@ async def run(args: argparse.Namespace) -> None:
         "TEMPORAL_TASK_QUEUE": f"bench-{uuid.uuid4()}",
         "LOG_LEVEL": "WARNING",
     }
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        s3_endpoint=s3.endpoint,
-        s3_access_key_id=KEY,
-        s3_secret_access_key=SECRET,
-        s3_bucket_name="bench",
-    )
+    settings = bench_settings(s3.endpoint)
     store = ObjectStore(settings)
     store.ensure_bucket()
     for i in range(args.files):

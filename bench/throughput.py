@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import compileall
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -20,20 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.storage import ObjectStore
 from bench.bare import BareWorkflow, noop
-from config import Settings
-from stack import S3Server, free_port
+from bench.common import KEY, SECRET, bench_settings
+from core.config import Settings
+from core.storage import ObjectStore
+from devstack.servers import local_servers
 from worker import build_worker
 from workflows.client import new_request, start_download
-from workflows.models import SEARCH_ATTRIBUTES
-
-KEY, SECRET = "benchaccess", "benchsecret123"
-BIN = Path(sys.executable).parent
 
 
 async def run_bare(client: Client, settings: Settings, jobs: int) -> float:
@@ -91,23 +85,8 @@ async def _outcome(handle: Any) -> str:
 
 async def main_async(jobs: int, rounds: int, burst: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-s3-") as root:
-        server = S3Server(Path(root), free_port(), KEY, SECRET)
-        server.start()
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(BIN / "temporal"),
-            search_attributes=SEARCH_ATTRIBUTES,
-            data_converter=pydantic_data_converter,
-            dev_server_log_level="error",
-        )
-        try:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                s3_endpoint=server.endpoint,
-                s3_access_key_id=KEY,
-                s3_secret_access_key=SECRET,
-                s3_bucket_name="bench",
-                worker_metrics_port=0,
-            )
+        async with local_servers(Path(root), KEY, SECRET) as (server, env):
+            settings = bench_settings(server.endpoint)
             store = ObjectStore(settings)
             store.ensure_bucket()
             store.put_bytes(settings.source_key(10_001), b"x" * 4096)
@@ -130,9 +109,6 @@ async def main_async(jobs: int, rounds: int, burst: int) -> None:
                 print(
                     f"burst: {burst} jobs submitted at once -> {counts}, lost {lost}, {elapsed:.1f} s"
                 )
-        finally:
-            await env.shutdown()
-            server.stop()
 
 
 def precompile() -> None:

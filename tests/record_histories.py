@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from activities.storage import ObjectStore
-from config import Settings
-from stack import S3Server, free_port
-from tests.helpers import put_sources, start_job, wait_for_checkpoint
+from core.config import Settings
+from core.storage import ObjectStore
+from devstack.servers import local_servers
+from tests.helpers import put_sources, slow_origin, start_job, wait_for_checkpoint
 from worker import build_worker
-from workflows.models import SEARCH_ATTRIBUTES
 
 OUT = Path(__file__).parent / "histories"
 MIB = 1024 * 1024
@@ -30,14 +26,7 @@ MIB = 1024 * 1024
 
 async def main() -> None:
     with tempfile.TemporaryDirectory() as root:
-        server = S3Server(Path(root), free_port(), "recordaccess", "recordsecret")
-        server.start()
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-            search_attributes=SEARCH_ATTRIBUTES,
-            data_converter=pydantic_data_converter,
-        )
-        try:
+        async with local_servers(Path(root), "recordaccess", "recordsecret") as (server, env):
             settings = Settings(
                 _env_file=None,  # type: ignore[call-arg]
                 s3_endpoint=server.endpoint,
@@ -48,22 +37,13 @@ async def main() -> None:
                 worker_metrics_port=0,
             )
             await record(env.client, settings)
-        finally:
-            await env.shutdown()
-            server.stop()
 
 
 async def record(client: Client, settings: Settings) -> None:
     store = ObjectStore(settings)
     store.ensure_bucket()
     put_sources(store, settings, {10_001: 100, 10_002: 6 * MIB, 10_003: 6 * MIB})
-    slow = settings.model_copy(
-        update={
-            "download_delay_enabled": True,
-            "download_delay_min_ms": 2000,
-            "download_delay_max_ms": 2000,
-        }
-    )
+    slow = slow_origin(settings, 2000)
     async with build_worker(client, settings, store):
         done = await start_job(client, settings, [10_001, 10_002])
         await done.result()

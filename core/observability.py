@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
+import urllib.request
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -12,9 +15,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from config import Settings
+from core.config import Settings
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
@@ -113,3 +120,44 @@ def setup_tracing(settings: Settings, component: str) -> TracerProvider:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return]
+
+
+class SdkMetrics(Collector):
+    """Re-exports the Temporal SDK's Prometheus metrics on our own /metrics endpoint."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as resp:  # noqa: S310 - loopback
+                text = resp.read().decode()
+        except OSError:
+            return
+        yield from text_string_to_metric_families(text)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_runtime(settings: Settings) -> Runtime:
+    """A Temporal runtime whose SDK metrics are served on loopback and merged into the worker's
+    own /metrics endpoint (WORKER_METRICS_PORT; 0 serves none)."""
+    sdk_address = f"127.0.0.1:{_free_loopback_port()}"
+    runtime = Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(
+                bind_address=sdk_address, durations_as_seconds=True, counters_total_suffix=True
+            )
+        )
+    )
+    if settings.worker_metrics_port:
+        # Workflows count jobs through the SDK meter; these names come from there on a worker.
+        for local in (DOWNLOAD_JOBS, DOWNLOAD_JOB_DURATION):
+            REGISTRY.unregister(local)
+        REGISTRY.register(SdkMetrics(f"http://{sdk_address}/metrics"))
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0")  # noqa: S104
+    return runtime

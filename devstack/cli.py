@@ -10,18 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from activities.storage import ObjectStore
-from config import Settings, load_settings
-from demo_data import DEMO_FILES, seed_directory, seed_store
+from core.config import Settings, load_settings
+from core.storage import ObjectStore
+from devstack.demo_data import DEMO_FILES, seed_directory, seed_store
+from devstack.servers import BIN, BIND, port_in_use
+from workflows.names import search_attribute_flags
 
-ROOT = Path(__file__).resolve().parent
-BIND = "127.0.0.1"
+PROCFILE = Path(__file__).resolve().parent / "Procfile"
 
 # Shown on the local default so progress is visible; any of them set in the environment wins.
 LOCAL_DEFAULTS = {
@@ -29,16 +27,6 @@ LOCAL_DEFAULTS = {
     "DOWNLOAD_DELAY_MIN_MS": "500",
     "DOWNLOAD_DELAY_MAX_MS": "2000",
 }
-
-
-def port_in_use(port: int, host: str = BIND) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def check_ports(settings: Settings) -> list[str]:
@@ -56,74 +44,17 @@ def check_ports(settings: Settings) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    """A free loopback port, for servers started by the tests and benchmarks."""
-    with socket.socket() as s:
-        s.bind((BIND, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((BIND, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-class S3Server:
-    """`rclone serve s3` over a directory, for tests and benchmarks; stop and start it at will."""
-
-    def __init__(self, root: Path, port: int, access_key: str, secret_key: str) -> None:
-        self.root, self.port = root, port
-        self.credentials = f"{access_key},{secret_key}"
-        self.endpoint = f"http://{BIND}:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        rclone = str(Path(sys.executable).parent / "rclone")
-        self.proc = subprocess.Popen(
-            [
-                rclone,
-                "serve",
-                "s3",
-                str(self.root),
-                "--addr",
-                f"{BIND}:{self.port}",
-                "--auth-key",
-                self.credentials,
-                "--log-level",
-                "ERROR",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 def stack_environment(settings: Settings, data: Path) -> dict[str, str]:
     env = {**LOCAL_DEFAULTS, **os.environ}
-    bindir = str(Path(sys.executable).parent)
     env.update(
-        PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         STACK_BIND=BIND,
         STACK_DATA=str(data),
         API_PORT=str(settings.port),
         TEMPORAL_PORT=str(settings.temporal_port),
         TEMPORAL_UI_PORT=str(settings.temporal_ui_port),
         TEMPORAL_NAMESPACE=settings.temporal_namespace,
+        TEMPORAL_SEARCH_ATTRIBUTES=" ".join(search_attribute_flags()),
         TEMPORAL_ADDRESS=f"{BIND}:{settings.temporal_port}",
         TEMPORAL_UI_URL=f"http://localhost:{settings.temporal_ui_port}",
         S3_PORT=str(settings.s3_port),
@@ -145,7 +76,7 @@ def run(settings: Settings) -> int:
     data = settings.data_dir.resolve()
     (data / "s3").mkdir(parents=True, exist_ok=True)
     seeded = seed_directory(data / "s3", settings)
-    honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or "honcho"
+    honcho = shutil.which("honcho", path=str(BIN)) or "honcho"
     ids = ", ".join(str(i) for i in DEMO_FILES)
     print(
         "\n".join(
@@ -165,8 +96,9 @@ def run(settings: Settings) -> int:
         flush=True,
     )
     env = stack_environment(settings, data)
-    os.chdir(ROOT)
-    os.execvpe(honcho, [honcho, "-f", str(ROOT / "Procfile"), "start"], env)  # noqa: S606
+    # The processes run in the current directory, where `.env` is read from.
+    command = [honcho, "-f", str(PROCFILE), "--app-root", os.getcwd(), "start"]
+    os.execvpe(honcho, command, env)  # noqa: S606
 
 
 def seed(settings: Settings) -> int:

@@ -15,6 +15,8 @@ from typing import Annotated, Self
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workflows.names import DEFAULT_TASK_QUEUE
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -72,7 +74,7 @@ class Settings(BaseSettings):
     # --- temporal ---
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
-    temporal_task_queue: str = "downloads"
+    temporal_task_queue: str = DEFAULT_TASK_QUEUE
     temporal_ui_url: str = "http://localhost:8233"
 
     # --- worker ---

@@ -11,8 +11,8 @@ import random
 import zipfile
 from pathlib import Path
 
-from activities.storage import ObjectStore
-from config import Settings
+from core.config import Settings
+from core.storage import ObjectStore
 
 KIB, MIB = 1024, 1024 * 1024
 

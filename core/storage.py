@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import time
@@ -17,12 +18,13 @@ from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
 from opentelemetry import trace
 
-from config import Settings
-from observability import S3_DURATION, S3_OPERATIONS
+from core.config import Settings
+from core.observability import S3_DURATION, S3_OPERATIONS, get_logger
 
 T = TypeVar("T")
 Headers = dict[str, str | list[str] | tuple[str]]
 tracer = trace.get_tracer(__name__)
+log = get_logger(__name__)
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
@@ -189,6 +191,23 @@ class ObjectStore:
                 self.client.make_bucket(self.bucket)
 
         self._call("ensure_bucket", self.bucket, run)
+
+    async def wait_until_ready(self, stop: asyncio.Event) -> bool:
+        """Create the bucket, waiting out a storage server that is still starting.
+
+        Gives up waiting after about a minute (the caller starts anyway and retries per job);
+        returns False only when `stop` was set first.
+        """
+        for delay in (0.5, 1, 2, 4, 8, 15, 30):
+            if stop.is_set():
+                return False
+            try:
+                await asyncio.to_thread(self.ensure_bucket)
+                return True
+            except StorageError as exc:
+                log.info("waiting for storage", endpoint=self.settings.s3_endpoint, error=str(exc))
+                await asyncio.sleep(delay)
+        return not stop.is_set()
 
     def ping(self) -> None:
         """Cheap round trip proving the bucket is reachable with our credentials."""

@@ -1,0 +1,1 @@
+"""Shared infrastructure of the API, the worker and the activities: settings, telemetry, S3."""
