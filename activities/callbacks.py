@@ -15,8 +15,10 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from config import Settings
-from workflows.models import CallbackNotice, ErrorType
+from core.config import Settings
+from workflows.errors import callback_refused
+from workflows.models import CallbackNotice
+from workflows.names import SEND_CALLBACK
 
 SIGNATURE_HEADER = "X-Signature"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
@@ -28,15 +30,11 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def _refused(message: str) -> ApplicationError:
-    return ApplicationError(message, type=ErrorType.callback_refused.value, non_retryable=True)
-
-
 async def check_target(url: str, allow_private: bool) -> None:
     """Refuse non-HTTP URLs and, unless allowed, hosts resolving to internal addresses."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _refused(f"callback URL must be http(s) with a host: {url}")
+        raise callback_refused(f"callback URL must be http(s) with a host: {url}")
     if allow_private:
         return
     try:
@@ -48,14 +46,16 @@ async def check_target(url: str, allow_private: bool) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global or address.is_multicast:
-            raise _refused(f"callback host {parts.hostname} resolves to a non-public address")
+            raise callback_refused(
+                f"callback host {parts.hostname} resolves to a non-public address"
+            )
 
 
 class CallbackActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    @activity.defn
+    @activity.defn(name=SEND_CALLBACK)
     async def send_callback(self, notice: CallbackNotice) -> int:
         """POST the notice; non-2xx answers raise so Temporal retries them."""
         await check_target(notice.url, self.settings.callback_allow_private)

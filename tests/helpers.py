@@ -5,26 +5,38 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import subprocess
+import threading
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from temporalio.api.enums.v1 import EventType, PendingActivityState
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.exceptions import ApplicationError
 
-from activities.storage import ObjectStore
 from api.main import create_app
-from config import Settings
-from stack import free_port
+from core.config import Settings
+from core.storage import ObjectStore
+from devstack.servers import BIN, free_port
 from workflows.client import new_request, start_download
+from workflows.errors import ErrorType
 from workflows.models import JobState, PackageProgress, PackageResult
+from workflows.names import PACKAGE_ARCHIVE
 
 T = TypeVar("T")
 
@@ -80,7 +92,7 @@ async def package_progress(
 ) -> PackageProgress | None:
     """Heartbeat details of a started `package_archive` attempt, if any."""
     for act in desc.raw_description.pending_activities:
-        if act.activity_type.name != "package_archive":
+        if act.activity_type.name != PACKAGE_ARCHIVE:
             continue
         if act.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
             continue
@@ -98,7 +110,7 @@ async def wait_for_checkpoint(
 ) -> PackageProgress:
     async def probe() -> PackageProgress | None:
         progress = await package_progress(client, await handle.describe())
-        if progress and progress.checkpoint and len(progress.checkpoint["parts"]) >= min_parts:
+        if progress and progress.checkpoint and len(progress.checkpoint.parts) >= min_parts:
             return progress
         return None
 
@@ -157,3 +169,61 @@ def slow_origin(settings: Settings, delay_ms: int) -> Settings:
             "download_delay_max_ms": delay_ms,
         }
     )
+
+
+def slow_origin_env(env: dict[str, str], delay_ms: int) -> dict[str, str]:
+    """`slow_origin` for a process's environment."""
+    return {
+        **env,
+        "DOWNLOAD_DELAY_ENABLED": "true",
+        "DOWNLOAD_DELAY_MIN_MS": str(delay_ms),
+        "DOWNLOAD_DELAY_MAX_MS": str(delay_ms),
+    }
+
+
+@contextmanager
+def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `download-worker` process; killed (SIGKILL) on exit if it is still running."""
+    proc = subprocess.Popen([str(BIN / "download-worker")], env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def expect_failure(outcome: Awaitable[Any], error_type: ErrorType) -> ApplicationError:
+    """Await something that must fail with `error_type`: an activity's `ApplicationError`, or a
+    workflow failure caused by one. Returns the error for further checks."""
+    with pytest.raises((WorkflowFailureError, ApplicationError)) as raised:
+        await outcome
+    error = raised.value.cause if isinstance(raised.value, WorkflowFailureError) else raised.value
+    assert isinstance(error, ApplicationError), f"not an application error: {error!r}"
+    assert error.type == error_type.value
+    return error
+
+
+@contextmanager
+def http_receiver(status: int = 200) -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """A loopback HTTP server answering every POST with `status`; yields its base URL and the
+    (headers, body) of each request it received."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,22 +7,31 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 from temporalio.activity import ActivityCancellationDetails
-from temporalio.exceptions import ApplicationError
+from temporalio.api.common.v1 import Payloads
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment
 
 from activities.callbacks import CallbackActivities, check_target, sign
+from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
-from activities.storage import ObjectStore, UploadGone
-from config import Settings
-from stack import free_port
-from tests.helpers import assert_archive_matches, put_sources, read_archive, slow_origin
+from core.config import Settings
+from core.storage import ObjectStore, UploadGone
+from tests.helpers import (
+    assert_archive_matches,
+    expect_failure,
+    http_receiver,
+    put_sources,
+    read_archive,
+    slow_origin,
+)
+from workflows.errors import ErrorType
 from workflows.models import (
     CallbackNotice,
     FileStatus,
@@ -59,7 +68,7 @@ async def test_resolve_marks_missing_and_invalid(settings: Settings, store: Obje
     by_id = {f.file_id: f for f in result.files}
     assert by_id[10_001].status is FileStatus.pending and by_id[10_001].size == 5
     assert (by_id[10_002].status, by_id[10_002].error) == (FileStatus.failed, "not found")
-    assert by_id[5].error_type == "InvalidFileId"
+    assert by_id[5].error_type == ErrorType.invalid_file_id
 
 
 async def test_heartbeats_carry_progress_and_a_checkpoint(
@@ -80,7 +89,7 @@ async def test_heartbeats_carry_progress_and_a_checkpoint(
     with_checkpoint = [b for b in beats if b.checkpoint]
     assert with_checkpoint, "no checkpoint was heartbeated"
     assert with_checkpoint[-1].checkpoint is not None
-    assert with_checkpoint[-1].checkpoint["parts"]
+    assert with_checkpoint[-1].checkpoint.parts
     assert max(b.bytes_done for b in beats) <= sum(sizes.values())
     assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
 
@@ -141,47 +150,22 @@ async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
     assert store.list_objects("archives/") == []
 
 
-def test_callback_targets_are_checked() -> None:
-    async def check(url: str, allow: bool = False) -> None:
-        await check_target(url, allow)
-
+async def test_callback_targets_are_checked() -> None:
     for url in ("http://127.0.0.1/x", "http://10.0.0.8/x", "http://169.254.169.254/", "ftp://a/"):
-        with pytest.raises(ApplicationError) as err:
-            asyncio.run(check(url))
-        assert err.value.type == "CallbackRefused"
-        assert err.value.non_retryable
-    asyncio.run(check("http://127.0.0.1/x", allow=True))
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.append((dict(self.headers), body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        error = await expect_failure(check_target(url, False), ErrorType.callback_refused)
+        assert error.non_retryable
+    await check_target("http://127.0.0.1/x", True)
 
 
 async def test_callback_is_signed(settings: Settings) -> None:
-    port = free_port()
-    server = HTTPServer(("127.0.0.1", port), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with http_receiver(status=204) as (base, received):
         allowed = settings.model_copy(
             update={"callback_allow_private": True, "callback_secret": "s3cret"}
         )
-        notice = CallbackNotice(
-            url=f"http://127.0.0.1:{port}/hook", payload={"jobId": "j", "status": "completed"}
-        )
+        notice = CallbackNotice(url=f"{base}/hook", payload={"jobId": "j", "status": "completed"})
         status = await ActivityEnvironment().run(CallbackActivities(allowed).send_callback, notice)
-    finally:
-        server.shutdown()
     assert status == 204
-    headers, body = _Receiver.received[-1]
+    headers, body = received[-1]
     assert json.loads(body) == {"jobId": "j", "status": "completed"}
     expected = (
         "sha256="
@@ -199,17 +183,58 @@ async def test_expired_archives_are_deleted(settings: Settings, store: ObjectSto
     store.put_bytes("downloads/10001.zip", b"source")
     await asyncio.sleep(1.1)
     short = settings.model_copy(update={"archive_ttl_hours": 1 / 3600})
-    result = await ActivityEnvironment().run(
-        DownloadActivities(store, short).delete_expired_archives
-    )
+    result = await ActivityEnvironment().run(ArchiveExpiry(store, short).delete_expired_archives)
     assert result.deleted == ["archives/old.zip"]
     assert store.stat_or_none("downloads/10001.zip") is not None
-    kept = await ActivityEnvironment().run(
-        DownloadActivities(store, settings).delete_expired_archives
-    )
+    kept = await ActivityEnvironment().run(ArchiveExpiry(store, settings).delete_expired_archives)
     assert kept.deleted == []
 
 
 def test_upload_gone_is_reported(store: ObjectStore) -> None:
     with pytest.raises(UploadGone):
         store.list_parts("archives/none.zip", "no-such-upload")
+
+
+RECORDED = Path(__file__).parent / "payloads" / "package_archive_heartbeat.json"
+
+
+async def test_resumes_from_a_checkpoint_heartbeated_by_the_previous_version(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """A job running while a new worker is deployed resumes from the old worker's checkpoint.
+
+    The fixture holds the raw Temporal payloads of a `package_archive` input and heartbeat,
+    recorded from the version that kept the checkpoint as an untyped dict: one 5 MiB part stored,
+    the first source written, the second not started.
+    """
+    recorded = json.loads(RECORDED.read_text())
+    sizes = {int(k): v for k, v in recorded["source_sizes"].items()}
+    sources = put_sources(store, settings, sizes)
+    (request,) = await pydantic_data_converter.decode(
+        json_format.ParseDict(recorded["package_input"], Payloads()).payloads, [PackageInput]
+    )
+    (details,) = await pydantic_data_converter.decode(
+        json_format.ParseDict(recorded["heartbeat_details"], Payloads()).payloads
+    )
+    checkpoint = details["checkpoint"]
+    (number, etag), offset = checkpoint["parts"][0], checkpoint["writer"]["offset"]
+    acts = DownloadActivities(store, settings)
+
+    # The archive as this version writes it in one go: it must be the one the old worker began.
+    fresh = request.model_copy(update={"archive_key": "archives/fresh.zip"})
+    await ActivityEnvironment().run(acts.package_archive, fresh)
+    whole = b"".join(store.read("archives/fresh.zip"))
+    # The old worker's stored part, uploaded again (S3 gave it an upload id of its own).
+    upload_id = store.create_upload(request.archive_key)
+    assert store.upload_part(request.archive_key, upload_id, number, whole[:offset]) == etag
+    checkpoint["upload_id"] = upload_id
+
+    resumed = ActivityEnvironment()
+    resumed.info = dataclasses.replace(resumed.info, heartbeat_details=[details], attempt=2)
+    result = await resumed.run(acts.package_archive, request)
+
+    assert result.resumed_from == offset > 0
+    assert result.source_bytes_read == sum(sizes.values()) - checkpoint["file_offset"]
+    assert [f.file_id for f in result.resolved or []] == list(sizes)
+    assert b"".join(store.read(request.archive_key)) == whole
+    assert_archive_matches(read_archive(store, request.archive_key), sources)

@@ -10,8 +10,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from activities.storage import ObjectStore
-from config import Settings
+from core.config import Settings
+from core.storage import ObjectStore
 from tests.helpers import put_sources, start_job
 from workflows.cleanup import ArchiveCleanupWorkflow
 from workflows.download import DownloadWorkflow

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 import urllib3
 
-from activities.storage import ObjectNotFound, ObjectStore, StorageUnavailable
-from config import Settings
+from core.config import Settings
+from core.storage import ObjectNotFound, ObjectStore, StorageUnavailable
 
 
 def test_round_trip(store: ObjectStore, http: urllib3.PoolManager) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.storage import ObjectStore
-from config import Settings
-from tests.helpers import start_job, stat_errors
+from core.config import Settings
+from core.storage import ObjectStore
+from tests.helpers import expect_failure, start_job, stat_errors
 from worker import build_worker
+from workflows.errors import ErrorType
 
 
 async def test_storage_outage_exhausts_three_attempts_then_fails(
@@ -29,11 +27,7 @@ async def test_storage_outage_exhausts_three_attempts_then_fails(
     before = stat_errors()
     async with build_worker(time_env.client, seeds, ObjectStore(seeds)):
         handle = await start_job(time_env.client, seeds, [10_001])
-        with pytest.raises(WorkflowFailureError) as err:
-            await handle.result()
-    cause = err.value.cause
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "StorageUnavailable"
+        cause = await expect_failure(handle.result(), ErrorType.storage_unavailable)
     assert "retries exhausted" in cause.message
     # Three attempts in all, each one failing stat call (the retries are the policy's, not ours).
     assert stat_errors() - before == 3

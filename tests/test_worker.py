@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import urllib3
 from temporalio.testing import WorkflowEnvironment
 
-from activities.storage import ObjectStore
-from config import Settings
-from stack import free_port, wait_for_port
-from tests.conftest import BIN
+from core.config import Settings
+from core.storage import ObjectStore
+from devstack.servers import free_port, wait_for_port
 from tests.helpers import (
     assert_archive_matches,
     package_results,
     put_sources,
     read_archive,
+    slow_origin_env,
     start_job,
     wait_for_checkpoint,
+    worker_process,
 )
 from worker import build_worker
 from workflows.models import JobStatus
@@ -35,14 +35,7 @@ async def test_sigterm_checkpoints_and_another_worker_resumes(
 ) -> None:
     sizes = {10_000 + i: 6 * MIB for i in range(1, 6)}
     sources = put_sources(store, settings, sizes)
-    child_env = {
-        **subprocess_env,
-        "DOWNLOAD_DELAY_ENABLED": "true",
-        "DOWNLOAD_DELAY_MIN_MS": "500",
-        "DOWNLOAD_DELAY_MAX_MS": "500",
-    }
-    proc = subprocess.Popen([str(BIN / "download-worker")], env=child_env)
-    try:
+    with worker_process(slow_origin_env(subprocess_env, 500)) as proc:
         handle = await start_job(env.client, settings, list(sizes))
         await wait_for_checkpoint(env.client, handle, min_parts=1)
         stopped = time.monotonic()
@@ -50,10 +43,6 @@ async def test_sigterm_checkpoints_and_another_worker_resumes(
         assert proc.wait(timeout=30) == 0
         # Shut down within the graceful period, not by a heartbeat timeout.
         assert time.monotonic() - stopped < settings.worker_graceful_shutdown_seconds + 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     async with build_worker(env.client, settings, store):
         state = await handle.result()
@@ -71,18 +60,12 @@ async def test_worker_serves_its_own_and_sdk_metrics(
     http: urllib3.PoolManager,
 ) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "download-worker")], env={**subprocess_env, "WORKER_METRICS_PORT": str(port)}
-    )
-    try:
+    with worker_process({**subprocess_env, "WORKER_METRICS_PORT": str(port)}):
         put_sources(store, settings, {10_001: 1000})
         handle = await start_job(env.client, settings, [10_001, 10_002])
         await handle.result()
         wait_for_port(port)
         text = http.request("GET", f"http://127.0.0.1:{port}/metrics").data.decode()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert "download_jobs_total{" in text and 'status="completed"' in text
     assert "download_job_duration_seconds_bucket" in text
     assert 's3_operations_total{operation="stat",status="success"}' in text

@@ -4,35 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.storage import ObjectStore, UploadGone
-from config import Settings
-from stack import S3Server, free_port
-from tests.conftest import BIN
+from core.config import Settings
+from core.storage import ObjectStore, UploadGone
+from devstack.servers import S3Server
 from tests.helpers import (
     assert_archive_matches,
+    expect_failure,
+    http_receiver,
     package_results,
     put_sources,
     read_archive,
     slow_origin,
+    slow_origin_env,
     start_job,
     stat_errors,
     wait_for,
     wait_for_checkpoint,
+    worker_process,
 )
 from worker import build_worker
 from workflows.download import INLINE_RESOLVE_LIMIT
-from workflows.models import DOWNLOAD_STATUS, STATE_MEMO_KEY, FileStatus, JobState, JobStatus
+from workflows.errors import ErrorType
+from workflows.models import FileStatus, JobState, JobStatus
+from workflows.names import (
+    DOWNLOAD_STATUS,
+    PACKAGE_ARCHIVE,
+    RESOLVE_FILES,
+    STATE_MEMO_KEY,
+    STATUS_QUERY,
+)
 
 MIB = 1024 * 1024
 
@@ -54,7 +61,7 @@ async def test_archive_holds_every_file_byte_for_byte(
 
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(DOWNLOAD_STATUS) == "completed"
-    query = await handle.query("status", result_type=JobState)
+    query = await handle.query(STATUS_QUERY, result_type=JobState)
     assert query.status is JobStatus.completed
 
 
@@ -87,7 +94,7 @@ async def test_missing_files_are_marked_and_the_rest_packaged(
     by_id = {f.file_id: f for f in state.files}
     assert by_id[10_002].status is FileStatus.failed
     assert by_id[10_002].error == "not found"
-    assert by_id[10_002].error_type == "FileNotFound"
+    assert by_id[10_002].error_type == ErrorType.file_not_found
     assert state.failed_files == 1 and state.completed_files == 2
     assert_archive_matches(read_archive(store, str(state.archive_key)), sources)
 
@@ -96,11 +103,7 @@ async def test_nothing_available_fails_in_plain_words(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
 ) -> None:
     handle = await start_job(env.client, settings, [10_005, 10_006])
-    with pytest.raises(WorkflowFailureError) as err:
-        await handle.result()
-    cause = err.value.cause
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "NothingToPackage"
+    cause = await expect_failure(handle.result(), ErrorType.nothing_to_package)
     assert "none of the requested files" in cause.message
     memo = await (await handle.describe()).memo_value(STATE_MEMO_KEY, type_hint=JobState)
     assert memo.status is JobStatus.failed
@@ -125,7 +128,7 @@ async def test_cancel_mid_package_aborts_the_upload(
     key = settings.archive_key(handle.id)
     assert store.stat_or_none(key) is None
     with pytest.raises(UploadGone):
-        store.list_parts(key, progress.checkpoint["upload_id"])
+        store.list_parts(key, progress.checkpoint.upload_id)
     memo = await (await handle.describe()).memo_value(STATE_MEMO_KEY, type_hint=JobState)
     assert memo.status is JobStatus.cancelled
 
@@ -140,19 +143,10 @@ async def test_resume_after_worker_is_killed(
     sizes = {10_000 + i: 6 * MIB + i for i in range(1, 6)}
     sources = put_sources(store, settings, sizes)
     total = sum(sizes.values())
-    child_env = {
-        **subprocess_env,
-        "DOWNLOAD_DELAY_ENABLED": "true",
-        "DOWNLOAD_DELAY_MIN_MS": "400",
-        "DOWNLOAD_DELAY_MAX_MS": "400",
-    }
-    proc = subprocess.Popen([str(BIN / "download-worker")], env=child_env)
-    try:
+    # Leaving the block kills the worker (SIGKILL): no chance to checkpoint or hand over.
+    with worker_process(slow_origin_env(subprocess_env, 400)):
         handle = await start_job(env.client, settings, list(sizes))
         progress = await wait_for_checkpoint(env.client, handle, min_parts=2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     assert progress.bytes_done < total
 
     async with build_worker(env.client, settings, store):
@@ -205,11 +199,7 @@ async def test_access_denied_fails_fast_without_retry(
     errors_before = stat_errors()
     async with build_worker(env.client, settings, ObjectStore(wrong)):
         handle = await start_job(env.client, settings, [10_001])
-        with pytest.raises(WorkflowFailureError) as err:
-            await handle.result()
-    cause = err.value.cause
-    assert isinstance(cause, ApplicationError)
-    assert cause.type == "AccessDenied"
+        await expect_failure(handle.result(), ErrorType.access_denied)
     # One stat call in all: the resolving activity gave up at once instead of retrying.
     assert stat_errors() - errors_before == 1
 
@@ -230,35 +220,20 @@ async def test_long_id_lists_resolve_in_a_regular_activity(
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    assert scheduled == ["resolve_files", "package_archive"]
+    assert scheduled == [RESOLVE_FILES, PACKAGE_ARCHIVE]
 
 
 async def test_terminal_state_is_posted_to_the_callback(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    received: list[dict[str, object]] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     allowed = settings.model_copy(update={"callback_allow_private": True})
     put_sources(store, settings, {10_001: 10})
-    try:
+    with http_receiver() as (base, requests):
         async with build_worker(env.client, allowed, store):
-            url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+            url = f"{base}/hook"
             handle = await start_job(env.client, settings, [10_001, 10_002], callback_url=url)
             await handle.result()
-    finally:
-        server.shutdown()
+    received = [json.loads(body) for _, body in requests]
     assert received == [
         {
             "jobId": handle.id,
@@ -287,4 +262,4 @@ async def test_a_refused_callback_never_fails_the_job(
         for e in history.events
         if e.HasField("activity_task_failed_event_attributes")
     ]
-    assert failed == ["CallbackRefused"]
+    assert failed == [ErrorType.callback_refused]

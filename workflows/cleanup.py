@@ -8,18 +8,17 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.packaging import DownloadActivities
+    from activities.expiry import ArchiveExpiry
     from workflows.models import CleanupResult
+    from workflows.names import CLEANUP_WORKFLOW
 
-CLEANUP_SCHEDULE_ID = "archive-cleanup"
 
-
-@workflow.defn
+@workflow.defn(name=CLEANUP_WORKFLOW)
 class ArchiveCleanupWorkflow:
     @workflow.run
     async def run(self) -> CleanupResult:
         return await workflow.execute_activity_method(
-            DownloadActivities.delete_expired_archives,
+            ArchiveExpiry.delete_expired_archives,
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=5)),

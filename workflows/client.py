@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+    WorkflowHandle,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
-from config import Settings
-from observability import get_logger
+from core.config import Settings
+from core.observability import get_logger
 from workflows.models import (
-    DOWNLOAD_STATUS,
-    FILE_COUNT,
-    OWNER,
-    STATE_MEMO_KEY,
     DownloadRequest,
     JobOptions,
     JobState,
     JobStatus,
     RetryOptions,
+)
+from workflows.names import (
+    CLEANUP_SCHEDULE_ID,
+    CLEANUP_WORKFLOW,
+    DOWNLOAD_STATUS,
+    DOWNLOAD_WORKFLOW,
+    FILE_COUNT,
+    OWNER,
+    STATE_MEMO_KEY,
 )
 
 log = get_logger(__name__)
@@ -105,7 +118,7 @@ async def start_download(
     """Start the job's workflow with its initial memo and search attributes (readable at once)."""
     initial = JobState.for_request(request, JobStatus.queued)
     return await client.start_workflow(
-        "DownloadWorkflow",
+        DOWNLOAD_WORKFLOW,
         request,
         id=request.job_id,
         task_queue=settings.temporal_task_queue,
@@ -120,3 +133,20 @@ async def start_download(
         ),
         id_reuse_policy=id_reuse_policy,
     )
+
+
+async def ensure_cleanup_schedule(client: Client, settings: Settings) -> None:
+    """Hourly archive expiry as a Temporal Schedule (visible and pausable in the Web UI)."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            CLEANUP_WORKFLOW,
+            id=f"{CLEANUP_SCHEDULE_ID}-run",
+            task_queue=settings.temporal_task_queue,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))]),
+    )
+    try:
+        await client.create_schedule(CLEANUP_SCHEDULE_ID, schedule)
+        log.info("archive cleanup schedule created", schedule_id=CLEANUP_SCHEDULE_ID)
+    except ScheduleAlreadyRunningError:
+        pass

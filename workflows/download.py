@@ -11,17 +11,22 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.callbacks import CallbackActivities
     from activities.packaging import DownloadActivities
+    from workflows.errors import (
+        ErrorType,
+        describe_failure,
+        failure_details,
+        is_cancellation,
+        nothing_to_package,
+        root_message,
+    )
     from workflows.models import (
-        DOWNLOAD_STATUS,
-        STATE_MEMO_KEY,
         CallbackNotice,
         DownloadRequest,
-        ErrorType,
         FileState,
         FileStatus,
         JobState,
@@ -31,8 +36,8 @@ with workflow.unsafe.imports_passed_through():
         ResolveInput,
         SourceFile,
         available_sources,
-        nothing_to_package,
     )
+    from workflows.names import DOWNLOAD_STATUS, DOWNLOAD_WORKFLOW, STATE_MEMO_KEY, STATUS_QUERY
 
 
 # Id lists up to this length are resolved by the packaging activity itself; longer ones by a
@@ -40,12 +45,12 @@ with workflow.unsafe.imports_passed_through():
 INLINE_RESOLVE_LIMIT = 50
 
 
-@workflow.defn
+@workflow.defn(name=DOWNLOAD_WORKFLOW)
 class DownloadWorkflow:
     def __init__(self) -> None:
         self._state: JobState | None = None
 
-    @workflow.query
+    @workflow.query(name=STATUS_QUERY)
     def status(self) -> JobState:
         if self._state is None:
             raise ApplicationError("workflow has not started yet")
@@ -93,11 +98,11 @@ class DownloadWorkflow:
             await self._notify(request)
             raise
         except (ActivityError, ApplicationError) as err:
-            if _is_cancellation(err):
+            if is_cancellation(err):
                 self._finish(JobStatus.cancelled, "cancelled")
                 await self._notify(request)
                 raise
-            message, kind = _describe_failure(err)
+            message, kind = describe_failure(err)
             if kind == ErrorType.nothing_to_package.value:
                 self._record_unavailable(err)
             self._finish(JobStatus.failed, message, kind)
@@ -145,11 +150,9 @@ class DownloadWorkflow:
 
     def _record_unavailable(self, err: BaseException) -> None:
         """Per-file reasons sent along by a packaging attempt that found nothing to package."""
-        cause = err.__cause__ if isinstance(err, ActivityError) else err
-        if isinstance(cause, ApplicationError) and cause.details:
-            files = cause.details[0]
-            if isinstance(files, list):
-                self._require_state().files = [FileState.model_validate(f) for f in files]
+        files = failure_details(err)
+        if isinstance(files, list):
+            self._require_state().files = [FileState.model_validate(f) for f in files]
 
     def _finish(self, status: JobStatus, error: str | None = None, kind: str | None = None) -> None:
         state = self._require_state()
@@ -211,31 +214,8 @@ class DownloadWorkflow:
                 )
             )
         except ActivityError as err:
-            workflow.logger.warning("callback failed: %s", _root_message(err))
+            workflow.logger.warning("callback failed: %s", root_message(err))
 
     def _require_state(self) -> JobState:
         assert self._state is not None
         return self._state
-
-
-def _is_cancellation(err: BaseException) -> bool:
-    return isinstance(err, CancelledError) or isinstance(err.__cause__, CancelledError)
-
-
-def _root_message(err: BaseException) -> str:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return str(getattr(err, "message", None) or err)
-
-
-def _describe_failure(err: BaseException) -> tuple[str, str]:
-    """Plain words for the job's `error` and a stable type for clients and tests."""
-    cause: BaseException = err
-    while cause.__cause__ is not None and not isinstance(cause, ApplicationError):
-        cause = cause.__cause__
-    if isinstance(cause, ApplicationError):
-        kind = cause.type or "Error"
-        if kind == ErrorType.storage_unavailable.value:
-            return "storage is unavailable; retries exhausted", kind
-        return cause.message, kind
-    return "the job failed: " + _root_message(err), "Error"

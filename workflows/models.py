@@ -11,20 +11,13 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ApplicationError
+from temporalio.common import RetryPolicy
+
+from workflows.errors import NON_RETRYABLE_ERRORS
 
 MIN_FILE_ID = 10_000
 MAX_FILE_ID = 100_000_000
 MAX_FILES_PER_JOB = 1000
-
-# Custom search attributes; the local stack and the test servers register them.
-DOWNLOAD_STATUS = SearchAttributeKey.for_keyword("DownloadStatus")
-OWNER = SearchAttributeKey.for_keyword("Owner")
-FILE_COUNT = SearchAttributeKey.for_int("FileCount")
-SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT)
-
-STATE_MEMO_KEY = "state"
 
 
 class JobStatus(StrEnum):
@@ -44,27 +37,6 @@ class FileStatus(StrEnum):
     processing = "processing"
     completed = "completed"
     failed = "failed"
-
-
-class ErrorType(StrEnum):
-    """`ApplicationError.type` values; the non-retryable ones never get another attempt."""
-
-    invalid_file_id = "InvalidFileId"
-    file_not_found = "FileNotFound"
-    access_denied = "AccessDenied"
-    nothing_to_package = "NothingToPackage"
-    source_changed = "SourceChanged"
-    storage_unavailable = "StorageUnavailable"
-    callback_refused = "CallbackRefused"
-
-
-NON_RETRYABLE_ERRORS = [
-    ErrorType.invalid_file_id.value,
-    ErrorType.file_not_found.value,
-    ErrorType.access_denied.value,
-    ErrorType.nothing_to_package.value,
-    ErrorType.callback_refused.value,
-]
 
 
 class RetryOptions(BaseModel):
@@ -185,16 +157,6 @@ def available_sources(files: list[FileState]) -> list[SourceFile]:
     ]
 
 
-def nothing_to_package(files: list[FileState] | None = None) -> ApplicationError:
-    """The job's final error when no file is available; `files` gives the per-file reasons."""
-    return ApplicationError(
-        "none of the requested files is available",
-        *([[f.model_dump(mode="json") for f in files]] if files else []),
-        type=ErrorType.nothing_to_package.value,
-        non_retryable=True,
-    )
-
-
 class PackageInput(BaseModel):
     job_id: str
     archive_key: str
@@ -204,6 +166,27 @@ class PackageInput(BaseModel):
     compression: Literal["stored", "deflate"] = "stored"
     # Modification time stamped on every entry, so a resumed archive is byte-identical.
     mtime: datetime | None = None
+
+
+class Checkpoint(BaseModel):
+    """Where a retried packaging attempt resumes: its multipart upload and the zip writer right
+    after the last part S3 has stored."""
+
+    upload_id: str
+    # (part number, ETag) of every stored part, checked against S3 with ListParts on resume.
+    parts: list[tuple[int, str]]
+    # The zip writer's own state (`ResumableZipWriter.checkpoint`), which validates it on resume.
+    writer: dict[str, Any]
+    # The source being written and how many of its bytes are in the archive already.
+    file_index: int
+    file_offset: int
+    files_done: int
+    bytes_done: int
+    # Sources that vanished between resolving and packaging.
+    missing: list[int] = Field(default_factory=list)
+    # Set when the attempt resolved the ids itself, so a resumed attempt packages the same list.
+    sources: list[SourceFile] | None = None
+    resolved: list[FileState] | None = None
 
 
 class PackageProgress(BaseModel):
@@ -217,8 +200,7 @@ class PackageProgress(BaseModel):
     # Bytes per second over the attempt so far, for completion estimates.
     rate: float | None = None
     updated_at: datetime | None = None
-    # Multipart upload id, uploaded parts and zip writer state after the last uploaded part.
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: Checkpoint | None = None
 
 
 class PackageResult(BaseModel):

@@ -1,0 +1,89 @@
+"""Archive bytes on their way to S3: one part uploads while the next one fills.
+
+A multipart upload whose parts are sent in the background, one at a time, so reading the sources
+and uploading overlap. The caller learns when a part is stored (that is when its end becomes a
+resume point). An archive smaller than one part is a single PUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from core.observability import get_logger
+from core.storage import ObjectStore, StorageError
+
+log = get_logger(__name__)
+
+Parts = list[tuple[int, str]]
+
+
+class ArchiveUpload:
+    def __init__(self, store: ObjectStore, key: str, part_size: int) -> None:
+        self.store, self.key, self.part_size = store, key, part_size
+        self.upload_id: str | None = None
+        self.parts: Parts = []
+        self.buffer = bytearray()
+        self.in_flight: asyncio.Task[None] | None = None
+
+    def restore(self, upload_id: str, parts: Parts) -> None:
+        """Continue an upload whose parts S3 still holds."""
+        self.upload_id, self.parts = upload_id, list(parts)
+
+    @property
+    def full(self) -> bool:
+        return len(self.buffer) >= self.part_size
+
+    def write(self, data: bytes) -> None:
+        self.buffer.extend(data)
+
+    async def flush(self, on_stored: Callable[[str, Parts], None]) -> None:
+        """Send the buffer as the next part; `on_stored(upload_id, parts)` runs once S3 has it."""
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        await self.settle()
+        if self.upload_id is None:
+            self.upload_id = await asyncio.to_thread(self.store.create_upload, self.key)
+        upload_id, number = self.upload_id, len(self.parts) + 1
+
+        async def upload() -> None:
+            etag = await asyncio.to_thread(
+                self.store.upload_part, self.key, upload_id, number, data
+            )
+            self.parts.append((number, etag))
+            on_stored(upload_id, list(self.parts))
+
+        self.in_flight = asyncio.create_task(upload())
+
+    async def settle(self, *, quiet: bool = False) -> None:
+        """Wait for the part being uploaded; `quiet` swallows its failure (already failing)."""
+        task, self.in_flight = self.in_flight, None
+        if task is None:
+            return
+        if quiet:
+            with contextlib.suppress(StorageError, asyncio.CancelledError):
+                await asyncio.shield(task)
+        else:
+            await task
+
+    async def complete(self) -> None:
+        """Store the archive: one PUT if no part was sent, else complete the multipart upload."""
+        if self.upload_id is None:
+            data = bytes(self.buffer)
+            await asyncio.to_thread(self.store.put_bytes, self.key, data, "application/zip")
+            return
+        await self.settle()
+        await asyncio.to_thread(self.store.complete_upload, self.key, self.upload_id, self.parts)
+
+    async def abort(self) -> None:
+        """Discard the upload and every stored part (a user's cancel, a source that changed)."""
+        await self.settle(quiet=True)
+        if self.upload_id is None:
+            return
+        try:
+            await asyncio.shield(
+                asyncio.to_thread(self.store.abort_upload, self.key, self.upload_id)
+            )
+        except StorageError as exc:
+            log.warning("could not abort multipart upload", archive=self.key, error=str(exc))

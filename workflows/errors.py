@@ -1,0 +1,122 @@
+"""Every failure type a job can end with, and the `ApplicationError`s that carry them.
+
+`ErrorType` values travel as `ApplicationError.type` through Temporal into the job state, the API
+and callbacks, so clients and tests match on the type, never on the message. Storage errors are
+mapped to these types here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+from core.storage import AccessDenied, ObjectNotFound, StorageError
+
+if TYPE_CHECKING:
+    from workflows.models import FileState
+
+
+class ErrorType(StrEnum):
+    """`ApplicationError.type` values; the non-retryable ones never get another attempt."""
+
+    invalid_file_id = "InvalidFileId"
+    file_not_found = "FileNotFound"
+    access_denied = "AccessDenied"
+    nothing_to_package = "NothingToPackage"
+    source_changed = "SourceChanged"
+    storage_unavailable = "StorageUnavailable"
+    callback_refused = "CallbackRefused"
+    # A packaging attempt handing its job over on worker shutdown; retried from its checkpoint.
+    worker_shutdown = "WorkerShutdown"
+    # Run outcomes decided outside the workflow code (operator or Temporal itself).
+    terminated = "Terminated"
+    timed_out = "TimedOut"
+    # Anything else: the job failed for a reason with no type of its own.
+    unknown = "Error"
+
+
+NON_RETRYABLE_ERRORS = [
+    ErrorType.invalid_file_id.value,
+    ErrorType.file_not_found.value,
+    ErrorType.access_denied.value,
+    ErrorType.nothing_to_package.value,
+    ErrorType.callback_refused.value,
+]
+
+
+def nothing_to_package(files: Sequence[FileState] | None = None) -> ApplicationError:
+    """The job's final error when no file is available; `files` gives the per-file reasons."""
+    return ApplicationError(
+        "none of the requested files is available",
+        *([[f.model_dump(mode="json") for f in files]] if files else []),
+        type=ErrorType.nothing_to_package.value,
+        non_retryable=True,
+    )
+
+
+def storage_failure(exc: StorageError) -> ApplicationError:
+    """Typed activity error: not found and access denied are final, outages are retried."""
+    if isinstance(exc, ObjectNotFound):
+        kind = ErrorType.file_not_found
+    elif isinstance(exc, AccessDenied):
+        kind = ErrorType.access_denied
+    else:
+        kind = ErrorType.storage_unavailable
+    return ApplicationError(str(exc), type=kind.value, non_retryable=not exc.retryable)
+
+
+def source_changed(exc: Exception) -> ApplicationError:
+    return ApplicationError(
+        f"source changed while packaging: {exc}",
+        type=ErrorType.source_changed.value,
+        non_retryable=True,
+    )
+
+
+def upload_gone(exc: StorageError) -> ApplicationError:
+    """The checkpoint's upload expired or was aborted: retried, and the next attempt starts over."""
+    return ApplicationError(str(exc), type=ErrorType.storage_unavailable.value)
+
+
+def worker_shutdown() -> ApplicationError:
+    # Retryable: the next attempt, on any worker, resumes from the checkpoint.
+    return ApplicationError("worker shutting down", type=ErrorType.worker_shutdown.value)
+
+
+def callback_refused(message: str) -> ApplicationError:
+    return ApplicationError(message, type=ErrorType.callback_refused.value, non_retryable=True)
+
+
+def is_cancellation(err: BaseException) -> bool:
+    return isinstance(err, CancelledError) or isinstance(err.__cause__, CancelledError)
+
+
+def root_message(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(getattr(err, "message", None) or err)
+
+
+def describe_failure(err: BaseException) -> tuple[str, str]:
+    """Plain words for the job's `error` and a stable type for clients and tests."""
+    cause: BaseException = err
+    while cause.__cause__ is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError):
+        kind = cause.type or ErrorType.unknown.value
+        if kind == ErrorType.storage_unavailable.value:
+            return "storage is unavailable; retries exhausted", kind
+        return cause.message, kind
+    return "the job failed: " + root_message(err), ErrorType.unknown.value
+
+
+def failure_details(err: BaseException) -> object | None:
+    """The first detail an `ApplicationError` (directly or behind an `ActivityError`) carries."""
+    cause = err.__cause__ if isinstance(err, ActivityError) else err
+    if isinstance(cause, ApplicationError) and cause.details:
+        first: object = cause.details[0]
+        return first
+    return None

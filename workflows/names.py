@@ -1,0 +1,40 @@
+"""The Temporal contract's names, spelled once: workflows, activities, query, search attributes.
+
+Workers register under these names and clients (API, CLI users, tests) address them by these
+names; a rename here is a breaking change for running jobs and recorded histories.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+DOWNLOAD_WORKFLOW = "DownloadWorkflow"
+CLEANUP_WORKFLOW = "ArchiveCleanupWorkflow"
+
+RESOLVE_FILES = "resolve_files"
+PACKAGE_ARCHIVE = "package_archive"
+SEND_CALLBACK = "send_callback"
+DELETE_EXPIRED_ARCHIVES = "delete_expired_archives"
+# The activities whose progress is the job's progress (callbacks run after the job is decided).
+JOB_ACTIVITIES = (RESOLVE_FILES, PACKAGE_ARCHIVE)
+
+STATUS_QUERY = "status"
+# Memo key of the job state, readable through `describe()` with no worker running.
+STATE_MEMO_KEY = "state"
+
+DEFAULT_TASK_QUEUE = "downloads"
+CLEANUP_SCHEDULE_ID = "archive-cleanup"
+
+# Custom search attributes; the local stack, compose and the test servers register them.
+DOWNLOAD_STATUS = SearchAttributeKey.for_keyword("DownloadStatus")
+OWNER = SearchAttributeKey.for_keyword("Owner")
+FILE_COUNT = SearchAttributeKey.for_int("FileCount")
+SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT)
+
+
+def search_attribute_flags() -> list[str]:
+    """`--search-attribute Name=Type` arguments for `temporal server start-dev`."""
+    return [
+        f"--search-attribute={key.name}={key.indexed_value_type.name.title().replace('_', '')}"
+        for key in SEARCH_ATTRIBUTES
+    ]
