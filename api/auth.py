@@ -10,7 +10,7 @@ import hmac
 import jwt
 
 from api.errors import ApiError
-from config import Settings
+from core.config import Settings
 
 ANONYMOUS = "anonymous"
 _ASYMMETRIC = ("RS", "ES", "PS", "Ed")

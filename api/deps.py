@@ -8,12 +8,13 @@ from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
-from activities.storage import ObjectStore
 from api.auth import Authenticator
+from api.jobs import JobService
 from api.schemas import JOB_ID_PATTERN
 from api.sse import JobWatchers
-from config import Settings
-from observability import job_id_var
+from core.config import Settings
+from core.observability import job_id_var
+from core.storage import ObjectStore
 
 bearer = HTTPBearer(auto_error=False, description="JWT whose `sub` is the job owner, or an API key")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -34,6 +35,11 @@ async def get_temporal(request: Request) -> Client:
 async def get_store(request: Request) -> ObjectStore:
     store: ObjectStore = request.app.state.store
     return store
+
+
+async def get_jobs(request: Request) -> JobService:
+    jobs: JobService = request.app.state.jobs
+    return jobs
 
 
 async def get_watchers(request: Request) -> JobWatchers:
@@ -77,6 +83,7 @@ async def get_job_id(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
 WatchersDep = Annotated[JobWatchers, Depends(get_watchers)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 StreamOwnerDep = Annotated[str, Depends(get_stream_owner)]

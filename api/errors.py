@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.storage import StorageUnavailable
 from api.schemas import ErrorResponse
-from config import Environment, Settings
-from observability import get_logger, request_id_var
+from core.config import Environment, Settings
+from core.observability import get_logger, request_id_var
+from core.storage import StorageUnavailable
 
 log = get_logger("api.errors")
 

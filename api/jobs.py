@@ -1,4 +1,9 @@
-"""Job operations on Temporal: start (idempotent), retry, cancel, list; presigned links."""
+"""Every Temporal read and write for jobs, in one object the app keeps on `app.state.jobs`.
+
+Routes and the SSE watchers go through `JobService`, so how a job is found (workflow type, owner,
+memo, completed result, pending activities), started, retried, cancelled and listed is decided
+once, here; `api.views` turns what is read into the client's view.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +17,31 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
-from activities.storage import ObjectStore
 from api.errors import ApiError
-from api.schemas import JobLinks, JobList, JobSummary, JobView
-from api.status import RPC_TIMEOUT, WORKFLOW_TYPE, JobRecord, describe_job, job_view
-from config import Settings
-from observability import DOWNLOAD_JOBS, get_logger
+from api.schemas import JobList, JobSummary, JobView
+from api.views import JobRecord, PendingActivity, job_view
+from core.config import Settings
+from core.observability import DOWNLOAD_JOBS, get_logger
+from core.storage import ObjectStore
+from workflows import names
 from workflows.client import new_request, start_download
-from workflows.models import (
-    STATE_MEMO_KEY,
-    DownloadRequest,
-    JobState,
-    JobStatus,
-)
+from workflows.models import DownloadRequest, JobState, JobStatus, PackageProgress
 
 log = get_logger("api.jobs")
 
+RPC_TIMEOUT = timedelta(seconds=10)
 # Job ids derived from (owner, Idempotency-Key): a repeated request finds the same workflow.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1f4e-4a53-5d0e-9a57-6d6f776e6c64")
 
@@ -42,150 +52,249 @@ def new_job_id(owner: str, idempotency_key: str | None) -> str:
     return str(uuid.uuid4())
 
 
-def links(job_id: str) -> dict[str, str]:
-    return JobLinks(
-        status_url=f"/v1/download/status/{job_id}",
-        subscribe_url=f"/v1/download/subscribe/{job_id}",
-        details_url=f"/v1/download/{job_id}",
-        file_url=f"/v1/download/{job_id}/file",
-    ).model_dump()
+class CompletedStates:
+    """Final states of completed runs, read from history: immutable, so the newest are kept."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._states: dict[tuple[str, str | None], JobState] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, job_id: str, run_id: str | None) -> JobState | None:
+        return self._states.get((job_id, run_id))
+
+    def put(self, job_id: str, run_id: str | None, state: JobState) -> None:
+        if len(self._states) >= self.max_entries:
+            self._states.pop(next(iter(self._states)))  # the oldest entry
+        self._states[(job_id, run_id)] = state
 
 
-async def start_job(
-    client: Client,
-    settings: Settings,
-    *,
-    job_id: str,
-    owner: str,
-    file_ids: list[int],
-    callback_url: str | None,
-    request_id: str | None,
-) -> JobRecord:
-    """Start the job's workflow; an id already in use returns that job (after a sanity check)."""
-    request = new_request(
-        settings,
-        job_id,
-        file_ids,
-        owner=owner,
-        callback_url=callback_url,
-        request_id=request_id,
-    )
-    try:
-        await start_download(client, settings, request)
-    except WorkflowAlreadyStartedError:
-        record = await describe_job(client, job_id, owner)
-        if [f.file_id for f in record.state.files] != request.file_ids:
-            raise ApiError(
-                409, "idempotency_conflict", "Idempotency-Key was used for a different request"
-            ) from None
-        return record
-    DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
-    log.info("job started", jobId=job_id, files=len(request.file_ids), owner=owner)
-    return await describe_job(client, job_id, owner)
+class JobService:
+    """The jobs of one API process: its Temporal client, settings, store and completed states."""
 
+    def __init__(self, client: Client, settings: Settings, store: ObjectStore) -> None:
+        self.client, self.settings, self.store = client, settings, store
+        self.completed = CompletedStates()
 
-async def retry_job(client: Client, settings: Settings, job_id: str, owner: str) -> JobRecord:
-    """Run a failed or cancelled job again under the same id, with its original input."""
-    record = await describe_job(client, job_id, owner)
-    if record.view.status not in (JobStatus.failed, JobStatus.cancelled):
-        raise ApiError.conflict(
-            f"only failed or cancelled jobs can be retried; this one is {record.view.status.value}"
+    # --- reading ---
+    async def describe(self, job_id: str, owner: str) -> JobRecord:
+        """The caller's job or 404 (unknown ids and other owners' jobs look the same)."""
+        try:
+            desc = await self.client.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise ApiError.not_found(job_id) from None
+            raise
+        if desc.workflow_type != names.DOWNLOAD_WORKFLOW:
+            raise ApiError.not_found(job_id)
+        state = await _memo_state(desc, job_id)
+        if desc.status == WorkflowExecutionStatus.COMPLETED and state.owner == owner:
+            state = await self.completed_state(job_id, desc.run_id)
+        if state.owner != owner:
+            raise ApiError.not_found(job_id)
+        activities = await self.pending_activities(desc)
+        view = job_view(state, desc.status, activities, desc.close_time)
+        return JobRecord(state=state, view=view, run_started=desc.start_time)
+
+    async def completed_state(self, job_id: str, run_id: str | None) -> JobState:
+        """A completed run's final state: its result, read from history (no worker needed)."""
+        if (cached := self.completed.get(job_id, run_id)) is not None:
+            return cached
+        handle = self.client.get_workflow_handle(job_id, run_id=run_id, result_type=JobState)
+        state: JobState = await handle.result(rpc_timeout=RPC_TIMEOUT)
+        self.completed.put(job_id, run_id, state)
+        return state
+
+    async def pending_activities(self, desc: WorkflowExecutionDescription) -> list[PendingActivity]:
+        result = []
+        for act in desc.raw_description.pending_activities:
+            name = act.activity_type.name
+            started = act.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+            progress = None
+            if name == names.PACKAGE_ARCHIVE and act.heartbeat_details.payloads:
+                try:
+                    (progress,) = await self.client.data_converter.decode(
+                        act.heartbeat_details.payloads, [PackageProgress]
+                    )
+                except Exception:  # details of another shape carry no progress
+                    progress = None
+            result.append(PendingActivity(name=name, started=started, progress=progress))
+        return result
+
+    def with_download(self, record: JobRecord) -> JobView:
+        """A fresh presigned URL for a completed job (signed for S3_PUBLIC_ENDPOINT)."""
+        view, state = record.view, record.state
+        if view.status is not JobStatus.completed or not state.archive_key:
+            return view
+        expiry = timedelta(seconds=self.settings.presign_expiry_seconds)
+        url = self.store.presign(state.archive_key, expiry, filename=f"{view.job_id}.zip")
+        expires = (datetime.now(UTC) + expiry).replace(microsecond=0)
+        return view.model_copy(update={"download_url": url, "expires_at": expires})
+
+    async def details(self, job_id: str, owner: str) -> JobView:
+        """The job with a fresh download URL, and 410 once its archive has expired."""
+        record = await self.describe(job_id, owner)
+        view = self.with_download(record)
+        if view.status is JobStatus.completed and record.state.archive_key:
+            info = await asyncio.to_thread(self.store.stat_or_none, record.state.archive_key)
+            if info is None:
+                raise ApiError(410, "gone", "the archive has expired; retry is not possible")
+            view = view.model_copy(update={"archive_size": info.size})
+        return view
+
+    async def wait_for_result(self, job_id: str, owner: str, seconds: float) -> JobRecord | None:
+        """The finished job, or None if it is still running after `seconds`."""
+        handle = self.client.get_workflow_handle(job_id)
+        try:
+            await asyncio.wait_for(handle.result(), seconds)
+        except TimeoutError:
+            return None
+        except WorkflowFailureError:
+            pass  # failed or cancelled: the memo says why
+        return await self.describe(job_id, owner)
+
+    async def list_jobs(
+        self, owner: str, status: JobStatus | None, page_size: int, page_token: str | None
+    ) -> JobList:
+        query = visibility_query(owner, status)
+        pages = self.client.list_workflows(
+            query,
+            page_size=page_size,
+            next_page_token=_open_token(page_token, query) if page_token else None,
+            rpc_timeout=RPC_TIMEOUT,
         )
-    handle = client.get_workflow_handle(job_id)
-    original = await _original_request(client, handle)
-    request = original.model_copy(update={"created_at": datetime.now(UTC).replace(microsecond=0)})
-    try:
-        # Only a run that did not complete may be replaced.
-        await start_download(
-            client,
-            settings,
-            request,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        await pages.fetch_next_page()
+        jobs = []
+        for execution in pages.current_page or []:
+            try:
+                state = await execution.memo_value(names.STATE_MEMO_KEY, type_hint=JobState)
+            except KeyError:
+                continue
+            view = job_view(state, execution.status, closed_at=execution.close_time)
+            jobs.append(
+                JobSummary(
+                    job_id=execution.id,
+                    status=view.status,
+                    total_files=view.total_files,
+                    created_at=view.created_at,
+                    completed_at=view.completed_at,
+                    error=view.error,
+                )
+            )
+        next_token = pages.next_page_token
+        return JobList(
+            jobs=jobs, next_page_token=_seal_token(next_token, query) if next_token else None
         )
-    except WorkflowAlreadyStartedError:
-        pass  # retried concurrently by another request: report that run
-    else:
+
+    async def count_running(self, rpc_timeout: timedelta) -> int:
+        """Jobs waiting or running, from Temporal visibility."""
+        query = f"WorkflowType = '{names.DOWNLOAD_WORKFLOW}' AND ExecutionStatus = 'Running'"
+        count = await self.client.count_workflows(query, rpc_timeout=rpc_timeout)
+        return count.count
+
+    # --- writing ---
+    async def start(
+        self,
+        *,
+        owner: str,
+        file_ids: list[int],
+        callback_url: str | None,
+        request_id: str | None,
+        idempotency_key: str | None,
+    ) -> JobRecord:
+        """Start the job's workflow; an id already in use returns that job (after a sanity check)."""
+        job_id = new_job_id(owner, idempotency_key)
+        request = new_request(
+            self.settings,
+            job_id,
+            file_ids,
+            owner=owner,
+            callback_url=callback_url,
+            request_id=request_id,
+        )
+        try:
+            await start_download(self.client, self.settings, request)
+        except WorkflowAlreadyStartedError:
+            record = await self.describe(job_id, owner)
+            if [f.file_id for f in record.state.files] != request.file_ids:
+                raise ApiError(
+                    409, "idempotency_conflict", "Idempotency-Key was used for a different request"
+                ) from None
+            return record
         DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
-        log.info("job retried", jobId=job_id)
-    return await describe_job(client, job_id, owner)
+        log.info("job started", jobId=job_id, files=len(request.file_ids), owner=owner)
+        return await self.describe(job_id, owner)
+
+    async def retry(self, job_id: str, owner: str) -> JobRecord:
+        """Run a failed or cancelled job again under the same id, with its original input."""
+        record = await self.describe(job_id, owner)
+        if record.view.status not in (JobStatus.failed, JobStatus.cancelled):
+            raise ApiError.conflict(
+                "only failed or cancelled jobs can be retried; "
+                f"this one is {record.view.status.value}"
+            )
+        handle = self.client.get_workflow_handle(job_id)
+        original = await self._original_request(handle)
+        request = original.model_copy(
+            update={"created_at": datetime.now(UTC).replace(microsecond=0)}
+        )
+        try:
+            # Only a run that did not complete may be replaced.
+            await start_download(
+                self.client,
+                self.settings,
+                request,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # retried concurrently by another request: report that run
+        else:
+            DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
+            log.info("job retried", jobId=job_id)
+        return await self.describe(job_id, owner)
+
+    async def _original_request(self, handle: WorkflowHandle[Any, Any]) -> DownloadRequest:
+        async for event in handle.fetch_history_events(page_size=1, rpc_timeout=RPC_TIMEOUT):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            (request,) = await self.client.data_converter.decode(payloads, [DownloadRequest])
+            assert isinstance(request, DownloadRequest)
+            return request
+        raise ApiError.not_found(handle.id)
+
+    async def cancel(self, job_id: str, owner: str) -> JobRecord:
+        """Request cancellation; wait briefly so the answer usually shows the job cancelled."""
+        record = await self.describe(job_id, owner)
+        if record.view.status.terminal:
+            raise ApiError.conflict(f"the job is already {record.view.status.value}")
+        handle = self.client.get_workflow_handle(job_id)
+        await handle.cancel(rpc_timeout=RPC_TIMEOUT)
+        log.info("job cancel requested", jobId=job_id)
+        # Well within the request timeout, so the answer is never cut off.
+        wait_seconds = min(3.0, self.settings.request_timeout_ms / 2000)
+        with contextlib.suppress(WorkflowFailureError, TimeoutError):
+            await asyncio.wait_for(handle.result(), wait_seconds)
+        return await self.describe(job_id, owner)
 
 
-async def _original_request(client: Client, handle: WorkflowHandle[Any, Any]) -> DownloadRequest:
-    async for event in handle.fetch_history_events(page_size=1, rpc_timeout=RPC_TIMEOUT):
-        payloads = event.workflow_execution_started_event_attributes.input.payloads
-        (request,) = await client.data_converter.decode(payloads, [DownloadRequest])
-        assert isinstance(request, DownloadRequest)
-        return request
-    raise ApiError.not_found(handle.id)
-
-
-async def cancel_job(client: Client, job_id: str, owner: str, wait_seconds: float) -> JobRecord:
-    """Request cancellation; wait briefly so the answer usually shows the job cancelled."""
-    record = await describe_job(client, job_id, owner)
-    if record.view.status.terminal:
-        raise ApiError.conflict(f"the job is already {record.view.status.value}")
-    handle = client.get_workflow_handle(job_id)
-    await handle.cancel(rpc_timeout=RPC_TIMEOUT)
-    log.info("job cancel requested", jobId=job_id)
-    with contextlib.suppress(WorkflowFailureError, TimeoutError):
-        await asyncio.wait_for(handle.result(), wait_seconds)
-    return await describe_job(client, job_id, owner)
-
-
-async def wait_for_result(
-    client: Client, job_id: str, owner: str, seconds: float
-) -> JobRecord | None:
-    """The finished job, or None if it is still running after `seconds`."""
-    handle = client.get_workflow_handle(job_id)
+async def _memo_state(desc: WorkflowExecutionDescription, job_id: str) -> JobState:
     try:
-        await asyncio.wait_for(handle.result(), seconds)
-    except TimeoutError:
-        return None
-    except WorkflowFailureError:
-        pass  # failed or cancelled: the memo says why
-    return await describe_job(client, job_id, owner)
+        state: JobState = await desc.memo_value(names.STATE_MEMO_KEY, type_hint=JobState)
+    except KeyError:
+        # Started without our memo (e.g. by hand with the CLI): nothing known yet but the id.
+        started = desc.start_time
+        owner = desc.typed_search_attributes.get(names.OWNER) or "anonymous"
+        state = JobState(job_id=job_id, owner=owner, created_at=started, updated_at=started)
+    return state
 
 
 def visibility_query(owner: str, status: JobStatus | None) -> str:
     quoted = owner.replace("\\", "\\\\").replace("'", "\\'")
-    query = f"WorkflowType = '{WORKFLOW_TYPE}' AND Owner = '{quoted}'"
+    query = f"WorkflowType = '{names.DOWNLOAD_WORKFLOW}' AND {names.OWNER.name} = '{quoted}'"
     if status is not None:
-        query += f" AND DownloadStatus = '{status.value}'"
+        query += f" AND {names.DOWNLOAD_STATUS.name} = '{status.value}'"
     return query
-
-
-async def list_jobs(
-    client: Client, owner: str, status: JobStatus | None, page_size: int, page_token: str | None
-) -> JobList:
-    query = visibility_query(owner, status)
-    pages = client.list_workflows(
-        query,
-        page_size=page_size,
-        next_page_token=_open_token(page_token, query) if page_token else None,
-        rpc_timeout=RPC_TIMEOUT,
-    )
-    await pages.fetch_next_page()
-    jobs = []
-    for execution in pages.current_page or []:
-        try:
-            state = await execution.memo_value(STATE_MEMO_KEY, type_hint=JobState)
-        except KeyError:
-            continue
-        view = job_view(state, execution.status, closed_at=execution.close_time)
-        jobs.append(
-            JobSummary(
-                job_id=execution.id,
-                status=view.status,
-                total_files=view.total_files,
-                created_at=view.created_at,
-                completed_at=view.completed_at,
-                error=view.error,
-            )
-        )
-    next_token = pages.next_page_token
-    return JobList(
-        jobs=jobs, next_page_token=_seal_token(next_token, query) if next_token else None
-    )
 
 
 # Page tokens carry a digest of the query they continue, so a forged or foreign token is a 400
@@ -207,15 +316,3 @@ def _open_token(token: str, query: str) -> bytes:
 
 def _digest(raw: bytes, query: str) -> bytes:
     return hashlib.sha256(query.encode() + b"\n" + raw).digest()[:12]
-
-
-def with_download(
-    view: JobView, state: JobState, store: ObjectStore, settings: Settings
-) -> JobView:
-    """A fresh presigned URL for a completed job (signed for S3_PUBLIC_ENDPOINT)."""
-    if view.status is not JobStatus.completed or not state.archive_key:
-        return view
-    expiry = timedelta(seconds=settings.presign_expiry_seconds)
-    url = store.presign(state.archive_key, expiry, filename=f"{view.job_id}.zip")
-    expires = (datetime.now(UTC) + expiry).replace(microsecond=0)
-    return view.model_copy(update={"download_url": url, "expires_at": expires})

@@ -10,17 +10,17 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from activities.storage import ObjectStore
 from api.auth import Authenticator
 from api.errors import install_error_handlers
-from api.jobs import with_download
+from api.jobs import JobService
 from api.middleware import install_middleware
-from api.routes import downloads, health, legacy
+from api.routes import downloads, legacy, service
 from api.routes.docs import mount_docs
-from api.routes.health import STATIC
+from api.routes.service import STATIC
 from api.sse import JobWatchers
-from config import Settings, load_settings
-from observability import get_logger, setup_logging, setup_tracing
+from core.config import Settings, load_settings
+from core.observability import get_logger, setup_logging, setup_tracing
+from core.storage import ObjectStore
 from workflows.client import connect
 
 log = get_logger("api")
@@ -38,9 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.temporal = client
         app.state.auth = Authenticator(settings)
-        app.state.watchers = JobWatchers(
-            client, lambda record: with_download(record.view, record.state, store, settings)
-        )
+        app.state.jobs = jobs = JobService(client, settings, store)
+        app.state.watchers = JobWatchers(jobs)
         if not settings.auth_enabled:
             log.warning("authentication is off: every caller acts as 'anonymous'")
         try:
@@ -59,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app, settings)
     install_middleware(app, settings)
-    app.include_router(health.router)
+    app.include_router(service.router)
     app.include_router(downloads.router)
     app.include_router(legacy.router)
     mount_docs(app)

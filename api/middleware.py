@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response, internal_error_body
-from config import Settings
-from observability import HTTP_DURATION, HTTP_REQUESTS, get_logger, job_id_var, request_id_var
+from core.config import Settings
+from core.observability import HTTP_DURATION, HTTP_REQUESTS, get_logger, job_id_var, request_id_var
 
 log = get_logger("api.access")
 

@@ -14,7 +14,9 @@ from pydantic.alias_generators import to_camel
 from workflows.models import MAX_FILE_ID, MAX_FILES_PER_JOB, MIN_FILE_ID, FileStatus, JobStatus
 
 FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+# A job id is a workflow id: the path pattern (deps) and the URL convertor (routes) build on this.
+JOB_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
+JOB_ID_PATTERN = f"^{JOB_ID}$"
 
 
 class CamelModel(BaseModel):
@@ -52,8 +54,8 @@ class FileView(CamelModel):
     error: str | None = None
 
 
-class JobView(CamelModel):
-    """A job's status as clients see it (`GET /v1/download/status/{jobId}`)."""
+class JobProgress(CamelModel):
+    """What every view of a job's progress says: the status JSON and the SSE `progress` event."""
 
     job_id: str
     status: JobStatus
@@ -64,6 +66,13 @@ class JobView(CamelModel):
     failed_files: int
     bytes_processed: int
     total_bytes: int
+
+
+# `updated_at` and `estimated_completion_at` are declared in both subclasses, not in the base:
+# pydantic keeps base fields first, and both JSON shapes keep their published field order.
+class JobView(JobProgress):
+    """A job's status as clients see it (`GET /v1/download/status/{jobId}`)."""
+
     files: list[FileView]
     created_at: datetime
     started_at: datetime | None = None
@@ -82,6 +91,16 @@ class JobLinks(CamelModel):
     subscribe_url: str
     details_url: str
     file_url: str
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    """The `JobLinks` fields of a job, for the responses that include them."""
+    return JobLinks(
+        status_url=f"/v1/download/status/{job_id}",
+        subscribe_url=f"/v1/download/subscribe/{job_id}",
+        details_url=f"/v1/download/{job_id}",
+        file_url=f"/v1/download/{job_id}/file",
+    ).model_dump()
 
 
 class InitiateResponse(JobLinks):
@@ -112,18 +131,9 @@ class JobList(CamelModel):
     next_page_token: str | None = None
 
 
-class ProgressEvent(CamelModel):
+class ProgressEvent(JobProgress):
     """Data of an SSE `progress` event; terminal events carry a whole `JobView`."""
 
-    job_id: str
-    status: JobStatus
-    progress: int
-    current_file: int | None = None
-    total_files: int
-    completed_files: int
-    failed_files: int
-    bytes_processed: int
-    total_bytes: int
     updated_at: datetime
     estimated_completion_at: datetime | None = None
 

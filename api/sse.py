@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sse_starlette import ServerSentEvent
-from temporalio.client import Client
 
 from api.errors import ApiError
+from api.jobs import JobService
 from api.schemas import JobView, ProgressEvent
-from api.status import JobRecord, describe_job
-from observability import ACTIVE_SSE, get_logger
+from api.views import JobRecord
+from core.observability import ACTIVE_SSE, get_logger
 from workflows.models import JobStatus
 
 log = get_logger("api.sse")
@@ -107,18 +107,13 @@ class _Watch:
 class JobWatchers:
     """The watcher tasks of one API process, keyed by job id."""
 
-    def __init__(
-        self,
-        client: Client,
-        present: Callable[[JobRecord], JobView],
-        poll_seconds: float = POLL_SECONDS,
-    ) -> None:
-        self.client, self.present, self.poll_seconds = client, present, poll_seconds
+    def __init__(self, jobs: JobService, poll_seconds: float = POLL_SECONDS) -> None:
+        self.jobs, self.poll_seconds = jobs, poll_seconds
         self.ping_seconds = PING_SECONDS
         self._watches: dict[str, _Watch] = {}
 
     def snapshot(self, record: JobRecord) -> Snapshot:
-        return snapshot(record, self.present(record))
+        return snapshot(record, self.jobs.with_download(record))
 
     @property
     def watched_jobs(self) -> int:
@@ -155,7 +150,7 @@ class JobWatchers:
         while not watch.closed:
             await asyncio.sleep(delay)
             try:
-                record = await describe_job(self.client, job_id, owner)
+                record = await self.jobs.describe(job_id, owner)
             except ApiError:
                 log.info("watched job disappeared", jobId=job_id)
                 watch.close()

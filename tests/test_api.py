@@ -22,13 +22,14 @@ import pytest
 from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
-from activities.storage import ObjectStore
 from api.main import create_app
-from config import Environment, Settings
-from stack import free_port
+from core.config import Environment, Settings
+from core.storage import ObjectStore
+from devstack.servers import free_port
 from tests.helpers import put_sources, slow_origin, wait_for
 from worker import build_worker
-from workflows.models import STATE_MEMO_KEY, JobState
+from workflows.models import JobState
+from workflows.names import STATE_MEMO_KEY
 
 Json = dict[str, Any]
 PEER = ("127.0.0.1", 50123)

@@ -12,8 +12,8 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from activities.storage import ObjectStore
-from config import Settings
+from core.config import Settings
+from core.storage import ObjectStore
 from tests.helpers import serve
 
 

@@ -8,7 +8,8 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from api.sse import event_key, format_event_id, parse_event_id
-from api.status import JobRecord, PendingActivity, job_view
+from api.views import JobRecord, PendingActivity, job_view
+from workflows import names
 from workflows.models import FileState, FileStatus, JobState, JobStatus, PackageProgress
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -37,7 +38,7 @@ def state(status: JobStatus = JobStatus.processing, **kwargs: object) -> JobStat
 
 def package(started: bool = True, **progress: object) -> PendingActivity:
     details = PackageProgress.model_validate({"total_files": 3, "total_bytes": 1000, **progress})
-    return PendingActivity("package_archive", started=started, progress=details)
+    return PendingActivity(names.PACKAGE_ARCHIVE, started=started, progress=details)
 
 
 def test_new_job_with_no_worker_is_queued() -> None:
@@ -49,7 +50,7 @@ def test_new_job_with_no_worker_is_queued() -> None:
 
 
 def test_scheduled_activity_nobody_started_is_queued() -> None:
-    view = job_view(state(), RUNNING, [PendingActivity("resolve_files", started=False)])
+    view = job_view(state(), RUNNING, [PendingActivity(names.RESOLVE_FILES, started=False)])
     assert view.status is JobStatus.queued
     view = job_view(state(), RUNNING, [package(started=False, bytes_done=400, files_done=1)])
     assert view.status is JobStatus.queued
@@ -81,7 +82,7 @@ def test_running_package_reports_heartbeat_progress() -> None:
 
 
 def test_started_package_without_heartbeat_yet_is_processing() -> None:
-    activity = PendingActivity("package_archive", started=True)
+    activity = PendingActivity(names.PACKAGE_ARCHIVE, started=True)
     view = job_view(state(), RUNNING, [activity])
     assert view.status is JobStatus.processing
     assert view.progress == 0
@@ -94,7 +95,7 @@ def test_all_bytes_written_is_not_yet_100_percent() -> None:
 
 def test_callback_after_the_outcome_does_not_hide_it() -> None:
     memo = state(JobStatus.completed, archive_key="a.zip", archive_size=1200, completed_at=T0)
-    view = job_view(memo, RUNNING, [PendingActivity("send_callback", started=True)])
+    view = job_view(memo, RUNNING, [PendingActivity(names.SEND_CALLBACK, started=True)])
     assert view.status is JobStatus.completed
     assert view.progress == 100
 
@@ -133,7 +134,7 @@ def test_event_ids_order_a_job_and_round_trip() -> None:
         return event_key(JobRecord(state=view_state, view=view, run_started=run))
 
     queued = key(state(JobStatus.queued), [])
-    processing = key(state(), [PendingActivity("resolve_files", started=True)])
+    processing = key(state(), [PendingActivity(names.RESOLVE_FILES, started=True)])
     halfway = key(state(), [package(bytes_done=500, files_done=1)])
     done = key(state(JobStatus.completed, bytes_processed=1000), [])
     retried = key(state(JobStatus.queued), [], run=T0 + timedelta(minutes=1))

@@ -9,8 +9,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from temporalio.testing import WorkflowEnvironment
 
-from activities.storage import ObjectStore
-from config import Settings
+from core.config import Settings
+from core.storage import ObjectStore
 from tests.helpers import put_sources, serve, slow_origin
 from worker import build_worker
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -10,46 +9,29 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.convertors import Convertor, register_url_convertor
-from temporalio.client import Client
 
-from activities.storage import ObjectStore
-from api.deps import (
-    JobIdDep,
-    OwnerDep,
-    SettingsDep,
-    StoreDep,
-    StreamOwnerDep,
-    TemporalDep,
-    WatchersDep,
-)
+from api.deps import JobIdDep, JobsDep, OwnerDep, StreamOwnerDep, WatchersDep
 from api.errors import ApiError, error_responses
-from api.jobs import (
-    cancel_job,
-    links,
-    list_jobs,
-    new_job_id,
-    retry_job,
-    start_job,
-    with_download,
-)
+from api.jobs import JobService
 from api.schemas import (
+    JOB_ID,
     CancelResponse,
     InitiateRequest,
     InitiateResponse,
     JobList,
     JobView,
+    job_links,
 )
 from api.sse import JobWatchers, job_events, parse_event_id
-from api.status import JobRecord, describe_job
-from config import Settings
-from observability import request_id_var
+from api.views import JobRecord
+from core.observability import request_id_var
 from workflows.models import JobStatus
 
 
 class JobIdConvertor(Convertor[str]):
     """Job ids never shadow the fixed paths, so `GET /v1/download/initiate` is 405, not 404."""
 
-    regex = r"(?!(?:initiate|check|start)(?:/|$))[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
+    regex = rf"(?!(?:initiate|check|start)(?:/|$)){JOB_ID}"
 
     def convert(self, value: str) -> str:
         return value
@@ -81,19 +63,16 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def initiate(
     body: InitiateRequest,
     owner: OwnerDep,
-    client: TemporalDep,
-    settings: SettingsDep,
+    jobs: JobsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> InitiateResponse:
     """Returns at once; the job runs as a workflow. Repeats with one `Idempotency-Key` get one job."""
-    record = await start_job(
-        client,
-        settings,
-        job_id=new_job_id(owner, idempotency_key),
+    record = await jobs.start(
         owner=owner,
         file_ids=list(body.file_ids),
         callback_url=str(body.callback_url) if body.callback_url else None,
         request_id=request_id_var.get(),
+        idempotency_key=idempotency_key,
     )
     return _started(record, total_file_ids=len(body.file_ids))
 
@@ -106,7 +85,7 @@ def _started(record: JobRecord, total_file_ids: int) -> InitiateResponse:
         total_files=view.total_files,
         total_file_ids=total_file_ids,
         created_at=view.created_at,
-        **links(view.job_id),
+        **job_links(view.job_id),
     )
 
 
@@ -116,21 +95,14 @@ def _started(record: JobRecord, total_file_ids: int) -> InitiateResponse:
     responses=error_responses(401, 404),
     summary="A job's status and progress",
 )
-async def status(
-    job_id: JobIdDep,
-    owner: OwnerDep,
-    client: TemporalDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> JobView:
-    record = await describe_job(client, job_id, owner)
-    return with_download(record.view, record.state, store, settings)
+async def status(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> JobView:
+    return jobs.with_download(await jobs.describe(job_id, owner))
 
 
 async def _stream(
-    job_id: str, owner: str, client: Client, watchers: JobWatchers, last_event_id: str | None
+    job_id: str, owner: str, jobs: JobService, watchers: JobWatchers, last_event_id: str | None
 ) -> Response:
-    record = watchers.watched(job_id, owner) or await describe_job(client, job_id, owner)
+    record = watchers.watched(job_id, owner) or await jobs.describe(job_id, owner)
     last = parse_event_id(last_event_id)
     if record.view.status.terminal:
         snap = watchers.snapshot(record)
@@ -162,25 +134,12 @@ async def _once(event: bytes) -> AsyncIterator[bytes]:
 async def subscribe(
     job_id: JobIdDep,
     owner: StreamOwnerDep,
-    client: TemporalDep,
+    jobs: JobsDep,
     watchers: WatchersDep,
     last_event_id: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Ends after the terminal event; `Last-Event-ID` resumes without repeating events."""
-    return await _stream(job_id, owner, client, watchers, last_event_id)
-
-
-async def _finished_job(
-    job_id: str, owner: str, client: Client, store: ObjectStore, settings: Settings
-) -> JobView:
-    record = await describe_job(client, job_id, owner)
-    view = with_download(record.view, record.state, store, settings)
-    if view.status is JobStatus.completed and record.state.archive_key:
-        info = await asyncio.to_thread(store.stat_or_none, record.state.archive_key)
-        if info is None:
-            raise ApiError(410, "gone", "the archive has expired; retry is not possible")
-        view = view.model_copy(update={"archive_size": info.size})
-    return view
+    return await _stream(job_id, owner, jobs, watchers, last_event_id)
 
 
 @router.get(
@@ -189,14 +148,8 @@ async def _finished_job(
     responses=error_responses(401, 404, 410),
     summary="A job's details, with a fresh download URL when completed",
 )
-async def details(
-    job_id: JobIdDep,
-    owner: OwnerDep,
-    client: TemporalDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> JobView:
-    return await _finished_job(job_id, owner, client, store, settings)
+async def details(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> JobView:
+    return await jobs.details(job_id, owner)
 
 
 @router.get(
@@ -209,14 +162,8 @@ async def details(
     },
     summary="Redirect to the archive",
 )
-async def file(
-    job_id: JobIdDep,
-    owner: OwnerDep,
-    client: TemporalDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> RedirectResponse:
-    view = await _finished_job(job_id, owner, client, store, settings)
+async def file(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> RedirectResponse:
+    view = await jobs.details(job_id, owner)
     if view.download_url is None:
         raise ApiError.conflict(f"the job is {view.status.value}; there is no archive")
     return RedirectResponse(view.download_url, status_code=302)
@@ -228,11 +175,8 @@ async def file(
     responses=error_responses(401, 404, 409),
     summary="Cancel a job",
 )
-async def cancel(
-    job_id: JobIdDep, owner: OwnerDep, client: TemporalDep, settings: SettingsDep
-) -> CancelResponse:
-    wait = min(3.0, settings.request_timeout_ms / 2000)
-    record = await cancel_job(client, job_id, owner, wait)
+async def cancel(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> CancelResponse:
+    record = await jobs.cancel(job_id, owner)
     return CancelResponse(job_id=job_id, cancelled=True, status=record.view.status)
 
 
@@ -242,10 +186,8 @@ async def cancel(
     responses=error_responses(401, 404, 409),
     summary="Run a failed or cancelled job again under the same id",
 )
-async def retry(
-    job_id: JobIdDep, owner: OwnerDep, client: TemporalDep, settings: SettingsDep
-) -> InitiateResponse:
-    record = await retry_job(client, settings, job_id, owner)
+async def retry(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> InitiateResponse:
+    record = await jobs.retry(job_id, owner)
     return _started(record, total_file_ids=record.view.total_files)
 
 
@@ -257,9 +199,9 @@ async def retry(
 )
 async def downloads(
     owner: OwnerDep,
-    client: TemporalDep,
+    jobs: JobsDep,
     status: JobStatus | None = None,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
     page_token: Annotated[str | None, Query(alias="pageToken", max_length=4096)] = None,
 ) -> JobList:
-    return await list_jobs(client, owner, status, page_size, page_token)
+    return await jobs.list_jobs(owner, status, page_size, page_token)

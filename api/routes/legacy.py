@@ -9,11 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 
-from api.deps import OwnerDep, SettingsDep, StoreDep, TemporalDep
+from api.deps import JobsDep, OwnerDep, SettingsDep, StoreDep
 from api.errors import error_responses
-from api.jobs import links, new_job_id, start_job, wait_for_result, with_download
-from api.schemas import CheckResponse, FileRequest, LegacyStartResponse, StartAccepted
-from observability import request_id_var
+from api.schemas import (
+    CheckResponse,
+    FileRequest,
+    LegacyStartResponse,
+    StartAccepted,
+    job_links,
+)
+from core.observability import request_id_var
 from workflows.models import JobStatus
 
 router = APIRouter(tags=["legacy"])
@@ -48,8 +53,7 @@ async def check(body: FileRequest, store: StoreDep, settings: SettingsDep) -> Ch
 async def start(
     body: FileRequest,
     owner: OwnerDep,
-    client: TemporalDep,
-    store: StoreDep,
+    jobs: JobsDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> LegacyStartResponse | JSONResponse:
@@ -58,19 +62,17 @@ async def start(
     timeout = settings.request_timeout_ms / 1000
     # Leave room to answer before the request timeout cuts the connection.
     budget = timeout - min(2.0, timeout * 0.2) - 0.2
-    record = await start_job(
-        client,
-        settings,
-        job_id=new_job_id(owner, idempotency_key),
+    record = await jobs.start(
         owner=owner,
         file_ids=[body.file_id],
         callback_url=None,
         request_id=request_id_var.get(),
+        idempotency_key=idempotency_key,
     )
     job_id = record.view.job_id
     if not record.view.status.terminal:
         remaining = max(0.0, budget - (time.monotonic() - began))
-        record = await wait_for_result(client, job_id, owner, remaining) or record
+        record = await jobs.wait_for_result(job_id, owner, remaining) or record
     view = record.view
     if not view.status.terminal:
         accepted = StartAccepted(
@@ -78,14 +80,14 @@ async def start(
             job_id=job_id,
             status=view.status,
             message="still preparing; follow statusUrl or subscribeUrl",
-            **links(job_id),
+            **job_links(job_id),
         )
         return JSONResponse(
             accepted.model_dump(mode="json", by_alias=True),
             status_code=202,
             headers={"Location": accepted.status_url},
         )
-    view = with_download(view, record.state, store, settings)
+    view = jobs.with_download(record)
     completed = view.status is JobStatus.completed
     file_error = next((f.error for f in view.files if f.error), None)
     return LegacyStartResponse(

@@ -1,4 +1,5 @@
-"""`GET /` (JSON for API clients, the web page for browsers), `/health` and `/metrics`."""
+"""What the service itself serves, apart from jobs: `GET /` (JSON for API clients, the web page
+for browsers), `/health` for probes and `/metrics` for Prometheus."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from temporalio.client import Client
 
-from activities.storage import ObjectStore, StorageError
-from api.deps import StoreDep, TemporalDep
+from api.deps import JobsDep, StoreDep, TemporalDep
 from api.schemas import Check, HealthResponse, ServiceInfo
-from observability import DOWNLOAD_QUEUE_SIZE
+from core.observability import DOWNLOAD_QUEUE_SIZE
+from core.storage import ObjectStore, StorageError
 
 router = APIRouter(tags=["service"])
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -76,12 +77,8 @@ async def health(store: StoreDep, client: TemporalDep) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
     summary="Prometheus metrics",
 )
-async def metrics(client: TemporalDep) -> Response:
-    # Jobs waiting or running, from Temporal visibility; skipped when Temporal does not answer.
+async def metrics(jobs: JobsDep) -> Response:
+    # Skipped when Temporal does not answer: the other metrics are still worth scraping.
     with contextlib.suppress(Exception):
-        count = await client.count_workflows(
-            "WorkflowType = 'DownloadWorkflow' AND ExecutionStatus = 'Running'",
-            rpc_timeout=timedelta(seconds=2),
-        )
-        DOWNLOAD_QUEUE_SIZE.set(count.count)
+        DOWNLOAD_QUEUE_SIZE.set(await jobs.count_running(rpc_timeout=timedelta(seconds=2)))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

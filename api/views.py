@@ -1,8 +1,9 @@
-"""A job's status read from Temporal alone: `describe()` works with every worker stopped.
+"""A job's view from what Temporal says about it: pure functions, no client, no I/O.
 
 The workflow memo holds the state after each phase change; live progress comes from the heartbeat
-details of a running `package_archive` attempt; pending activities that no worker has started mean
-the job is waiting (queued).
+details of a running packaging attempt; pending activities that no worker has started mean
+the job is waiting (queued); a closed run's status overrides a memo it had no chance to update.
+`api.jobs` reads those from Temporal and hands them here.
 """
 
 from __future__ import annotations
@@ -12,41 +13,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import WorkflowExecutionStatus
 
-from api.errors import ApiError
 from api.schemas import FileView, JobView
-from workflows.models import (
-    OWNER,
-    STATE_MEMO_KEY,
-    FileState,
-    FileStatus,
-    JobState,
-    JobStatus,
-    PackageProgress,
-)
+from workflows import names
+from workflows.errors import ErrorType
+from workflows.models import FileState, FileStatus, JobState, JobStatus, PackageProgress
 
-WORKFLOW_TYPE = "DownloadWorkflow"
-JOB_ACTIVITIES = ("resolve_files", "package_archive")
-RPC_TIMEOUT = timedelta(seconds=10)
-
+# What a closed run means for the job when the memo does not say so already.
 _CLOSED: dict[WorkflowExecutionStatus, tuple[JobStatus, str | None, str | None]] = {
     WorkflowExecutionStatus.COMPLETED: (JobStatus.completed, None, None),
-    WorkflowExecutionStatus.FAILED: (JobStatus.failed, "the job failed", "Error"),
+    WorkflowExecutionStatus.FAILED: (JobStatus.failed, "the job failed", ErrorType.unknown.value),
     WorkflowExecutionStatus.CANCELED: (JobStatus.cancelled, "cancelled", None),
     WorkflowExecutionStatus.TERMINATED: (
         JobStatus.failed,
         "the job was terminated by an operator",
-        "Terminated",
+        ErrorType.terminated.value,
     ),
-    WorkflowExecutionStatus.TIMED_OUT: (JobStatus.failed, "the job timed out", "TimedOut"),
+    WorkflowExecutionStatus.TIMED_OUT: (
+        JobStatus.failed,
+        "the job timed out",
+        ErrorType.timed_out.value,
+    ),
 }
 
 
 @dataclass(frozen=True)
 class PendingActivity:
+    """A pending activity of the run; `progress` is a packaging attempt's heartbeat."""
+
     name: str
     started: bool
     progress: PackageProgress | None = None
@@ -73,12 +68,12 @@ def job_view(
     if state.status.terminal:
         # Decided; the workflow may still be notifying the callback.
         return _view(state, state.status)
-    pending = {a.name: a for a in activities if a.name in JOB_ACTIVITIES}
-    package = pending.get("package_archive")
+    pending = {a.name: a for a in activities if a.name in names.JOB_ACTIVITIES}
+    package = pending.get(names.PACKAGE_ARCHIVE)
     if package is not None:
         status = JobStatus.processing if package.started else JobStatus.queued
         return _view(state, status, package.progress)
-    if (resolve := pending.get("resolve_files")) is not None:
+    if (resolve := pending.get(names.RESOLVE_FILES)) is not None:
         return _view(state, JobStatus.processing if resolve.started else JobStatus.queued)
     return _view(state, state.status)
 
@@ -183,74 +178,3 @@ def _estimate(progress: PackageProgress) -> datetime | None:
     remaining = max(0, progress.total_bytes - progress.bytes_done) / progress.rate
     base = progress.updated_at or datetime.now(UTC)
     return (base + timedelta(seconds=remaining)).replace(microsecond=0)
-
-
-# --- reading from Temporal ---
-async def describe_job(client: Client, job_id: str, owner: str) -> JobRecord:
-    """The caller's job or 404 (unknown ids and other owners' jobs look the same)."""
-    try:
-        desc = await client.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)
-    except RPCError as exc:
-        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-            raise ApiError.not_found(job_id) from None
-        raise
-    if desc.workflow_type != WORKFLOW_TYPE:
-        raise ApiError.not_found(job_id)
-    state = await _memo_state(desc, job_id)
-    if desc.status == WorkflowExecutionStatus.COMPLETED and state.owner == owner:
-        state = await completed_state(client, job_id, desc.run_id)
-    if state.owner != owner:
-        raise ApiError.not_found(job_id)
-    activities = await pending_activities(client, desc)
-    view = job_view(state, desc.status, activities, desc.close_time)
-    return JobRecord(state=state, view=view, run_started=desc.start_time)
-
-
-_COMPLETED_CACHE: dict[tuple[str, str | None], JobState] = {}
-_COMPLETED_CACHE_SIZE = 4096
-
-
-async def completed_state(client: Client, job_id: str, run_id: str | None) -> JobState:
-    """A completed run's final state: its result, read from history (no worker needed).
-
-    Immutable once completed, so each API process keeps the most recent ones.
-    """
-    key = (job_id, run_id)
-    if (cached := _COMPLETED_CACHE.get(key)) is not None:
-        return cached
-    handle = client.get_workflow_handle(job_id, run_id=run_id, result_type=JobState)
-    state: JobState = await handle.result(rpc_timeout=RPC_TIMEOUT)
-    if len(_COMPLETED_CACHE) >= _COMPLETED_CACHE_SIZE:
-        _COMPLETED_CACHE.pop(next(iter(_COMPLETED_CACHE)))
-    _COMPLETED_CACHE[key] = state
-    return state
-
-
-async def _memo_state(desc: WorkflowExecutionDescription, job_id: str) -> JobState:
-    try:
-        state: JobState = await desc.memo_value(STATE_MEMO_KEY, type_hint=JobState)
-    except KeyError:
-        # Started without our memo (e.g. by hand with the CLI): nothing known yet but the id.
-        started = desc.start_time
-        owner = desc.typed_search_attributes.get(OWNER) or "anonymous"
-        state = JobState(job_id=job_id, owner=owner, created_at=started, updated_at=started)
-    return state
-
-
-async def pending_activities(
-    client: Client, desc: WorkflowExecutionDescription
-) -> list[PendingActivity]:
-    result = []
-    for act in desc.raw_description.pending_activities:
-        name = act.activity_type.name
-        started = act.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-        progress = None
-        if name == "package_archive" and act.heartbeat_details.payloads:
-            try:
-                (progress,) = await client.data_converter.decode(
-                    act.heartbeat_details.payloads, [PackageProgress]
-                )
-            except Exception:  # details of another shape carry no progress
-                progress = None
-        result.append(PendingActivity(name=name, started=started, progress=progress))
-    return result
