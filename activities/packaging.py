@@ -20,6 +20,7 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.joblog import AttemptLog, attempt_log
 from activities.upload import ArchiveUpload, Parts
 from activities.zipstream import ResumableZipWriter
 from core.config import Settings
@@ -97,6 +98,9 @@ class _Attempt:
     resumed_from: int = 0
     source_bytes_read: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    def counters(self) -> dict[str, int]:
+        return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
 
     @property
     def total_bytes(self) -> int:
@@ -192,17 +196,17 @@ class DownloadActivities:
     @activity.defn(name=PACKAGE_ARCHIVE)
     async def package_archive(self, request: PackageInput) -> PackageResult:
         """Stream the sources into one zip written as a multipart upload, resumable by checkpoint."""
+        with attempt_log(request.job_id) as log_entry:
+            return await self._package(request, log_entry)
+
+    async def _package(self, request: PackageInput, log_entry: AttemptLog) -> PackageResult:
         checkpoint = await self._checkpoint_to_resume(request.archive_key)
         attempt = await self._start_or_restore(request, checkpoint)
+        log_entry.counters = attempt.counters
         upload = ArchiveUpload(self.store, request.archive_key, self._part_size(attempt.sources))
         if checkpoint is not None:
             upload.restore(checkpoint.upload_id, checkpoint.parts)
-            log.info(
-                "resuming archive",
-                archive=upload.key,
-                offset=attempt.resumed_from,
-                attempt=activity.info().attempt,
-            )
+            log_entry.resumed(attempt.resumed_from)
         async with heartbeating(attempt.details, self.settings.heartbeat_interval_seconds):
             try:
                 while attempt.file_index < len(attempt.sources):

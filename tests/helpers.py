@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import random
 import subprocess
 import threading
@@ -13,6 +15,7 @@ import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -182,15 +185,26 @@ def slow_origin_env(env: dict[str, str], delay_ms: int) -> dict[str, str]:
 
 
 @contextmanager
-def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `download-worker` process; killed (SIGKILL) on exit if it is still running."""
-    proc = subprocess.Popen([str(BIN / "download-worker")], env=env)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def worker_process(
+    env: dict[str, str], log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `download-worker` process, its JSON log lines written to `log` if given; killed
+    (SIGKILL) on exit if it is still running."""
+    with contextlib.ExitStack() as stack:
+        stderr = stack.enter_context(log.open("wb")) if log is not None else None
+        proc = subprocess.Popen([str(BIN / "download-worker")], env=env, stderr=stderr)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def log_lines(log: Path, message: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process whose message is `message`."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("message") == message]
 
 
 async def expect_failure(outcome: Awaitable[Any], error_type: ErrorType) -> ApplicationError:

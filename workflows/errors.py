@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from core.storage import AccessDenied, ObjectNotFound, StorageError
@@ -120,3 +121,13 @@ def failure_details(err: BaseException) -> object | None:
         first: object = cause.details[0]
         return first
     return None
+
+
+def will_retry(err: BaseException, attempt: int, policy: RetryPolicy | None) -> bool:
+    """Whether Temporal gives an activity that failed with `err` on `attempt` another attempt."""
+    final_types = (policy.non_retryable_error_types or ()) if policy else ()
+    if isinstance(err, ApplicationError) and (err.non_retryable or err.type in final_types):
+        return False
+    if policy is None or not policy.maximum_attempts:
+        return True  # unlimited attempts
+    return attempt < policy.maximum_attempts
