@@ -37,7 +37,7 @@ from core.observability import DOWNLOAD_JOBS, get_logger
 from core.storage import ObjectStore
 from workflows import names
 from workflows.client import new_request, start_download
-from workflows.models import DownloadRequest, JobState, JobStatus, PackageProgress
+from workflows.models import DownloadRequest, FileStatus, JobState, JobStatus, PackageProgress
 
 log = get_logger("api.jobs")
 
@@ -124,14 +124,27 @@ class JobService:
         return result
 
     def with_download(self, record: JobRecord) -> JobView:
-        """A fresh presigned URL for a completed job (signed for S3_PUBLIC_ENDPOINT)."""
+        """Fresh presigned URLs (signed for S3_PUBLIC_ENDPOINT): the archive of a completed job,
+        and each completed file's own source."""
         view, state = record.view, record.state
-        if view.status is not JobStatus.completed or not state.archive_key:
-            return view
         expiry = timedelta(seconds=self.settings.presign_expiry_seconds)
-        url = self.store.presign(state.archive_key, expiry, filename=f"{view.job_id}.zip")
-        expires = (datetime.now(UTC) + expiry).replace(microsecond=0)
-        return view.model_copy(update={"download_url": url, "expires_at": expires})
+        files = [
+            f.model_copy(update={"download_url": self._presign_source(f.file_id, expiry)})
+            if f.status is FileStatus.completed
+            else f
+            for f in view.files
+        ]
+        update: dict[str, Any] = {"files": files}
+        if view.status is JobStatus.completed and state.archive_key:
+            update["download_url"] = self.store.presign(
+                state.archive_key, expiry, filename=f"{view.job_id}.zip"
+            )
+            update["expires_at"] = (datetime.now(UTC) + expiry).replace(microsecond=0)
+        return view.model_copy(update=update)
+
+    def _presign_source(self, file_id: int, expiry: timedelta) -> str:
+        key = self.settings.source_key(file_id)
+        return self.store.presign(key, expiry, filename=f"{file_id}.zip")
 
     async def details(self, job_id: str, owner: str) -> JobView:
         """The job with a fresh download URL, and 410 once its archive has expired."""

@@ -47,11 +47,17 @@ class FileRequest(BaseModel):
 
 
 # --- job views ---
-class FileView(CamelModel):
+class FileView(BaseModel):
+    """One requested file. `file_id` is spelled as in the request's `file_ids`; a completed file
+    has a presigned URL of its own source beside the bundle's."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
     file_id: int
     status: FileStatus
     size: int | None = None
     error: str | None = None
+    download_url: str | None = Field(default=None, serialization_alias="downloadUrl")
 
 
 class JobProgress(CamelModel):
@@ -177,3 +183,5 @@ class ServiceInfo(BaseModel):
     version: str
     docs: str
     health: str
+    temporalUiUrl: str = Field(description="the Temporal Web UI operators use")
+    authRequired: bool = Field(description="whether calls need a bearer token or an API key")

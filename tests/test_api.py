@@ -238,7 +238,7 @@ async def test_initiate_is_queued_and_readable_with_no_worker(
 
     status = (await api.get(body["statusUrl"])).json()
     assert status["status"] == "queued" and status["progress"] == 0
-    assert [f["fileId"] for f in status["files"]] == [10_001, 10_002]
+    assert [f["file_id"] for f in status["files"]] == [10_001, 10_002]
     assert {f["status"] for f in status["files"]} == {"pending"}
     assert status["downloadUrl"] is None
 
@@ -374,11 +374,16 @@ async def test_finished_job_stays_readable_after_the_worker_stops(
     assert status["status"] == "completed" and status["progress"] == 100
     assert (status["completedFiles"], status["failedFiles"], status["totalFiles"]) == (2, 1, 3)
     assert status["files"][1] == {
-        "fileId": 10_002,
+        "file_id": 10_002,
         "status": "failed",
         "size": None,
         "error": "not found",
+        "downloadUrl": None,
     }
+    # A completed file links to its own source, beside the bundle.
+    async with httpx.AsyncClient() as s3:
+        source = await s3.get(status["files"][2]["downloadUrl"])
+    assert source.status_code == 200 and source.content == sources[10_003]
     assert status["bytesProcessed"] == status["totalBytes"] == 2_000_300
     assert status["completedAt"] and status["downloadUrl"] and status["expiresAt"]
 

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from temporalio.client import Client
 
-from api.deps import JobsDep, StoreDep, TemporalDep
+from api.deps import JobsDep, SettingsDep, StoreDep, TemporalDep
 from api.schemas import Check, HealthResponse, ServiceInfo
 from core.observability import DOWNLOAD_QUEUE_SIZE
 from core.storage import ObjectStore, StorageError
@@ -28,7 +28,7 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
     responses={200: {"content": {"text/html": {}}, "description": "the web page for browsers"}},
     summary="Service information, or the web page when a browser asks for HTML",
 )
-async def index(request: Request) -> Response:
+async def index(request: Request, settings: SettingsDep) -> Response:
     accept = request.headers.get("accept", "")
     if "text/html" in accept and (STATIC / "index.html").is_file():
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -37,6 +37,8 @@ async def index(request: Request) -> Response:
         version=request.app.version,
         docs="/docs",
         health="/health",
+        temporalUiUrl=settings.temporal_ui_url,
+        authRequired=settings.auth_enabled,
     )
     return JSONResponse(info.model_dump())
 
