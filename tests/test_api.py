@@ -176,6 +176,22 @@ async def test_request_id_security_headers_trace_and_cors(api: httpx.AsyncClient
         assert header in allowed
 
 
+async def test_any_origin_is_on_every_response_even_without_origin(
+    api: httpx.AsyncClient,
+) -> None:
+    """Today's clients check for the header without sending `Origin`."""
+    responses = [
+        await api.get("/health"),
+        await api.get("/"),
+        await api.get("/nope"),
+        await api.post("/v1/download/initiate", json={"file_ids": [1]}),
+        await api.get(f"/v1/download/status/{uuid.uuid4()}"),
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 404, 400, 404]
+    for response in responses:
+        assert response.headers["access-control-allow-origin"] == "*"
+
+
 async def test_cors_origin_list(settings: Settings, store: ObjectStore) -> None:
     listed = settings.model_copy(update={"cors_origins": "https://a.example, https://b.example"})
     async with api_client(listed) as api:
@@ -183,6 +199,8 @@ async def test_cors_origin_list(settings: Settings, store: ObjectStore) -> None:
         assert ok.headers["access-control-allow-origin"] == "https://b.example"
         other = await api.get("/", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+        plain = await api.get("/")
+        assert "access-control-allow-origin" not in plain.headers
 
 
 async def test_unknown_paths_and_wrong_methods(api: httpx.AsyncClient) -> None:
