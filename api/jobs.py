@@ -71,12 +71,38 @@ class CompletedStates:
         self._states[(job_id, run_id)] = state
 
 
+class Pace:
+    """Time per file of the jobs this process has seen complete, for `estimatedTimeMs`.
+
+    Until a job has been observed the configured ESTIMATED_MS_PER_FILE stands; then a moving
+    average of each completed job's processing time (started to completed) per file.
+    """
+
+    WEIGHT = 0.2  # of the newest observation
+
+    def __init__(self, default_ms_per_file: int) -> None:
+        self.ms_per_file = float(default_ms_per_file)
+        self.observed = 0
+
+    def observe(self, state: JobState) -> None:
+        if not state.files or state.started_at is None or state.completed_at is None:
+            return
+        took = (state.completed_at - state.started_at).total_seconds() * 1000 / len(state.files)
+        weight = self.WEIGHT if self.observed else 1.0
+        self.ms_per_file += weight * (max(took, 1.0) - self.ms_per_file)
+        self.observed += 1
+
+    def estimate_ms(self, files: int) -> int:
+        return round(self.ms_per_file * files)
+
+
 class JobService:
     """The jobs of one API process: its Temporal client, settings, store and completed states."""
 
     def __init__(self, client: Client, settings: Settings, store: ObjectStore) -> None:
         self.client, self.settings, self.store = client, settings, store
         self.completed = CompletedStates()
+        self.pace = Pace(settings.estimated_ms_per_file)
 
     # --- reading ---
     async def describe(self, job_id: str, owner: str) -> JobRecord:
@@ -105,6 +131,7 @@ class JobService:
         handle = self.client.get_workflow_handle(job_id, run_id=run_id, result_type=JobState)
         state: JobState = await handle.result(rpc_timeout=RPC_TIMEOUT)
         self.completed.put(job_id, run_id, state)
+        self.pace.observe(state)
         return state
 
     async def pending_activities(self, desc: WorkflowExecutionDescription) -> list[PendingActivity]:

@@ -115,6 +115,10 @@ class InitiateResponse(JobLinks):
     total_files: int
     total_file_ids: int
     created_at: datetime
+    estimated_time_ms: int = Field(
+        description="expected time to finish once started: the observed time per file of "
+        "recent jobs, or ESTIMATED_MS_PER_FILE per file before any job has been observed"
+    )
 
 
 class CancelResponse(CamelModel):

@@ -14,6 +14,7 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -243,13 +244,15 @@ async def test_metrics(api: httpx.AsyncClient) -> None:
 
 # --- initiate and status ---
 async def test_initiate_is_queued_and_readable_with_no_worker(
-    api: httpx.AsyncClient, env: WorkflowEnvironment
+    api: httpx.AsyncClient, env: WorkflowEnvironment, settings: Settings
 ) -> None:
     before = time.monotonic()
     body = await initiate(api, [10_001, 10_002, 10_001])
     assert time.monotonic() - before < 5
     assert body["status"] == "queued"
     assert (body["totalFileIds"], body["totalFiles"]) == (3, 2)
+    # No job observed yet by this API process: the documented default per file.
+    assert body["estimatedTimeMs"] == 2 * settings.estimated_ms_per_file
     job_id = body["jobId"]
     assert body["statusUrl"] == f"/v1/download/status/{job_id}"
     assert body["subscribeUrl"] == f"/v1/download/subscribe/{job_id}"
@@ -262,6 +265,18 @@ async def test_initiate_is_queued_and_readable_with_no_worker(
 
     desc = await env.client.get_workflow_handle(job_id).describe()
     assert (await desc.memo_value(STATE_MEMO_KEY, type_hint=JobState)).job_id == job_id
+
+
+async def test_estimated_time_follows_the_jobs_observed(
+    api: httpx.AsyncClient, settings: Settings, store: ObjectStore, worker: Any
+) -> None:
+    put_sources(store, settings, {10_001: 10, 10_002: 20})
+    job = await initiate(api, [10_001, 10_002])
+    done = await wait_status(api, job["jobId"], ["completed"])
+    took = datetime.fromisoformat(done["completedAt"]) - datetime.fromisoformat(done["startedAt"])
+    per_file = max(took.total_seconds() * 1000 / 2, 1.0)
+    later = await initiate(api, [10_001, 10_002, 10_003, 10_004])
+    assert later["estimatedTimeMs"] == round(per_file * 4) != 4 * settings.estimated_ms_per_file
 
 
 async def test_idempotency_key_returns_the_same_job(api: httpx.AsyncClient) -> None:

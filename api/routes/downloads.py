@@ -74,10 +74,10 @@ async def initiate(
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
     )
-    return _started(record, total_file_ids=len(body.file_ids))
+    return _started(record, jobs, total_file_ids=len(body.file_ids))
 
 
-def _started(record: JobRecord, total_file_ids: int) -> InitiateResponse:
+def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> InitiateResponse:
     view = record.view
     return InitiateResponse(
         job_id=view.job_id,
@@ -85,6 +85,7 @@ def _started(record: JobRecord, total_file_ids: int) -> InitiateResponse:
         total_files=view.total_files,
         total_file_ids=total_file_ids,
         created_at=view.created_at,
+        estimated_time_ms=jobs.pace.estimate_ms(view.total_files),
         **job_links(view.job_id),
     )
 
@@ -188,7 +189,7 @@ async def cancel(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> CancelResp
 )
 async def retry(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> InitiateResponse:
     record = await jobs.retry(job_id, owner)
-    return _started(record, total_file_ids=record.view.total_files)
+    return _started(record, jobs, total_file_ids=record.view.total_files)
 
 
 @router.get(
