@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, WebSocket
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
@@ -69,6 +69,17 @@ async def get_stream_owner(
 ) -> str:
     token = credentials.credentials if credentials else None
     return _authenticator(request).owner(api_key, token, access_token)
+
+
+def socket_owner(websocket: WebSocket) -> str:
+    """The owner named by a WebSocket handshake's credentials (the same ones as for SSE)."""
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    auth: Authenticator = websocket.app.state.auth
+    return auth.owner(
+        websocket.headers.get("x-api-key"),
+        token if scheme.lower() == "bearer" else None,
+        websocket.query_params.get("access_token"),
+    )
 
 
 async def get_job_id(

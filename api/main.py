@@ -14,7 +14,7 @@ from api.auth import Authenticator
 from api.errors import install_error_handlers
 from api.jobs import JobService
 from api.middleware import install_middleware
-from api.routes import downloads, legacy, service
+from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
 from api.routes.service import STATIC
 from api.sse import JobWatchers
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_middleware(app, settings)
     app.include_router(service.router)
     app.include_router(downloads.router)
+    app.include_router(events.router)
     app.include_router(legacy.router)
     mount_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

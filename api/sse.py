@@ -1,18 +1,20 @@
-"""Live job progress over Server-Sent Events.
+"""Live job progress for event streams: Server-Sent Events and WebSocket alike.
 
 One watcher task per job per API process polls `describe()` while the job has subscribers and
-shares each new snapshot with all of them, so Temporal is asked once per job, not per subscriber.
-Subscribers only ever need the newest snapshot, so a slow one skips stale progress instead of
-queueing it.
+shares each new snapshot with all of them, so Temporal is asked once per job, not per subscriber
+or per transport. Subscribers only ever need the newest snapshot, so a slow one skips stale
+progress instead of queueing it. A snapshot is encoded once per transport and sent as is.
 
 Event ids are ordered keys derived from the job's state (run, terminal, bytes, files, status):
-a client resuming with `Last-Event-ID` gets only newer events, from any API replica.
+a client resuming with `Last-Event-ID` (SSE) or `lastEventId` (WebSocket) gets only newer events,
+from any API replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -57,7 +59,8 @@ def parse_event_id(value: str | None) -> EventKey | None:
 class Snapshot:
     key: EventKey
     terminal: bool
-    event: bytes
+    event: bytes  # the SSE event
+    message: str  # the WebSocket message: {"id", "event", "data"}
 
 
 def snapshot(record: JobRecord, view: JobView) -> Snapshot:
@@ -68,8 +71,11 @@ def snapshot(record: JobRecord, view: JobView) -> Snapshot:
     else:
         progress = ProgressEvent.model_validate(view.model_dump(exclude={"files"}))
         name, data = "progress", progress.model_dump_json(by_alias=True)
-    event = ServerSentEvent(data=data, event=name, id=format_event_id(key), retry=RECONNECT_MS)
-    return Snapshot(key=key, terminal=view.status.terminal, event=event.encode())
+    event_id = format_event_id(key)
+    event = ServerSentEvent(data=data, event=name, id=event_id, retry=RECONNECT_MS)
+    # `data` is already JSON: embedded as is, the same object the SSE event carries.
+    message = f'{{"id":{json.dumps(event_id)},"event":{json.dumps(name)},"data":{data}}}'
+    return Snapshot(key=key, terminal=view.status.terminal, event=event.encode(), message=message)
 
 
 @dataclass
@@ -174,17 +180,30 @@ class JobWatchers:
         self._watches.clear()
 
 
+async def snapshots(
+    watchers: JobWatchers, record: JobRecord, last: EventKey | None
+) -> AsyncIterator[Snapshot]:
+    """What one subscriber is sent: snapshots newer than `last`, ending with the terminal one."""
+    if record.view.status.terminal:
+        final = watchers.snapshot(record)
+        if last is None or final.key > last:
+            yield final
+        return
+    async with watchers.subscribe(record) as watch:
+        while (snap := await watch.next_after(last)) is not None:
+            yield snap
+            last = snap.key
+            if snap.terminal:
+                return
+
+
 async def job_events(
     watchers: JobWatchers, record: JobRecord, last: EventKey | None
 ) -> AsyncIterator[bytes]:
-    """The stream of one subscriber: newer snapshots until the terminal event."""
+    """One SSE subscriber's stream of encoded events."""
     ACTIVE_SSE.inc()
     try:
-        async with watchers.subscribe(record) as watch:
-            while (snap := await watch.next_after(last)) is not None:
-                yield snap.event
-                last = snap.key
-                if snap.terminal:
-                    return
+        async for snap in snapshots(watchers, record, last):
+            yield snap.event
     finally:
         ACTIVE_SSE.dec()

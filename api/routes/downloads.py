@@ -1,20 +1,16 @@
-"""Download jobs: start, status, live progress (SSE), details, file, cancel, retry, list."""
+"""Download jobs: start, status, details, file, cancel, retry, list."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import RedirectResponse
-from sse_starlette import EventSourceResponse
-from starlette.convertors import Convertor, register_url_convertor
 
-from api.deps import JobIdDep, JobsDep, OwnerDep, StreamOwnerDep, WatchersDep
+from api.deps import JobIdDep, JobsDep, OwnerDep
 from api.errors import ApiError, error_responses
 from api.jobs import JobService
 from api.schemas import (
-    JOB_ID,
     CancelResponse,
     InitiateRequest,
     InitiateResponse,
@@ -22,36 +18,11 @@ from api.schemas import (
     JobView,
     job_links,
 )
-from api.sse import JobWatchers, job_events, parse_event_id
 from api.views import JobRecord
 from core.observability import request_id_var
 from workflows.models import JobStatus
 
-
-class JobIdConvertor(Convertor[str]):
-    """Job ids never shadow the fixed paths, so `GET /v1/download/initiate` is 405, not 404."""
-
-    regex = rf"(?!(?:initiate|check|start)(?:/|$)){JOB_ID}"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("job_id", JobIdConvertor())
-
-
 router = APIRouter(tags=["downloads"])
-SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "events `progress`, `completed`, `failed`, `cancelled`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-    204: {"description": "the job is finished and the client has its last event"},
-    **error_responses(401, 404),
-}
 
 
 @router.post(
@@ -98,49 +69,6 @@ def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> Initia
 )
 async def status(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> JobView:
     return jobs.with_download(await jobs.describe(job_id, owner))
-
-
-async def _stream(
-    job_id: str, owner: str, jobs: JobService, watchers: JobWatchers, last_event_id: str | None
-) -> Response:
-    record = watchers.watched(job_id, owner) or await jobs.describe(job_id, owner)
-    last = parse_event_id(last_event_id)
-    if record.view.status.terminal:
-        snap = watchers.snapshot(record)
-        if last is not None and last >= snap.key:
-            # 204 tells EventSource not to reconnect: the client has the final event already.
-            return Response(status_code=204)
-        events = _once(snap.event)
-    else:
-        events = job_events(watchers, record, last)
-    return EventSourceResponse(events, ping=watchers.ping_seconds, send_timeout=30)
-
-
-async def _once(event: bytes) -> AsyncIterator[bytes]:
-    yield event
-
-
-@router.get(
-    "/v1/download/subscribe/{jobId:job_id}",
-    response_class=EventSourceResponse,
-    responses=SSE_RESPONSES,
-    summary="Live progress as Server-Sent Events",
-)
-@router.get(
-    "/v1/download/progress/{jobId:job_id}",
-    response_class=EventSourceResponse,
-    responses=SSE_RESPONSES,
-    summary="Alias of /v1/download/subscribe/{jobId}",
-)
-async def subscribe(
-    job_id: JobIdDep,
-    owner: StreamOwnerDep,
-    jobs: JobsDep,
-    watchers: WatchersDep,
-    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
-) -> Response:
-    """Ends after the terminal event; `Last-Event-ID` resumes without repeating events."""
-    return await _stream(job_id, owner, jobs, watchers, last_event_id)
 
 
 @router.get(

@@ -1,0 +1,129 @@
+"""Live progress of a job: Server-Sent Events and a WebSocket, fed by the same per-job watcher.
+
+Both send the same events (`progress`, then one of `completed`, `failed`, `cancelled`, which
+carries the whole job) with the same ordered ids, and end after the terminal event. SSE resumes
+with `Last-Event-ID`; the WebSocket with `?lastEventId=` or a first message
+`{"lastEventId": "..."}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response, WebSocket, WebSocketDisconnect
+from sse_starlette import EventSourceResponse
+from starlette.status import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION
+
+from api.deps import JobIdDep, JobsDep, StreamOwnerDep, WatchersDep, socket_owner
+from api.errors import ApiError, error_responses
+from api.jobs import JobService
+from api.sse import EventKey, JobWatchers, event_key, job_events, parse_event_id, snapshots
+from api.views import JobRecord
+from core.observability import ACTIVE_WEBSOCKETS, job_id_var
+
+router = APIRouter(tags=["downloads"])
+
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "events `progress`, `completed`, `failed`, `cancelled`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    204: {"description": "the job is finished and the client has its last event"},
+    **error_responses(401, 404),
+}
+# How long a WebSocket client has to send `{"lastEventId": ...}` before the stream starts.
+RESUME_GRACE_SECONDS = 0.5
+
+
+@router.get(
+    "/v1/download/subscribe/{jobId:job_id}",
+    response_class=EventSourceResponse,
+    responses=SSE_RESPONSES,
+    summary="Live progress as Server-Sent Events",
+)
+@router.get(
+    "/v1/download/progress/{jobId:job_id}",
+    response_class=EventSourceResponse,
+    responses=SSE_RESPONSES,
+    summary="Alias of /v1/download/subscribe/{jobId}",
+)
+async def subscribe(
+    job_id: JobIdDep,
+    owner: StreamOwnerDep,
+    jobs: JobsDep,
+    watchers: WatchersDep,
+    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    """Ends after the terminal event; `Last-Event-ID` resumes without repeating events."""
+    record = watchers.watched(job_id, owner) or await jobs.describe(job_id, owner)
+    last = parse_event_id(last_event_id)
+    if record.view.status.terminal and last is not None and last >= event_key(record):
+        # 204 tells EventSource not to reconnect: the client has the final event already.
+        return Response(status_code=204)
+    events = job_events(watchers, record, last)
+    return EventSourceResponse(events, ping=watchers.ping_seconds, send_timeout=30)
+
+
+@router.websocket("/v1/download/stream/{jobId:job_id}")
+async def stream(websocket: WebSocket) -> None:
+    """The SSE events as WebSocket messages `{"id", "event", "data"}`; closes normally (1000)
+    after the terminal event, with 1008 for missing credentials or an unknown or foreign job."""
+    job_id = str(websocket.path_params["jobId"])
+    job_id_var.set(job_id)
+    jobs: JobService = websocket.app.state.jobs
+    watchers: JobWatchers = websocket.app.state.watchers
+    await websocket.accept()
+    try:
+        owner = socket_owner(websocket)
+        record = watchers.watched(job_id, owner) or await jobs.describe(job_id, owner)
+    except ApiError as exc:
+        await websocket.close(WS_1008_POLICY_VIOLATION, reason=exc.message[:120])
+        return
+    last = parse_event_id(websocket.query_params.get("lastEventId"))
+    if "lastEventId" not in websocket.query_params:
+        last = await _resume_point(websocket)
+    ACTIVE_WEBSOCKETS.inc()
+    try:
+        await _send_until_terminal(websocket, watchers, record, last)
+    finally:
+        ACTIVE_WEBSOCKETS.dec()
+
+
+async def _resume_point(websocket: WebSocket) -> EventKey | None:
+    """The `lastEventId` of the client's first message, if it sends one right away."""
+    try:
+        first = await asyncio.wait_for(websocket.receive_text(), RESUME_GRACE_SECONDS)
+    except (TimeoutError, WebSocketDisconnect, KeyError):
+        return None
+    with contextlib.suppress(ValueError, AttributeError):
+        value = json.loads(first).get("lastEventId")
+        return parse_event_id(value if isinstance(value, str) else None)
+    return None
+
+
+async def _send_until_terminal(
+    websocket: WebSocket, watchers: JobWatchers, record: JobRecord, last: EventKey | None
+) -> None:
+    """Send snapshots until the terminal one while noticing a client that goes away."""
+
+    async def send() -> None:
+        async for snap in snapshots(watchers, record, last):
+            await websocket.send_text(snap.message)
+        await websocket.close(WS_1000_NORMAL_CLOSURE)
+
+    async def drain() -> None:
+        # Reading is how a disconnect is noticed; clients have nothing more to say.
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.receive_text()
+
+    sender, reader = asyncio.create_task(send()), asyncio.create_task(drain())
+    try:
+        await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, reader):
+            task.cancel()
+        await asyncio.gather(sender, reader, return_exceptions=True)
