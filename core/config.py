@@ -101,6 +101,13 @@ class Settings(BaseSettings):
 
     # --- telemetry ---
     otel_exporter_otlp_endpoint: str | None = None
+    # Error tracking (Sentry): off unless a DSN is set.
+    sentry_dsn: str | None = None
+
+    # --- estimates ---
+    # Time per file announced at initiate (`estimatedTimeMs`) until this API process has seen
+    # jobs finish; from then on the observed time per file.
+    estimated_ms_per_file: int = Field(5_000, ge=1)
 
     # --- local stack ---
     data_dir: Path = Path("data")
