@@ -177,6 +177,15 @@ async def test_request_id_security_headers_trace_and_cors(api: httpx.AsyncClient
         assert header in allowed
 
 
+async def test_index_answers_json_or_the_page_by_accept(api: httpx.AsyncClient) -> None:
+    info = await api.get("/", headers={"Accept": "application/json"})
+    page = await api.get("/", headers={"Accept": "text/html"})
+    assert info.json()["authRequired"] is False and info.json()["temporalUiUrl"]
+    assert page.headers["content-type"].startswith("text/html")
+    for answer in (info, page):
+        assert "Accept" in [v.strip() for v in answer.headers["vary"].split(",")]
+
+
 async def test_any_origin_is_on_every_response_even_without_origin(
     api: httpx.AsyncClient,
 ) -> None:

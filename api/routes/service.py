@@ -30,8 +30,10 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 )
 async def index(request: Request, settings: SettingsDep) -> Response:
     accept = request.headers.get("accept", "")
+    # One URL, two answers: caches must key them by Accept.
+    vary = {"Vary": "Accept"}
     if "text/html" in accept and (STATIC / "index.html").is_file():
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers=vary)
     info = ServiceInfo(
         message="Download service: POST /v1/download/initiate to start a job",
         version=request.app.version,
@@ -40,7 +42,7 @@ async def index(request: Request, settings: SettingsDep) -> Response:
         temporalUiUrl=settings.temporal_ui_url,
         authRequired=settings.auth_enabled,
     )
-    return JSONResponse(info.model_dump())
+    return JSONResponse(info.model_dump(), headers=vary)
 
 
 async def _check_storage(store: ObjectStore) -> Check:
