@@ -1,0 +1,1 @@
+"""`download-client`: the download service from a terminal, over HTTP only."""

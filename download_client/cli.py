@@ -1,0 +1,188 @@
+"""`download-client`: the commands, and the exit codes they end with.
+
+Exit codes: 0 the job completed (or the request succeeded), 1 the job failed, 2 a usage error,
+3 the job was cancelled, 4 the API is unreachable or answered an error, 5 the archive download
+failed (what arrived is kept in `FILE.part` for the next run), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from download_client.api import ApiClient
+from download_client.display import Output, job_line
+from download_client.errors import ClientError, ExitCode
+from download_client.follow import follow
+from download_client.models import Job, JobStatus
+from download_client.transfer import download
+
+DEFAULT_API = "http://localhost:3000"
+OUTCOME = {JobStatus.failed: ExitCode.failed, JobStatus.cancelled: ExitCode.cancelled}
+
+app = typer.Typer(
+    help="Start, follow and fetch download jobs of the download service (over its HTTP API).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JobArg = Annotated[str, typer.Argument(metavar="JOB", help="the job id")]
+FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="show progress until the job ends")]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="save the archive here when completed (implies --follow)"),
+]
+
+
+@dataclass(frozen=True)
+class Session:
+    api: ApiClient
+    out: Output
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    api: Annotated[
+        str, typer.Option("--api", envvar="DOWNLOAD_API_URL", help="the API's base URL")
+    ] = DEFAULT_API,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="DOWNLOAD_API_TOKEN",
+            help="bearer token or API key, sent as Authorization: Bearer",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = Session(ctx.with_resource(ApiClient(api.rstrip("/"), token)), Output())
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    file_ids: Annotated[list[int], typer.Argument(metavar="ID", help="file ids to bundle")],
+    follow_job: FollowOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Start a job; with --follow, show its progress and exit with its outcome."""
+    session: Session = ctx.obj
+    job = session.api.initiate(file_ids)
+    session.out.line(job_line(job))
+    if follow_job or output:
+        raise typer.Exit(_follow_and_save(session, job.job_id, output))
+
+
+@app.command()
+def status(ctx: typer.Context, job_id: JobArg) -> None:
+    """Show a job and its files; exits 1 if it failed, 3 if it was cancelled."""
+    session: Session = ctx.obj
+    job = session.api.status(job_id)
+    session.out.job(job)
+    raise typer.Exit(_outcome(session, job))
+
+
+@app.command()
+def watch(ctx: typer.Context, job_id: JobArg) -> None:
+    """Show a job's progress until it ends; exit with its outcome."""
+    session: Session = ctx.obj
+    raise typer.Exit(_outcome(session, _follow(session, job_id)))
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: JobArg) -> None:
+    """Cancel a queued or running job."""
+    session: Session = ctx.obj
+    state = session.api.cancel(job_id)
+    session.out.line(f"{job_id} cancel requested, now {state.value}")
+
+
+@app.command()
+def retry(
+    ctx: typer.Context, job_id: JobArg, follow_job: FollowOpt = False, output: OutputOpt = None
+) -> None:
+    """Run a failed or cancelled job again under the same id."""
+    session: Session = ctx.obj
+    job = session.api.retry(job_id)
+    session.out.line(job_line(job))
+    if follow_job or output:
+        raise typer.Exit(_follow_and_save(session, job_id, output))
+
+
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    state: Annotated[
+        JobStatus | None, typer.Option("--status", help="only jobs in this state")
+    ] = None,
+) -> None:
+    """Your jobs, newest first (every page)."""
+    session: Session = ctx.obj
+    session.out.jobs(session.api.jobs(state))
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    job_id: JobArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="where to save it [default: JOB.zip]")
+    ] = None,
+) -> None:
+    """Download a job's archive, resuming an interrupted download; waits for a running job."""
+    session: Session = ctx.obj
+    job = session.api.details(job_id)
+    if not job.status.terminal:
+        job = _follow(session, job_id)
+    code = _outcome(session, job)
+    if code is ExitCode.completed:
+        _save(session, job_id, output or Path(f"{job_id}.zip"))
+    raise typer.Exit(code)
+
+
+def _follow(session: Session, job_id: str) -> Job:
+    last: Job | None = None
+    with session.out.job_progress() as bar:
+        for last in follow(session.api, job_id):
+            bar.update(last)
+    assert last is not None, "follow always yields the final state"
+    return last
+
+
+def _follow_and_save(session: Session, job_id: str, output: Path | None) -> ExitCode:
+    code = _outcome(session, _follow(session, job_id))
+    if code is ExitCode.completed and output is not None:
+        _save(session, job_id, output)
+    return code
+
+
+def _outcome(session: Session, job: Job) -> ExitCode:
+    """The job's exit code; a failed or cancelled job is also reported on stderr."""
+    if job.status is JobStatus.failed:
+        session.out.error(f"job {job.job_id} failed: {job.error or 'no reason given'}")
+    elif job.status is JobStatus.cancelled:
+        session.out.error(f"job {job.job_id} was cancelled")
+    return OUTCOME.get(job.status, ExitCode.completed)
+
+
+def _save(session: Session, job_id: str, dest: Path) -> None:
+    # Asked again for a fresh presigned URL, even right after the completed event.
+    job = session.api.details(job_id)
+    if job.download_url is None:
+        raise ClientError(f"job {job_id} has no archive")
+    with session.out.transfer(dest) as bar:
+        size = download(job.download_url, dest, job.archive_size, bar)
+    session.out.line(f"saved {dest} ({size} bytes)", "green")
+
+
+def main() -> None:
+    try:
+        app()
+    except ClientError as exc:
+        Output().error(str(exc))
+        raise SystemExit(exc.exit_code) from None
