@@ -19,6 +19,7 @@ from activities.callbacks import CallbackActivities
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
 from core.config import Settings, load_settings
+from core.errortracking import ErrorTrackingInterceptor, close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing, worker_runtime
 from core.storage import ObjectStore
 from workflows.cleanup import ArchiveCleanupWorkflow
@@ -28,16 +29,10 @@ from workflows.download import DownloadWorkflow
 log = get_logger("worker")
 
 # Modules workflows use but that hold no workflow code: imported once, not again for every run.
+PASSTHROUGH = ("activities", "core", "pydantic", "structlog")
+CONTRACT = tuple(f"workflows.{name}" for name in ("models", "names", "errors"))
 SANDBOX = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules(
-        "activities",
-        "core",
-        "workflows.models",
-        "workflows.names",
-        "workflows.errors",
-        "pydantic",
-        "structlog",
-    )
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH, *CONTRACT)
 )
 
 
@@ -64,6 +59,7 @@ def build_worker(client: Client, settings: Settings, store: ObjectStore) -> Work
         default_heartbeat_throttle_interval=throttle,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         workflow_runner=SANDBOX,
+        interceptors=[ErrorTrackingInterceptor()],
     )
 
 
@@ -78,12 +74,8 @@ async def run(settings: Settings) -> None:
         return
     await ensure_cleanup_schedule(client, settings)
     async with build_worker(client, settings, store):
-        log.info(
-            "worker started",
-            task_queue=settings.temporal_task_queue,
-            temporal=settings.temporal_address,
-            metrics_port=settings.worker_metrics_port,
-        )
+        queue, address = settings.temporal_task_queue, settings.temporal_address
+        log.info("worker started", task_queue=queue, temporal=address)
         await stop.wait()
         # Leaving the block shuts the worker down gracefully: running packaging attempts
         # checkpoint and fail over, to resume on another worker.
@@ -94,7 +86,9 @@ def main() -> None:
     settings = load_settings()
     setup_logging(settings, "worker")
     setup_tracing(settings, "worker")
+    setup_error_tracking(settings, "worker")
     asyncio.run(run(settings))
+    close_error_tracking()
     # The worker has shut down and reported everything; skip interpreter finalization, during
     # which the SDK's native threads can still call into Python and abort the process.
     logging.shutdown()

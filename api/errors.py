@@ -1,7 +1,7 @@
 """One error body for every failure: `{error, message, requestId, details}`; never a traceback.
 
 Validation errors are 400 (not FastAPI's 422); an unreachable Temporal or S3 is 503 with
-`Retry-After`, so clients retry instead of giving up.
+`Retry-After`, so clients retry instead of giving up. A 500 is also reported to error tracking.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import ErrorResponse
 from core.config import Environment, Settings
+from core.errortracking import report_failure
 from core.observability import get_logger, request_id_var
 from core.storage import StorageUnavailable
 
@@ -107,6 +108,7 @@ def error_response(
 
 def internal_error_body(settings: Settings, exc: BaseException) -> Any:
     log.error("unhandled error", exc_info=exc)
+    report_failure(exc)
     details = None
     if settings.environment != Environment.production:
         details = f"{type(exc).__name__}: {exc}"

@@ -19,6 +19,7 @@ from api.routes.docs import mount_docs
 from api.routes.service import STATIC
 from api.sse import JobWatchers
 from core.config import Settings, load_settings
+from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing
 from core.storage import ObjectStore
 from workflows.client import connect
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     setup_tracing(settings, "api")
+    setup_error_tracking(settings, "api")
     FastAPIInstrumentor.instrument_app(app, excluded_urls="health,metrics")
     return app
 
@@ -81,6 +83,7 @@ def main() -> None:
         server_header=False,
         date_header=True,
     )
+    close_error_tracking()
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ class DownloadWorkflow:
                     file_ids=file_ids,
                     compression=request.options.compression,
                     mtime=request.created_at,
+                    request_id=request.request_id,
                 ),
                 start_to_close_timeout=timedelta(seconds=request.options.package_timeout_seconds),
                 # Cancellation and lost workers are only noticed through heartbeats.
@@ -116,7 +117,9 @@ class DownloadWorkflow:
         state = self._require_state()
         resolved = await workflow.execute_activity_method(
             DownloadActivities.resolve_files,
-            ResolveInput(job_id=request.job_id, file_ids=request.file_ids),
+            ResolveInput(
+                job_id=request.job_id, file_ids=request.file_ids, request_id=request.request_id
+            ),
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
             retry_policy=retry,

@@ -142,6 +142,8 @@ class SourceFile(BaseModel):
 class ResolveInput(BaseModel):
     job_id: str
     file_ids: list[int]
+    # The id of the API request that started the job, for error reports.
+    request_id: str | None = None
 
 
 class ResolveResult(BaseModel):
@@ -166,6 +168,8 @@ class PackageInput(BaseModel):
     compression: Literal["stored", "deflate"] = "stored"
     # Modification time stamped on every entry, so a resumed archive is byte-identical.
     mtime: datetime | None = None
+    # The id of the API request that started the job, for error reports.
+    request_id: str | None = None
 
 
 class Checkpoint(BaseModel):
