@@ -29,6 +29,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.caches import CompletedStates, Pace, PresignedLinks, Snapshots
 from api.errors import ApiError
 from api.schemas import JobList, JobSummary, JobView
 from api.views import JobRecord, PendingActivity, job_view
@@ -41,6 +42,8 @@ from workflows.models import DownloadRequest, FileStatus, JobState, JobStatus, P
 
 log = get_logger("api.jobs")
 
+# How old a shared `describe()` answer may be: a quarter of a second, the event streams' pace.
+SNAPSHOT_MAX_AGE = 0.25
 RPC_TIMEOUT = timedelta(seconds=10)
 # Job ids derived from (owner, Idempotency-Key): a repeated request finds the same workflow.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1f4e-4a53-5d0e-9a57-6d6f776e6c64")
@@ -52,61 +55,29 @@ def new_job_id(owner: str, idempotency_key: str | None) -> str:
     return str(uuid.uuid4())
 
 
-class CompletedStates:
-    """Final states of completed runs, read from history: immutable, so the newest are kept."""
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._states: dict[tuple[str, str | None], JobState] = {}
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def get(self, job_id: str, run_id: str | None) -> JobState | None:
-        return self._states.get((job_id, run_id))
-
-    def put(self, job_id: str, run_id: str | None, state: JobState) -> None:
-        if len(self._states) >= self.max_entries:
-            self._states.pop(next(iter(self._states)))  # the oldest entry
-        self._states[(job_id, run_id)] = state
-
-
-class Pace:
-    """Time per file of the jobs this process has seen complete, for `estimatedTimeMs`.
-
-    Until a job has been observed the configured ESTIMATED_MS_PER_FILE stands; then a moving
-    average of each completed job's processing time (started to completed) per file.
-    """
-
-    WEIGHT = 0.2  # of the newest observation
-
-    def __init__(self, default_ms_per_file: int) -> None:
-        self.ms_per_file = float(default_ms_per_file)
-        self.observed = 0
-
-    def observe(self, state: JobState) -> None:
-        if not state.files or state.started_at is None or state.completed_at is None:
-            return
-        took = (state.completed_at - state.started_at).total_seconds() * 1000 / len(state.files)
-        weight = self.WEIGHT if self.observed else 1.0
-        self.ms_per_file += weight * (max(took, 1.0) - self.ms_per_file)
-        self.observed += 1
-
-    def estimate_ms(self, files: int) -> int:
-        return round(self.ms_per_file * files)
-
-
 class JobService:
     """The jobs of one API process: its Temporal client, settings, store and completed states."""
 
     def __init__(self, client: Client, settings: Settings, store: ObjectStore) -> None:
         self.client, self.settings, self.store = client, settings, store
-        self.completed = CompletedStates()
+        self.snapshots = Snapshots(self._describe, max_age=SNAPSHOT_MAX_AGE)
+        self.completed = CompletedStates(settings.completed_cache_mb << 20)
+        self.links = PresignedLinks(store, timedelta(seconds=settings.presign_expiry_seconds))
         self.pace = Pace(settings.estimated_ms_per_file)
 
     # --- reading ---
     async def describe(self, job_id: str, owner: str) -> JobRecord:
-        """The caller's job or 404 (unknown ids and other owners' jobs look the same)."""
+        """The caller's job or 404 (unknown ids and other owners' jobs look the same).
+
+        Concurrent readers of one job share one `describe()` and its answer for up to
+        SNAPSHOT_MAX_AGE: status pollers and the job's event-stream watcher alike.
+        """
+        record = await self.snapshots.get(job_id)
+        if record.state.owner != owner:
+            raise ApiError.not_found(job_id)
+        return record
+
+    async def _describe(self, job_id: str) -> JobRecord:
         try:
             desc = await self.client.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:
@@ -116,10 +87,8 @@ class JobService:
         if desc.workflow_type != names.DOWNLOAD_WORKFLOW:
             raise ApiError.not_found(job_id)
         state = await _memo_state(desc, job_id)
-        if desc.status == WorkflowExecutionStatus.COMPLETED and state.owner == owner:
+        if desc.status == WorkflowExecutionStatus.COMPLETED:
             state = await self.completed_state(job_id, desc.run_id)
-        if state.owner != owner:
-            raise ApiError.not_found(job_id)
         activities = await self.pending_activities(desc)
         view = job_view(state, desc.status, activities, desc.close_time)
         return JobRecord(state=state, view=view, run_started=desc.start_time)
@@ -154,24 +123,21 @@ class JobService:
         """Fresh presigned URLs (signed for S3_PUBLIC_ENDPOINT): the archive of a completed job,
         and each completed file's own source."""
         view, state = record.view, record.state
-        expiry = timedelta(seconds=self.settings.presign_expiry_seconds)
         files = [
-            f.model_copy(update={"download_url": self._presign_source(f.file_id, expiry)})
+            f.model_copy(update={"download_url": self._source_link(f.file_id)})
             if f.status is FileStatus.completed
             else f
             for f in view.files
         ]
         update: dict[str, Any] = {"files": files}
         if view.status is JobStatus.completed and state.archive_key:
-            update["download_url"] = self.store.presign(
-                state.archive_key, expiry, filename=f"{view.job_id}.zip"
-            )
-            update["expires_at"] = (datetime.now(UTC) + expiry).replace(microsecond=0)
+            url, expires = self.links.get(state.archive_key, f"{view.job_id}.zip")
+            update.update(download_url=url, expires_at=expires)
         return view.model_copy(update=update)
 
-    def _presign_source(self, file_id: int, expiry: timedelta) -> str:
-        key = self.settings.source_key(file_id)
-        return self.store.presign(key, expiry, filename=f"{file_id}.zip")
+    def _source_link(self, file_id: int) -> str:
+        url, _ = self.links.get(self.settings.source_key(file_id), f"{file_id}.zip")
+        return url
 
     async def details(self, job_id: str, owner: str) -> JobView:
         """The job with a fresh download URL, and 410 once its archive has expired."""
@@ -193,6 +159,7 @@ class JobService:
             return None
         except WorkflowFailureError:
             pass  # failed or cancelled: the memo says why
+        self.snapshots.forget(job_id)
         return await self.describe(job_id, owner)
 
     async def list_jobs(
@@ -265,6 +232,7 @@ class JobService:
             return record
         DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
         log.info("job started", jobId=job_id, files=len(request.file_ids), owner=owner)
+        self.snapshots.forget(job_id)
         return await self.describe(job_id, owner)
 
     async def retry(self, job_id: str, owner: str) -> JobRecord:
@@ -293,6 +261,7 @@ class JobService:
         else:
             DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
             log.info("job retried", jobId=job_id)
+        self.snapshots.forget(job_id)
         return await self.describe(job_id, owner)
 
     async def _original_request(self, handle: WorkflowHandle[Any, Any]) -> DownloadRequest:
@@ -315,6 +284,7 @@ class JobService:
         wait_seconds = min(3.0, self.settings.request_timeout_ms / 2000)
         with contextlib.suppress(WorkflowFailureError, TimeoutError):
             await asyncio.wait_for(handle.result(), wait_seconds)
+        self.snapshots.forget(job_id)
         return await self.describe(job_id, owner)
 
 

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # Error tracking (Sentry): off unless a DSN is set.
     sentry_dsn: str | None = None
 
+    # --- API caches ---
+    # Final states of completed jobs kept by each API process (a 1 000-file job's is ~1 MB).
+    completed_cache_mb: int = Field(64, ge=1)
+
     # --- estimates ---
     # Time per file announced at initiate (`estimatedTimeMs`) until this API process has seen
     # jobs finish; from then on the observed time per file.
