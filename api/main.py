@@ -16,7 +16,7 @@ from api.jobs import JobService
 from api.middleware import install_middleware
 from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
-from api.routes.service import STATIC
+from api.routes.service import STATIC, readiness
 from api.sse import JobWatchers
 from core.config import Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.temporal = client
         app.state.auth = Authenticator(settings)
         app.state.jobs = jobs = JobService(client, settings, store)
+        app.state.readiness = readiness(store, client)
         app.state.watchers = JobWatchers(jobs)
         if not settings.auth_enabled:
             log.warning("authentication is off: every caller acts as 'anonymous'")
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     setup_tracing(settings, "api")
     setup_error_tracking(settings, "api")
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,metrics")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,readyz,livez,metrics")
     return app
 
 

@@ -44,7 +44,15 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 # Probes, scrapes and static assets are not counted against a client's limit.
-RATE_LIMIT_EXEMPT = ("/health", "/metrics", "/static/", "/docs/assets/", "/favicon.ico")
+RATE_LIMIT_EXEMPT = (
+    "/health",
+    "/readyz",
+    "/livez",
+    "/metrics",
+    "/static/",
+    "/docs/assets/",
+    "/favicon.ico",
+)
 MOUNTS = ("/static/", "/docs/assets/")
 KNOWN_PATHS = ("/openapi.json",)
 

@@ -182,6 +182,10 @@ class HealthResponse(BaseModel):
     checks: dict[str, Check]
 
 
+class Liveness(BaseModel):
+    status: Literal["alive"]
+
+
 class ServiceInfo(BaseModel):
     message: str
     version: str

@@ -21,6 +21,7 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from temporalio.testing import WorkflowEnvironment
 
 from api.main import create_app
@@ -661,6 +662,38 @@ async def test_storage_unreachable_is_503(settings: Settings, store: ObjectStore
             "status": "unhealthy",
             "checks": {"storage": "error", "temporal": "ok"},
         }
+
+
+async def test_liveness_needs_nothing_and_readiness_is_cached(
+    settings: Settings, store: ObjectStore
+) -> None:
+    down = settings.model_copy(
+        update={
+            "s3_endpoint": f"http://127.0.0.1:{free_port()}",
+            "temporal_address": f"127.0.0.1:{free_port()}",
+        }
+    )
+    async with api_client(down) as api:
+        live = await api.get("/livez")
+        assert (live.status_code, live.json()) == (200, {"status": "alive"})
+        ready = await api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "unhealthy"
+
+    def pings() -> float:
+        sample = REGISTRY.get_sample_value(
+            "s3_operations_total", {"operation": "ping", "status": "success"}
+        )
+        return sample or 0.0
+
+    async with api_client(settings) as api:
+        before = pings()
+        answers = await asyncio.gather(*(api.get(p) for p in ["/health", "/readyz"] * 15))
+        assert {a.status_code for a in answers} == {200}
+        # Thirty probes at once, one round of checks against the dependencies.
+        assert pings() - before == 1
+        await asyncio.sleep(1.6)
+        await api.get("/health")
+        assert pings() - before == 2
 
 
 async def test_request_timeout_is_504_but_streams_are_not_cut() -> None:

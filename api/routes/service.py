@@ -1,5 +1,6 @@
 """What the service itself serves, apart from jobs: `GET /` (JSON for API clients, the web page
-for browsers), `/health` for probes and `/metrics` for Prometheus."""
+for browsers), `/health` and `/readyz` (readiness, cached briefly), `/livez` (liveness, no I/O)
+and `/metrics` for Prometheus."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from temporalio.client import Client
 
-from api.deps import JobsDep, SettingsDep, StoreDep, TemporalDep
-from api.schemas import Check, HealthResponse, ServiceInfo
+from api.caches import Snapshots
+from api.deps import JobsDep, SettingsDep
+from api.schemas import Check, HealthResponse, Liveness, ServiceInfo
 from core.observability import DOWNLOAD_QUEUE_SIZE
 from core.storage import ObjectStore, StorageError
 
 router = APIRouter(tags=["service"])
+# How long a readiness answer is reused.
+READINESS_SECONDS = 1.5
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -61,18 +65,40 @@ async def _check_temporal(client: Client) -> Check:
     return "ok" if ok else "error"
 
 
+def readiness(store: ObjectStore, client: Client) -> Snapshots[HealthResponse]:
+    """Storage and Temporal checks, run at most once per READINESS_SECONDS whatever the number
+    of probes: health endpoints cannot be used to flood the dependencies."""
+
+    async def check(_: str) -> HealthResponse:
+        storage, temporal = await asyncio.gather(_check_storage(store), _check_temporal(client))
+        checks: dict[str, Check] = {"storage": storage, "temporal": temporal}
+        healthy = all(v == "ok" for v in checks.values())
+        return HealthResponse(status="healthy" if healthy else "unhealthy", checks=checks)
+
+    return Snapshots(check, max_age=READINESS_SECONDS)
+
+
 @router.get(
     "/health",
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse}},
-    summary="Storage and Temporal reachability",
+    summary="Storage and Temporal reachability (the existing service's probe)",
 )
-async def health(store: StoreDep, client: TemporalDep) -> JSONResponse:
-    storage, temporal = await asyncio.gather(_check_storage(store), _check_temporal(client))
-    checks: dict[str, Check] = {"storage": storage, "temporal": temporal}
-    healthy = all(v == "ok" for v in checks.values())
-    body = HealthResponse(status="healthy" if healthy else "unhealthy", checks=checks)
-    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+@router.get(
+    "/readyz",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse}},
+    summary="Readiness: storage and Temporal reachable",
+)
+async def health(request: Request) -> JSONResponse:
+    checks: Snapshots[HealthResponse] = request.app.state.readiness
+    body = await checks.get("ready")
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "healthy" else 503)
+
+
+@router.get("/livez", response_model=Liveness, summary="Liveness: the process answers (no I/O)")
+async def livez() -> Liveness:
+    return Liveness(status="alive")
 
 
 @router.get(
