@@ -34,11 +34,11 @@ from api.errors import ApiError
 from api.schemas import JobList, JobSummary, JobView
 from api.views import JobRecord, PendingActivity, job_view
 from core.config import Settings
-from core.observability import DOWNLOAD_JOBS, get_logger
+from core.observability import DOWNLOAD_JOBS, STATUS_DESCRIBES, get_logger
 from core.storage import ObjectStore
 from workflows import names
 from workflows.client import new_request, start_download
-from workflows.models import DownloadRequest, FileStatus, JobState, JobStatus, PackageProgress
+from workflows.models import DownloadRequest, FileStatus, JobState, JobStatus, ProgressSummary
 
 log = get_logger("api.jobs")
 
@@ -78,6 +78,7 @@ class JobService:
         return record
 
     async def _describe(self, job_id: str) -> JobRecord:
+        STATUS_DESCRIBES.inc()
         try:
             desc = await self.client.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:
@@ -112,7 +113,7 @@ class JobService:
             if name == names.PACKAGE_ARCHIVE and act.heartbeat_details.payloads:
                 try:
                     (progress,) = await self.client.data_converter.decode(
-                        act.heartbeat_details.payloads, [PackageProgress]
+                        act.heartbeat_details.payloads, [ProgressSummary]
                     )
                 except Exception:  # details of another shape carry no progress
                     progress = None

@@ -17,7 +17,7 @@ from api.middleware import install_middleware
 from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
 from api.routes.service import STATIC, readiness
-from api.sse import JobWatchers
+from api.sse import JobWatchers, StreamSlots
 from core.config import Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing
@@ -41,7 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.auth = Authenticator(settings)
         app.state.jobs = jobs = JobService(client, settings, store)
         app.state.readiness = readiness(store, client)
-        app.state.watchers = JobWatchers(jobs)
+        app.state.watchers = JobWatchers(jobs, budget=settings.stream_polls_per_second)
+        app.state.stream_slots = StreamSlots(
+            settings.streams_per_owner, settings.streams_per_client
+        )
         if not settings.auth_enabled:
             log.warning("authentication is off: every caller acts as 'anonymous'")
         try:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from aiolimiter import AsyncLimiter
 from sse_starlette import ServerSentEvent
 
 from api.errors import ApiError
@@ -30,6 +32,9 @@ from workflows.models import JobStatus
 log = get_logger("api.sse")
 
 POLL_SECONDS = 0.25
+# A job that does not move (queued, or waiting on a slow origin) is asked less and less often.
+IDLE_MAX_SECONDS = 5.0
+STREAM_RETRY_AFTER_SECONDS = 10
 PING_SECONDS = 15.0
 RECONNECT_MS = 3000
 EventKey = tuple[int, ...]
@@ -110,11 +115,54 @@ class _Watch:
             await self.changed.wait()
 
 
-class JobWatchers:
-    """The watcher tasks of one API process, keyed by job id."""
+class StreamSlots:
+    """Open event streams (SSE and WebSocket) per owner and per client address, each capped."""
 
-    def __init__(self, jobs: JobService, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, per_owner: int, per_client: int) -> None:
+        self.per_owner, self.per_client = per_owner, per_client
+        self.owners: Counter[str] = Counter()
+        self.clients: Counter[str] = Counter()
+
+    def take(self, owner: str, client: str) -> StreamSlot:
+        """A slot for one more stream, or 429 with `Retry-After` past either cap."""
+        if self.owners[owner] >= self.per_owner or self.clients[client] >= self.per_client:
+            raise ApiError(
+                429,
+                "too_many_streams",
+                "too many open event streams; close one or try again later",
+                headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)},
+            )
+        self.owners[owner] += 1
+        self.clients[client] += 1
+        return StreamSlot(self, owner, client)
+
+
+class StreamSlot:
+    def __init__(self, slots: StreamSlots, owner: str, client: str) -> None:
+        self.slots, self.owner, self.client = slots, owner, client
+        self.held = True
+
+    def release(self) -> None:
+        """Give the slot back (once, whoever calls first)."""
+        if not self.held:
+            return
+        self.held = False
+        for counter, key in ((self.slots.owners, self.owner), (self.slots.clients, self.client)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+
+class JobWatchers:
+    """The watcher tasks of one API process, keyed by job id.
+
+    Together they ask Temporal at most `budget` times a second: jobs that move (processing) wait
+    their turn for the budget; idle ones (queued) back off and yield it to them.
+    """
+
+    def __init__(self, jobs: JobService, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
         self.jobs, self.poll_seconds = jobs, poll_seconds
+        self.budget = AsyncLimiter(budget, 1.0)
         self.ping_seconds = PING_SECONDS
         self._watches: dict[str, _Watch] = {}
 
@@ -155,6 +203,11 @@ class JobWatchers:
         delay = self.poll_seconds
         while not watch.closed:
             await asyncio.sleep(delay)
+            moving = watch.record.view.status is JobStatus.processing
+            if not moving and not self.budget.has_capacity():
+                delay = min(delay * 2, IDLE_MAX_SECONDS)
+                continue
+            await self.budget.acquire()
             try:
                 record = await self.jobs.describe(job_id, owner)
             except ApiError:
@@ -166,11 +219,15 @@ class JobWatchers:
                 log.warning("job watch failed", jobId=job_id, error=str(exc))
                 delay = min(delay * 2, 5.0)
                 continue
-            delay = self.poll_seconds
             snap = self.snapshot(record)
+            moved = snap.key > watch.latest.key
             watch.publish(record, snap)
             if snap.terminal:
                 watch.close()
+            elif moved or record.view.status is JobStatus.processing:
+                delay = self.poll_seconds
+            else:
+                delay = min(delay * 2, IDLE_MAX_SECONDS)
 
     async def close(self) -> None:
         tasks = [w.task for w in self._watches.values() if w.task is not None]
@@ -198,12 +255,13 @@ async def snapshots(
 
 
 async def job_events(
-    watchers: JobWatchers, record: JobRecord, last: EventKey | None
+    watchers: JobWatchers, record: JobRecord, last: EventKey | None, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
-    """One SSE subscriber's stream of encoded events."""
+    """One SSE subscriber's stream of encoded events; its slot is given back at the end."""
     ACTIVE_SSE.inc()
     try:
         async for snap in snapshots(watchers, record, last):
             yield snap.event
     finally:
         ACTIVE_SSE.dec()
+        slot.release()

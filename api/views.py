@@ -18,7 +18,7 @@ from temporalio.client import WorkflowExecutionStatus
 from api.schemas import FileView, JobView
 from workflows import names
 from workflows.errors import ErrorType
-from workflows.models import FileState, FileStatus, JobState, JobStatus, PackageProgress
+from workflows.models import FileState, FileStatus, JobState, JobStatus, ProgressSummary
 
 # What a closed run means for the job when the memo does not say so already.
 _CLOSED: dict[WorkflowExecutionStatus, tuple[JobStatus, str | None, str | None]] = {
@@ -44,7 +44,7 @@ class PendingActivity:
 
     name: str
     started: bool
-    progress: PackageProgress | None = None
+    progress: ProgressSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _closed_view(
     return _view(state, status)
 
 
-def _view(state: JobState, status: JobStatus, progress: PackageProgress | None = None) -> JobView:
+def _view(state: JobState, status: JobStatus, progress: ProgressSummary | None = None) -> JobView:
     files = [_file(f) for f in state.files]
     done, total = state.bytes_processed, state.total_bytes
     current = state.current_file if status is JobStatus.processing else None
@@ -141,7 +141,7 @@ def _file(f: FileState) -> FileView:
 
 
 def _files_with_progress(
-    files: list[FileState], progress: PackageProgress, status: JobStatus
+    files: list[FileState], progress: ProgressSummary, status: JobStatus
 ) -> list[FileView]:
     """Files before `files_done` among the available ones are done; the next one is in work."""
     views, index = [], 0
@@ -172,7 +172,7 @@ def _percent(status: JobStatus, done: int, total: int, completed: int, count: in
     return max(0, min(99, math.floor(ratio * 100)))
 
 
-def _estimate(progress: PackageProgress) -> datetime | None:
+def _estimate(progress: ProgressSummary) -> datetime | None:
     if not progress.rate or progress.rate <= 0 or progress.total_bytes <= 0:
         return None
     remaining = max(0, progress.total_bytes - progress.bytes_done) / progress.rate

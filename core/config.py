@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     # Error tracking (Sentry): off unless a DSN is set.
     sentry_dsn: str | None = None
 
+    # --- event streams (SSE, WebSocket), per API process ---
+    # Temporal calls a second the job watchers may make together.
+    stream_polls_per_second: float = Field(300.0, gt=0)
+    streams_per_owner: int = Field(100, ge=1)
+    streams_per_client: int = Field(50, ge=1)
+
     # --- API caches ---
     # Final states of completed jobs kept by each API process (a 1 000-file job's is ~1 MB).
     completed_cache_mb: int = Field(64, ge=1)

@@ -41,6 +41,9 @@ DOWNLOAD_QUEUE_SIZE = Gauge("download_queue_size", "Jobs queued or processing (v
 S3_OPERATIONS = Counter("s3_operations_total", "S3 operations", ["operation", "status"])
 S3_DURATION = Histogram("s3_operation_duration_seconds", "S3 operation duration", ["operation"])
 ACTIVE_SSE = Gauge("active_sse_connections", "Open Server-Sent Events streams")
+STATUS_DESCRIBES = Counter(
+    "download_status_describes_total", "describe() calls made to answer status and event streams"
+)
 ACTIVE_WEBSOCKETS = Gauge("active_websocket_connections", "Open WebSocket event streams")
 BYTES_PACKAGED = Counter("download_bytes_packaged_total", "Source bytes written into archives")
 FILES_PACKAGED = Counter("download_files_packaged_total", "Files written into archives")

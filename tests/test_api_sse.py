@@ -207,3 +207,62 @@ async def test_token_in_query_and_keepalive_comments(
             return watchers(app).watched_jobs == 0
 
         await wait_for(released)
+
+
+async def test_open_streams_are_capped_per_client_and_per_owner(
+    settings: Settings, store: ObjectStore
+) -> None:
+    import websockets
+
+    capped = settings.model_copy(update={"streams_per_client": 2, "streams_per_owner": 3})
+    async with serve(capped) as (client, _):
+        job_id = await initiate(client, [10_001])  # no worker: it stays queued
+        path = f"/v1/download/subscribe/{job_id}"
+        async with client.stream("GET", path) as first, client.stream("GET", path) as second:
+            assert first.status_code == second.status_code == 200
+            refused = await client.get(path)
+            assert refused.status_code == 429 and refused.json()["error"] == "too_many_streams"
+            assert int(refused.headers["retry-after"]) > 0
+            base = str(client.base_url).replace("http://", "ws://").rstrip("/")
+            url = f"{base}/v1/download/stream/{job_id}"
+            async with websockets.connect(url) as socket:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await socket.recv()
+                assert socket.close_code == 1013
+        # Both streams closed: their slots are free again.
+        async with client.stream("GET", path) as again:
+            assert again.status_code == 200
+
+
+async def test_watchers_ask_temporal_within_their_budget(
+    settings: Settings, store: ObjectStore
+) -> None:
+    frugal = settings.model_copy(update={"stream_polls_per_second": 4.0})
+    async with serve(frugal) as (client, app):
+        job_ids = [await initiate(client, [10_001]) for _ in range(10)]
+        streams = [client.stream("GET", f"/v1/download/subscribe/{j}") for j in job_ids]
+        opened = [await s.__aenter__() for s in streams]
+        try:
+            assert {r.status_code for r in opened} == {200}
+            before = jobs(app).snapshots.fetches
+            await asyncio.sleep(3)
+            # Ten watched jobs would ask ~40 times in 3 s on their own; the budget allows ~16.
+            assert 0 < jobs(app).snapshots.fetches - before <= 4 * 3 + 4
+        finally:
+            for s in streams:
+                await s.__aexit__(None, None, None)
+
+
+async def test_open_streams_are_capped_per_owner(settings: Settings, store: ObjectStore) -> None:
+    capped = settings.model_copy(
+        update={"streams_per_owner": 1, "auth_api_keys": "a-key=alice,b-key=bob"}
+    )
+    alice, bob = {"X-API-Key": "a-key"}, {"X-API-Key": "b-key"}
+    async with serve(capped) as (client, _):
+        mine = f"/v1/download/subscribe/{await initiate(client, [10_001], headers=alice)}"
+        theirs = f"/v1/download/subscribe/{await initiate(client, [10_001], headers=bob)}"
+        async with client.stream("GET", mine, headers=alice) as open_one:
+            assert open_one.status_code == 200
+            assert (await client.get(mine, headers=alice)).status_code == 429
+            async with client.stream("GET", theirs, headers=bob) as others:
+                assert others.status_code == 200

@@ -193,8 +193,9 @@ class Checkpoint(BaseModel):
     resolved: list[FileState] | None = None
 
 
-class PackageProgress(BaseModel):
-    """Heartbeat details of `package_archive`: live progress plus the resume checkpoint."""
+class ProgressSummary(BaseModel):
+    """The live-progress part of `package_archive`'s heartbeat: what status readers decode
+    (unknown fields, such as the checkpoint, are skipped without being built)."""
 
     files_done: int = 0
     total_files: int = 0
@@ -204,6 +205,11 @@ class PackageProgress(BaseModel):
     # Bytes per second over the attempt so far, for completion estimates.
     rate: float | None = None
     updated_at: datetime | None = None
+
+
+class PackageProgress(ProgressSummary):
+    """Heartbeat details of `package_archive`: live progress plus the resume checkpoint."""
+
     checkpoint: Checkpoint | None = None
 
 

@@ -13,14 +13,28 @@ import contextlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, Request, Response, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse
-from starlette.status import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION
+from starlette.background import BackgroundTask
+from starlette.status import (
+    WS_1000_NORMAL_CLOSURE,
+    WS_1008_POLICY_VIOLATION,
+    WS_1013_TRY_AGAIN_LATER,
+)
 
 from api.deps import JobIdDep, JobsDep, StreamOwnerDep, WatchersDep, socket_owner
 from api.errors import ApiError, error_responses
 from api.jobs import JobService
-from api.sse import EventKey, JobWatchers, event_key, job_events, parse_event_id, snapshots
+from api.middleware import client_address
+from api.sse import (
+    EventKey,
+    JobWatchers,
+    StreamSlots,
+    event_key,
+    job_events,
+    parse_event_id,
+    snapshots,
+)
 from api.views import JobRecord
 from core.observability import ACTIVE_WEBSOCKETS, job_id_var
 
@@ -34,6 +48,7 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     204: {"description": "the job is finished and the client has its last event"},
     **error_responses(401, 404),
 }
+SSE_RESPONSES[429]["description"] = "rate limited, or too many open streams (Retry-After)"
 # How long a WebSocket client has to send `{"lastEventId": ...}` before the stream starts.
 RESUME_GRACE_SECONDS = 0.5
 
@@ -51,6 +66,7 @@ RESUME_GRACE_SECONDS = 0.5
     summary="Alias of /v1/download/subscribe/{jobId}",
 )
 async def subscribe(
+    request: Request,
     job_id: JobIdDep,
     owner: StreamOwnerDep,
     jobs: JobsDep,
@@ -63,8 +79,16 @@ async def subscribe(
     if record.view.status.terminal and last is not None and last >= event_key(record):
         # 204 tells EventSource not to reconnect: the client has the final event already.
         return Response(status_code=204)
-    events = job_events(watchers, record, last)
-    return EventSourceResponse(events, ping=watchers.ping_seconds, send_timeout=30)
+    slots: StreamSlots = request.app.state.stream_slots
+    slot = slots.take(owner, request.state.client_ip)
+    events = job_events(watchers, record, last, slot)
+    return EventSourceResponse(
+        events,
+        ping=watchers.ping_seconds,
+        send_timeout=30,
+        # Also when the stream never started: the slot is given back once, whoever is first.
+        background=BackgroundTask(slot.release),
+    )
 
 
 @router.websocket("/v1/download/stream/{jobId:job_id}")
@@ -73,14 +97,19 @@ async def stream(websocket: WebSocket) -> None:
     after the terminal event, with 1008 for missing credentials or an unknown or foreign job."""
     job_id = str(websocket.path_params["jobId"])
     job_id_var.set(job_id)
-    jobs: JobService = websocket.app.state.jobs
-    watchers: JobWatchers = websocket.app.state.watchers
+    state = websocket.app.state
+    jobs: JobService = state.jobs
+    watchers: JobWatchers = state.watchers
+    slots: StreamSlots = state.stream_slots
     await websocket.accept()
     try:
         owner = socket_owner(websocket)
         record = watchers.watched(job_id, owner) or await jobs.describe(job_id, owner)
+        slot = slots.take(owner, client_address(websocket.scope, state.settings))
     except ApiError as exc:
-        await websocket.close(WS_1008_POLICY_VIOLATION, reason=exc.message[:120])
+        # Past the stream caps: 1013, try again later; anything else is not this client's job.
+        code = WS_1013_TRY_AGAIN_LATER if exc.status == 429 else WS_1008_POLICY_VIOLATION
+        await websocket.close(code, reason=exc.message[:120])
         return
     last = parse_event_id(websocket.query_params.get("lastEventId"))
     if "lastEventId" not in websocket.query_params:
@@ -90,6 +119,7 @@ async def stream(websocket: WebSocket) -> None:
         await _send_until_terminal(websocket, watchers, record, last)
     finally:
         ACTIVE_WEBSOCKETS.dec()
+        slot.release()
 
 
 async def _resume_point(websocket: WebSocket) -> EventKey | None:
