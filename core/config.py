@@ -12,8 +12,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workflows.names import DEFAULT_TASK_QUEUE
 
@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_task_queue: str = DEFAULT_TASK_QUEUE
     temporal_ui_url: str = "http://localhost:8233"
+    # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1).
+    owner_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
 
     # --- worker ---
     worker_max_concurrent_activities: int = Field(20, ge=1)
@@ -156,6 +158,29 @@ class Settings(BaseSettings):
             if key:
                 keys[key] = owner or key
         return keys
+
+    @field_validator("owner_weights", mode="before")
+    @classmethod
+    def _parse_owner_weights(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        weights: dict[str, float] = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            owner, _, weight = pair.rpartition("=")
+            if not owner:
+                raise ValueError(f"{pair!r} is not owner=weight")
+            weights[owner] = float(weight)
+        return weights
+
+    @field_validator("owner_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(weight <= 0 for weight in value.values()):
+            raise ValueError("weights must be positive")
+        return value
+
+    def owner_weight(self, owner: str) -> float:
+        return self.owner_weights.get(owner, 1.0)
 
     @property
     def auth_enabled(self) -> bool:

@@ -17,7 +17,7 @@ from core.config import Settings, load_settings
 from core.storage import ObjectStore
 from devstack.demo_data import DEMO_FILES, seed_directory, seed_store
 from devstack.servers import BIN, BIND, port_in_use
-from workflows.names import search_attribute_flags
+from workflows.names import fairness_flags, search_attribute_flags
 
 PROCFILE = Path(__file__).resolve().parent / "Procfile"
 
@@ -55,6 +55,7 @@ def stack_environment(settings: Settings, data: Path) -> dict[str, str]:
         TEMPORAL_UI_PORT=str(settings.temporal_ui_port),
         TEMPORAL_NAMESPACE=settings.temporal_namespace,
         TEMPORAL_SEARCH_ATTRIBUTES=" ".join(search_attribute_flags()),
+        TEMPORAL_DYNAMIC_CONFIG=" ".join(fairness_flags()),
         TEMPORAL_ADDRESS=f"{BIND}:{settings.temporal_port}",
         TEMPORAL_UI_URL=f"http://localhost:{settings.temporal_ui_port}",
         S3_PORT=str(settings.s3_port),

@@ -21,7 +21,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from workflows.names import SEARCH_ATTRIBUTES
+from workflows.names import SEARCH_ATTRIBUTES, fairness_flags
 
 BIN = Path(sys.executable).parent
 BIND = "127.0.0.1"
@@ -94,12 +94,14 @@ class S3Server:
 
 
 async def start_dev_server(**options: Any) -> WorkflowEnvironment:
-    """The Temporal dev server (SQLite in memory) with our search attributes registered."""
+    """The Temporal dev server (SQLite in memory) with our search attributes registered and
+    fair dispatch between owners turned on."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=SEARCH_ATTRIBUTES,
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
+        dev_server_extra_args=fairness_flags(),
         **options,
     )
 

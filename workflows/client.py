@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,12 @@ from temporalio.client import (
     ScheduleSpec,
     WorkflowHandle,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import (
+    Priority,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
@@ -132,7 +138,20 @@ async def start_download(
             ]
         ),
         id_reuse_policy=id_reuse_policy,
+        # Owners share workers fairly: the task queues dispatch round robin between fairness
+        # keys (weighted), and the job's activities inherit its key.
+        priority=Priority(
+            fairness_key=fairness_key(request.owner),
+            fairness_weight=settings.owner_weight(request.owner),
+        ),
     )
+
+
+def fairness_key(owner: str) -> str:
+    """The owner itself, or a digest of it when longer than a fairness key may be (64 bytes)."""
+    if len(owner.encode()) <= 64:
+        return owner
+    return "sha256:" + hashlib.sha256(owner.encode()).hexdigest()[:56]
 
 
 async def ensure_cleanup_schedule(client: Client, settings: Settings) -> None:

@@ -32,6 +32,19 @@ FILE_COUNT = SearchAttributeKey.for_int("FileCount")
 SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT)
 
 
+# Server settings under which task queues dispatch fairly between owners (the fairness key);
+# self-hosted servers need them in their dynamic config (Temporal Cloud: a namespace setting).
+FAIRNESS_DYNAMIC_CONFIG = {"matching.useNewMatcher": True, "matching.enableFairness": True}
+
+
+def fairness_flags() -> list[str]:
+    """`temporal server start-dev` arguments that turn fair dispatch on."""
+    return [
+        f"--dynamic-config-value={name}={str(value).lower()}"
+        for name, value in FAIRNESS_DYNAMIC_CONFIG.items()
+    ]
+
+
 def search_attribute_flags() -> list[str]:
     """`--search-attribute Name=Type` arguments for `temporal server start-dev`."""
     return [
