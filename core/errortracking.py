@@ -11,13 +11,11 @@ transport, so a slow or unreachable Sentry never delays a request or a job.
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import sentry_sdk
 from opentelemetry import trace
-from sentry_sdk.types import Event, Hint
-from sentry_sdk.utils import event_from_exception
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
@@ -27,6 +25,10 @@ from core.observability import job_id_var, request_id_var
 from workflows.errors import ErrorType, is_cancellation, will_retry
 from workflows.models import PackageInput, ResolveInput
 from workflows.names import DOWNLOAD_WORKFLOW, SEND_CALLBACK
+
+if TYPE_CHECKING:
+    from sentry_sdk.client import BaseClient
+    from sentry_sdk.types import Event, Hint
 
 DISTRIBUTION = "temporal-downloads"
 # Failure types that are the service's fault; every other type is the request's, or a hand-over.
@@ -47,6 +49,8 @@ def setup_error_tracking(settings: Settings, component: str) -> bool:
     """Start the Sentry SDK when SENTRY_DSN is set; returns whether it is on."""
     if not settings.sentry_dsn:
         return False
+    # Imported here: processes without a DSN never load the SDK (time and memory).
+    import sentry_sdk
 
     def before_send(event: Event, _: Hint) -> Event:
         return scrub_event(event, component)
@@ -75,10 +79,21 @@ def setup_error_tracking(settings: Settings, component: str) -> bool:
     return True
 
 
+def active_client() -> BaseClient | None:
+    """The SDK's client while error tracking is on, else None (without importing the SDK)."""
+    if "sentry_sdk" not in sys.modules:
+        return None
+    import sentry_sdk
+
+    client = sentry_sdk.get_client()
+    return client if client.is_active() else None
+
+
 def close_error_tracking(timeout: float = FLUSH_SECONDS) -> None:
     """Send what is queued (waiting at most `timeout` seconds) and turn the SDK off."""
-    client = sentry_sdk.get_client()
-    if client.is_active():
+    if (client := active_client()) is not None:
+        import sentry_sdk
+
         client.close(timeout=timeout)
         sentry_sdk.get_global_scope().set_client(None)
 
@@ -104,9 +119,12 @@ def report_failure(
     context: dict[str, object] | None = None,
 ) -> None:
     """Queue one event for `exc`; job and request ids default to the current request's."""
-    client = sentry_sdk.get_client()
-    if not client.is_active():
+    client = active_client()
+    if client is None:
         return
+    import sentry_sdk
+    from sentry_sdk.utils import event_from_exception
+
     event, hint = event_from_exception(
         exc, client_options=client.options, mechanism={"type": "download-service", "handled": False}
     )
@@ -157,7 +175,7 @@ class _ReportFinalFailures(ActivityInboundInterceptor):
         try:
             return await super().execute_activity(input)
         except Exception as exc:
-            if sentry_sdk.get_client().is_active():
+            if active_client() is not None:
                 _report_activity_failure(exc, input)
             raise
 
