@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
 from opentelemetry import trace
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -156,13 +156,20 @@ class RequestContextMiddleware:
 
 
 class RateLimitMiddleware:
-    """Per-client moving window from `limits`; headers follow the IETF RateLimit draft."""
+    """Per-client sliding window from `limits`; headers follow the IETF RateLimit draft.
+
+    The counters live in RATE_LIMIT_STORAGE_URI: this process's memory by default, or a Redis or
+    Memcached that every API replica shares, so the limit holds for the service. Should that
+    store be unreachable, requests are let through (logged): the limiter protects the service,
+    it must not take it down.
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         window = max(1, round(settings.rate_limit_window_ms / 1000))
         self.item = RateLimitItemPerSecond(settings.rate_limit_max_requests, window)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        storage = storage_from_string(f"async+{settings.rate_limit_storage_uri}")
+        self.limiter = SlidingWindowCounterRateLimiter(storage)
         self.policy = f"{settings.rate_limit_max_requests};w={window}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,8 +178,13 @@ class RateLimitMiddleware:
             return
         key = scope["state"]["client_ip"]
         exempt = scope["path"].startswith(RATE_LIMIT_EXEMPT)
-        allowed = exempt or await self.limiter.hit(self.item, key)
-        stats = await self.limiter.get_window_stats(self.item, key)
+        try:
+            allowed = exempt or await self.limiter.hit(self.item, key)
+            stats = await self.limiter.get_window_stats(self.item, key)
+        except Exception as exc:
+            log.warning("rate limit storage unavailable; request let through", error=str(exc))
+            await self.app(scope, receive, send)
+            return
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         headers = {
             "RateLimit-Policy": self.policy,

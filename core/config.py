@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     rate_limit_window_ms: int = Field(60_000, ge=1)
     rate_limit_max_requests: int = Field(100, ge=1)
     rate_limit_enabled: bool = True
+    # Where the counters live: this process (memory://) or a store every replica shares.
+    rate_limit_storage_uri: str = Field(
+        "memory://", pattern=r"^(memory://|(redis|rediss|memcached)://\S+)$"
+    )
 
     # --- auth (off unless a secret, public key or API keys are set) ---
     auth_jwt_secret: str | None = None
