@@ -442,10 +442,14 @@ def test_nginx_is_sse_safe() -> None:
     for wanted in (
         "client_max_body_size 1m",
         "proxy_http_version 1.1",
-        'proxy_set_header Connection ""',
+        "proxy_set_header Connection $connection_upgrade",
+        "proxy_set_header Upgrade $http_upgrade",
         "proxy_set_header X-Request-ID $request_id_out",
     ):
         assert wanted in server, wanted
+    # Keepalive to the API (empty Connection) unless a WebSocket upgrade is asked for.
+    upgrade = directives(nginx_block(text, "map $http_upgrade $connection_upgrade {"))
+    assert {"default upgrade", '"" ""'} <= upgrade
     assert any(d.startswith("proxy_set_header X-Forwarded-For $") for d in server)
     sse = directives(nginx_block(text, SSE_LOCATION))
     for wanted in ("proxy_buffering off", "proxy_cache off", "proxy_read_timeout 1h"):
@@ -459,6 +463,31 @@ def test_nginx_is_sse_safe() -> None:
     assert not pattern.match("/v1/download/status/abc")
     upstream = directives(nginx_block(text, "upstream api"))
     assert any(d.startswith("keepalive ") for d in upstream)
+
+
+def test_nginx_limits_clients_by_their_real_address_and_logs_no_query() -> None:
+    text = NGINX_CONF.read_text()
+    http = directives(nginx_block(text, "http {"))
+    zone = next(d for d in http if d.startswith("limit_req_zone "))
+    assert zone.startswith("limit_req_zone $binary_remote_addr ")
+    assert "limit_req_status 429" in http
+    code = re.sub(r"#[^\n]*", "", text)
+    for location in ("location / {", SSE_LOCATION, "location ~ ^/v1/download/stream/ {"):
+        assert any(d.startswith("limit_req zone=") for d in directives(nginx_block(code, location)))
+    # X-Forwarded-For is believed from the configured load balancer only, never from any
+    # private address.
+    assert "include /etc/nginx/real-ip.conf" in http and "real_ip_header X-Forwarded-For" in http
+    trusted = re.findall(
+        r"set_real_ip_from\s+(\S+);", (NGINX_CONF.parent / "real-ip.conf").read_text()
+    )
+    assert trusted and not {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "0.0.0.0/0"} & set(
+        trusted
+    )
+    assert any("real-ip.conf" in v for v in services()["nginx"]["volumes"])
+    # Query strings can carry stream tickets: the access log keeps the path only.
+    log_format = text[text.index("log_format json") : text.index("access_log")]
+    assert "$uri" in log_format
+    assert not re.search(r"\$(request_uri|args|query_string|request)\b", log_format)
 
 
 def nginx_copy(tmp_path: Path, api_port: int, listen_port: int) -> Path:
@@ -478,6 +507,9 @@ def nginx_copy(tmp_path: Path, api_port: int, listen_port: int) -> Path:
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     text = text.replace("http {\n", "http {\n" + temp, 1)
+    real_ip = tmp_path / "real-ip.conf"
+    real_ip.write_text((NGINX_CONF.parent / "real-ip.conf").read_text())
+    text = text.replace("include /etc/nginx/real-ip.conf;", f"include {real_ip};")
     conf = tmp_path / "nginx.conf"
     conf.write_text(text)
     return conf
