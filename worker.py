@@ -6,14 +6,16 @@ settings → telemetry → connect → schedule → build_worker → run until S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.callbacks import CallbackActivities
 from activities.expiry import ArchiveExpiry
@@ -25,25 +27,25 @@ from core.storage import ObjectStore
 from workflows.cleanup import ArchiveCleanupWorkflow
 from workflows.client import connect, ensure_cleanup_schedule
 from workflows.download import DownloadWorkflow
+from workflows.names import callback_task_queue
+from workflows.sandbox import SANDBOX
 
 log = get_logger("worker")
 
-# Modules workflows use but that hold no workflow code: imported once, not again for every run.
-PASSTHROUGH = ("activities", "core", "pydantic", "structlog")
-CONTRACT = tuple(f"workflows.{name}" for name in ("models", "names", "errors"))
-SANDBOX = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH, *CONTRACT)
-)
 
-
-def build_worker(client: Client, settings: Settings, store: ObjectStore) -> Worker:
-    """The worker with every workflow and activity registered; tests run this same function."""
-    downloads = DownloadActivities(store, settings)
-    expiry = ArchiveExpiry(store, settings)
-    callbacks = CallbackActivities(settings)
+@contextlib.asynccontextmanager
+async def build_worker(
+    client: Client, settings: Settings, store: ObjectStore
+) -> AsyncIterator[Worker]:
+    """The packaging worker and the callbacks worker (own queue and slots); tests run this too."""
+    downloads, expiry = DownloadActivities(store, settings), ArchiveExpiry(store, settings)
     # Heartbeats are throttled to this interval, so it bounds how stale progress can be.
     throttle = timedelta(seconds=settings.heartbeat_interval_seconds)
-    return Worker(
+    common: dict[str, Any] = {
+        "graceful_shutdown_timeout": timedelta(seconds=settings.worker_graceful_shutdown_seconds),
+        "interceptors": [ErrorTrackingInterceptor()],
+    }
+    packaging = Worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[DownloadWorkflow, ArchiveCleanupWorkflow],
@@ -51,16 +53,23 @@ def build_worker(client: Client, settings: Settings, store: ObjectStore) -> Work
             downloads.resolve_files,
             downloads.package_archive,
             expiry.delete_expired_archives,
-            callbacks.send_callback,
         ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
         max_heartbeat_throttle_interval=throttle,
         default_heartbeat_throttle_interval=throttle,
-        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         workflow_runner=SANDBOX,
-        interceptors=[ErrorTrackingInterceptor()],
+        **common,
     )
+    callbacks = Worker(
+        client,
+        task_queue=callback_task_queue(settings.temporal_task_queue),
+        activities=[CallbackActivities(settings).send_callback],
+        max_concurrent_activities=settings.callback_max_concurrent,
+        **common,
+    )
+    async with packaging, callbacks:
+        yield packaging
 
 
 async def run(settings: Settings) -> None:

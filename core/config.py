@@ -58,11 +58,23 @@ class Settings(BaseSettings):
     auth_jwt_public_key: str | None = None
     auth_jwt_algorithms: str = "HS256,RS256,ES256"
     auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+    # Tokens must carry `exp`, at most this far after `iat` (or after now, without `iat`).
+    auth_jwt_max_lifetime_seconds: int = Field(86_400, ge=60)
     auth_api_keys: str | None = Field(None, description="comma-separated key=owner pairs")
+    # Signs the short-lived single-job tickets browsers' event streams carry in their URL;
+    # every API replica needs the same one (a random one per process when unset, outside
+    # production).
+    stream_ticket_secret: str | None = None
+    stream_ticket_ttl_seconds: int = Field(60, ge=5, le=3600)
 
     # --- storage (S3 / MinIO) ---
     s3_endpoint: str = "http://localhost:9000"
     s3_public_endpoint: str | None = None
+    # A read-only credential that presigned download links are signed with, so links never
+    # name the read-write user (the main S3 credential when unset).
+    s3_presign_access_key_id: str | None = None
+    s3_presign_secret_access_key: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str = "minioadmin"
     s3_secret_access_key: str = "minioadmin"  # noqa: S105 - the local default
@@ -103,7 +115,13 @@ class Settings(BaseSettings):
     # --- callbacks ---
     callback_secret: str = "change-me"  # noqa: S105 - documented placeholder
     callback_allow_private: bool = False
+    # One total deadline per delivery attempt (connect, send, read).
     callback_timeout_seconds: float = Field(10.0, gt=0)
+    # Callbacks run on their own task queue (`<TEMPORAL_TASK_QUEUE>-callbacks`), this many at
+    # once per worker, so slow targets never take packaging slots.
+    callback_max_concurrent: int = Field(4, ge=1)
+    callback_max_pending_per_owner: int = Field(20, ge=1)
+    callback_max_response_bytes: int = Field(4096, ge=0, le=1_048_576)
 
     # --- telemetry ---
     otel_exporter_otlp_endpoint: str | None = None

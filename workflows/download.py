@@ -37,7 +37,13 @@ with workflow.unsafe.imports_passed_through():
         SourceFile,
         available_sources,
     )
-    from workflows.names import DOWNLOAD_STATUS, DOWNLOAD_WORKFLOW, STATE_MEMO_KEY, STATUS_QUERY
+    from workflows.names import (
+        DOWNLOAD_STATUS,
+        DOWNLOAD_WORKFLOW,
+        STATE_MEMO_KEY,
+        STATUS_QUERY,
+        callback_task_queue,
+    )
 
 
 # Id lists up to this length are resolved by the packaging activity itself; longer ones by a
@@ -208,6 +214,7 @@ class DownloadWorkflow:
                 workflow.execute_activity_method(
                     CallbackActivities.send_callback,
                     notice,
+                    task_queue=callback_task_queue(workflow.info().task_queue),
                     start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=RetryPolicy(
                         maximum_attempts=5,

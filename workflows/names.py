@@ -23,6 +23,13 @@ STATUS_QUERY = "status"
 STATE_MEMO_KEY = "state"
 
 DEFAULT_TASK_QUEUE = "downloads"
+
+
+def callback_task_queue(task_queue: str) -> str:
+    """Callbacks run on a queue of their own, so slow targets never hold packaging slots."""
+    return f"{task_queue}-callbacks"
+
+
 CLEANUP_SCHEDULE_ID = "archive-cleanup"
 
 # Custom search attributes; the local stack, compose and the test servers register them.
