@@ -200,10 +200,12 @@ class DownloadActivities:
             return await self._package(request, log_entry)
 
     async def _package(self, request: PackageInput, log_entry: AttemptLog) -> PackageResult:
-        checkpoint = await self._checkpoint_to_resume(request.archive_key)
+        # Every key is derived here from ids, whatever the input says.
+        key = self.settings.archive_key(request.job_id)
+        checkpoint = await self._checkpoint_to_resume(key)
         attempt = await self._start_or_restore(request, checkpoint)
         log_entry.counters = attempt.counters
-        upload = ArchiveUpload(self.store, request.archive_key, self._part_size(attempt.sources))
+        upload = ArchiveUpload(self.store, key, self._part_size(attempt.sources))
         if checkpoint is not None:
             upload.restore(checkpoint.upload_id, checkpoint.parts)
             log_entry.resumed(attempt.resumed_from)
@@ -270,7 +272,7 @@ class DownloadActivities:
         if checkpoint is None:
             writer = ResumableZipWriter(mtime=request.mtime)
             if request.file_ids is None:
-                return _Attempt(sources=request.sources, writer=writer)
+                return _Attempt(sources=self._own_keys(request.sources), writer=writer)
             files = await self._resolve(request.file_ids)
             sources = available_sources(files)
             if not sources:
@@ -279,7 +281,7 @@ class DownloadActivities:
         writer = ResumableZipWriter.from_state(checkpoint.writer)
         return _Attempt(
             # A resumed attempt packages the list its first attempt resolved.
-            sources=checkpoint.sources if checkpoint.sources is not None else request.sources,
+            sources=self._own_keys(checkpoint.sources or request.sources),
             resolved=checkpoint.resolved,
             writer=writer,
             file_index=checkpoint.file_index,
@@ -290,6 +292,10 @@ class DownloadActivities:
             checkpoint=checkpoint,
             resumed_from=writer.offset,
         )
+
+    def _own_keys(self, sources: list[SourceFile]) -> list[SourceFile]:
+        """The sources with keys derived from their ids by this worker's template."""
+        return [s.model_copy(update={"key": self.settings.source_key(s.file_id)}) for s in sources]
 
     async def _copy_entry(self, attempt: _Attempt, upload: ArchiveUpload, deflate: bool) -> None:
         """Copy the current source into the archive (or the rest of it, after a resume)."""

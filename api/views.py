@@ -17,24 +17,16 @@ from temporalio.client import WorkflowExecutionStatus
 
 from api.schemas import FileView, JobView
 from workflows import names
-from workflows.errors import ErrorType
+from workflows.errors import ErrorType, public_message
 from workflows.models import FileState, FileStatus, JobState, JobStatus, ProgressSummary
 
 # What a closed run means for the job when the memo does not say so already.
-_CLOSED: dict[WorkflowExecutionStatus, tuple[JobStatus, str | None, str | None]] = {
-    WorkflowExecutionStatus.COMPLETED: (JobStatus.completed, None, None),
-    WorkflowExecutionStatus.FAILED: (JobStatus.failed, "the job failed", ErrorType.unknown.value),
-    WorkflowExecutionStatus.CANCELED: (JobStatus.cancelled, "cancelled", None),
-    WorkflowExecutionStatus.TERMINATED: (
-        JobStatus.failed,
-        "the job was terminated by an operator",
-        ErrorType.terminated.value,
-    ),
-    WorkflowExecutionStatus.TIMED_OUT: (
-        JobStatus.failed,
-        "the job timed out",
-        ErrorType.timed_out.value,
-    ),
+_CLOSED: dict[WorkflowExecutionStatus, tuple[JobStatus, str | None]] = {
+    WorkflowExecutionStatus.COMPLETED: (JobStatus.completed, None),
+    WorkflowExecutionStatus.FAILED: (JobStatus.failed, ErrorType.unknown.value),
+    WorkflowExecutionStatus.CANCELED: (JobStatus.cancelled, None),
+    WorkflowExecutionStatus.TERMINATED: (JobStatus.failed, ErrorType.terminated.value),
+    WorkflowExecutionStatus.TIMED_OUT: (JobStatus.failed, ErrorType.timed_out.value),
 }
 
 
@@ -81,7 +73,10 @@ def job_view(
 def _closed_view(
     state: JobState, run_status: WorkflowExecutionStatus, closed_at: datetime | None
 ) -> JobView:
-    status, error, error_type = _CLOSED[run_status]
+    status, error_type = _CLOSED[run_status]
+    error = (
+        "cancelled" if status is JobStatus.cancelled else error_type and public_message(error_type)
+    )
     if state.status is not status:
         state = state.model_copy(
             update={

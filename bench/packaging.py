@@ -96,10 +96,9 @@ def plain_copy(
 
 
 def package(store: ObjectStore, settings: Settings, sources: list[SourceFile]) -> int:
-    key = f"archives/bench-{uuid.uuid4()}.zip"
-    request = PackageInput(
-        job_id="bench", archive_key=key, sources=sources, mtime=datetime.now(UTC)
-    )
+    job_id = f"bench-{uuid.uuid4()}"
+    key = settings.archive_key(job_id)
+    request = PackageInput(job_id=job_id, sources=sources, mtime=datetime.now(UTC))
     acts = DownloadActivities(store, settings)
     result = asyncio.run(ActivityEnvironment().run(acts.package_archive, request))
     store.delete(key)

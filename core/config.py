@@ -100,12 +100,13 @@ class Settings(BaseSettings):
     worker_max_concurrent_workflow_tasks: int = Field(100, ge=1)
     worker_metrics_port: int = Field(9464, ge=0, le=65535)
     worker_graceful_shutdown_seconds: float = Field(10.0, ge=0)
-    heartbeat_timeout_seconds: float = Field(30.0, ge=1)
+    # Bounded as a job's options are (workflows.models.JobOptions): workers refuse others.
+    heartbeat_timeout_seconds: float = Field(30.0, ge=1, le=3600)
     heartbeat_interval_seconds: float = Field(0.5, gt=0, le=5)
-    activity_max_attempts: int = Field(3, ge=1)
-    retry_initial_interval_seconds: float = Field(5.0, gt=0)
-    retry_backoff_coefficient: float = Field(2.0, ge=1)
-    retry_maximum_interval_seconds: float = Field(20.0, gt=0)
+    activity_max_attempts: int = Field(3, ge=1, le=20)
+    retry_initial_interval_seconds: float = Field(5.0, gt=0, le=3600)
+    retry_backoff_coefficient: float = Field(2.0, ge=1, le=10)
+    retry_maximum_interval_seconds: float = Field(20.0, gt=0, le=86_400)
 
     # --- simulated slow origin (existing service's names) ---
     download_delay_enabled: bool = False
@@ -230,10 +231,66 @@ def describe_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# Values published in this repository or well known: never secrets in production.
+EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "secret", "minioadmin", "password"})
+DEFAULT_S3_CREDENTIALS = frozenset({("minioadmin", "minioadmin")})
+MIN_SECRET_BYTES = 32
+
+
+def _weak(secret: str | None) -> bool:
+    return secret is not None and (
+        secret in EXAMPLE_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES
+    )
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Why these settings are unsafe to expose, one line each (empty: safe enough to start)."""
+    problems = []
+    if not settings.auth_enabled:
+        problems.append(
+            "no authentication: set AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_API_KEYS"
+        )
+    if _weak(settings.callback_secret):
+        problems.append(
+            f"CALLBACK_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
+        )
+    if _weak(settings.auth_jwt_secret):
+        problems.append(
+            f"AUTH_JWT_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
+        )
+    if settings.stream_ticket_secret is None or _weak(settings.stream_ticket_secret):
+        problems.append(
+            f"STREAM_TICKET_SECRET must be set (the same on every API replica), at least "
+            f"{MIN_SECRET_BYTES} bytes"
+        )
+    credentials = [(settings.s3_access_key_id, settings.s3_secret_access_key)]
+    if settings.s3_presign_access_key_id and settings.s3_presign_secret_access_key:
+        credentials.append(
+            (settings.s3_presign_access_key_id, settings.s3_presign_secret_access_key)
+        )
+    if any(pair in DEFAULT_S3_CREDENTIALS or _weak(pair[1]) for pair in credentials):
+        problems.append("S3 credentials are well-known defaults or a short secret")
+    if not settings.s3_public_endpoint:
+        problems.append(
+            "S3_PUBLIC_ENDPOINT is unset: download links would name the internal S3 endpoint"
+        )
+    return problems
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read settings; on a bad value exit with one clear line per variable, no traceback."""
+    """Read settings; on a bad value exit with one clear line per variable, no traceback.
+
+    With ENVIRONMENT=production, an unsafe configuration stops the process the same way, one
+    line per problem: the API and the worker refuse to start wide open.
+    """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         print(describe_error(exc), file=sys.stderr)
         raise SystemExit(2) from None
+    problems = production_problems(settings)
+    if settings.environment is Environment.production and problems:
+        for problem in problems:
+            print(f"unsafe production configuration: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return settings

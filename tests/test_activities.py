@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,22 +16,18 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment
 
-from activities.callbacks import CallbackActivities, check_target, sign
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
 from core.config import Settings
 from core.storage import ObjectStore, UploadGone
 from tests.helpers import (
     assert_archive_matches,
-    expect_failure,
-    http_receiver,
     put_sources,
     read_archive,
     slow_origin,
 )
 from workflows.errors import ErrorType
 from workflows.models import (
-    CallbackNotice,
     FileStatus,
     PackageInput,
     PackageProgress,
@@ -48,12 +42,10 @@ def _sources(settings: Settings, sizes: dict[int, int]) -> list[SourceFile]:
     return [SourceFile(file_id=i, key=settings.source_key(i), size=s) for i, s in sizes.items()]
 
 
-def _request(
-    settings: Settings, sizes: dict[int, int], key: str = "archives/a.zip"
-) -> PackageInput:
+def _request(settings: Settings, sizes: dict[int, int], job_id: str = "a") -> PackageInput:
+    """Packaging input of job `job_id`, whose archive is `settings.archive_key(job_id)`."""
     return PackageInput(
-        job_id="a",
-        archive_key=key,
+        job_id=job_id,
         sources=_sources(settings, sizes),
         mtime=datetime(2024, 5, 1, tzinfo=UTC),
     )
@@ -150,34 +142,6 @@ async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
     assert store.list_objects("archives/") == []
 
 
-async def test_callback_targets_are_checked() -> None:
-    for url in ("http://127.0.0.1/x", "http://10.0.0.8/x", "http://169.254.169.254/", "ftp://a/"):
-        error = await expect_failure(check_target(url, False), ErrorType.callback_refused)
-        assert error.non_retryable
-    await check_target("http://127.0.0.1/x", True)
-
-
-async def test_callback_is_signed(settings: Settings) -> None:
-    with http_receiver(status=204) as (base, received):
-        allowed = settings.model_copy(
-            update={"callback_allow_private": True, "callback_secret": "s3cret"}
-        )
-        notice = CallbackNotice(url=f"{base}/hook", payload={"jobId": "j", "status": "completed"})
-        status = await ActivityEnvironment().run(CallbackActivities(allowed).send_callback, notice)
-    assert status == 204
-    headers, body = received[-1]
-    assert json.loads(body) == {"jobId": "j", "status": "completed"}
-    expected = (
-        "sha256="
-        + hmac.new(
-            b"s3cret", headers["X-Signature-Timestamp"].encode() + b"." + body, hashlib.sha256
-        ).hexdigest()
-    )
-    assert (
-        headers["X-Signature"] == expected == sign("s3cret", headers["X-Signature-Timestamp"], body)
-    )
-
-
 async def test_expired_archives_are_deleted(settings: Settings, store: ObjectStore) -> None:
     store.put_bytes("archives/old.zip", b"x")
     store.put_bytes("downloads/10001.zip", b"source")
@@ -221,12 +185,13 @@ async def test_resumes_from_a_checkpoint_heartbeated_by_the_previous_version(
     acts = DownloadActivities(store, settings)
 
     # The archive as this version writes it in one go: it must be the one the old worker began.
-    fresh = request.model_copy(update={"archive_key": "archives/fresh.zip"})
+    fresh = request.model_copy(update={"job_id": "fresh"})
     await ActivityEnvironment().run(acts.package_archive, fresh)
-    whole = b"".join(store.read("archives/fresh.zip"))
+    whole = b"".join(store.read(settings.archive_key("fresh")))
     # The old worker's stored part, uploaded again (S3 gave it an upload id of its own).
-    upload_id = store.create_upload(request.archive_key)
-    assert store.upload_part(request.archive_key, upload_id, number, whole[:offset]) == etag
+    key = settings.archive_key(request.job_id)
+    upload_id = store.create_upload(key)
+    assert store.upload_part(key, upload_id, number, whole[:offset]) == etag
     checkpoint["upload_id"] = upload_id
 
     resumed = ActivityEnvironment()
@@ -236,5 +201,5 @@ async def test_resumes_from_a_checkpoint_heartbeated_by_the_previous_version(
     assert result.resumed_from == offset > 0
     assert result.source_bytes_read == sum(sizes.values()) - checkpoint["file_offset"]
     assert [f.file_id for f in result.resolved or []] == list(sizes)
-    assert b"".join(store.read(request.archive_key)) == whole
-    assert_archive_matches(read_archive(store, request.archive_key), sources)
+    assert b"".join(store.read(key)) == whole
+    assert_archive_matches(read_archive(store, key), sources)

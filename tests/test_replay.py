@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -26,10 +28,17 @@ def replayer() -> Replayer:
     )
 
 
+def recorded(path: Path) -> WorkflowHistory:
+    """A recorded history under its own workflow id (the job id its input names)."""
+    events = json.loads(path.read_text())["events"]
+    payload = events[0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
+    job_id = json.loads(base64.b64decode(payload["data"]))["job_id"]
+    return WorkflowHistory.from_json(job_id, path.read_text())
+
+
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays(path: Path) -> None:
-    history = WorkflowHistory.from_json(path.stem, path.read_text())
-    await replayer().replay_workflow(history)
+    await replayer().replay_workflow(recorded(path))
 
 
 def test_histories_are_checked_in() -> None:

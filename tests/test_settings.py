@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from core.config import Settings, load_settings
+from devstack.servers import BIN
 
 
 def test_defaults_keep_the_existing_service_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,3 +104,65 @@ def test_env_example_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch) ->
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     for name in Settings.model_fields:
         assert (getattr(example, name) or None) == (getattr(defaults, name) or None), name
+
+
+SAFE_PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "AUTH_JWT_SECRET": "j" * 40,
+    "CALLBACK_SECRET": "c" * 40,
+    "STREAM_TICKET_SECRET": "t" * 40,
+    "S3_ACCESS_KEY_ID": "downloads-service",
+    "S3_SECRET_ACCESS_KEY": "s" * 40,
+    "S3_PUBLIC_ENDPOINT": "https://files.example.test",
+}
+
+
+@pytest.mark.parametrize("entry_point", ["download-api", "download-worker"])
+def test_production_refuses_to_start_unsafe(entry_point: str) -> None:
+    """Every unsafe setting is named, one line each, and the process exits before serving."""
+    env = {"PATH": "/usr/bin:/bin", "ENVIRONMENT": "production", "CALLBACK_SECRET": "change-me"}
+    proc = subprocess.run(
+        [str(BIN / entry_point)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("unsafe production configuration: ") for line in lines), lines
+    said = "\n".join(lines)
+    for name in ("no authentication", "CALLBACK_SECRET", "STREAM_TICKET_SECRET", "S3 credentials"):
+        assert name in said
+    assert "S3_PUBLIC_ENDPOINT" in said and len(lines) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("AUTH_JWT_SECRET", "short", "AUTH_JWT_SECRET"),
+        ("CALLBACK_SECRET", "change-me", "CALLBACK_SECRET"),
+        ("S3_SECRET_ACCESS_KEY", "minioadmin", "S3 credentials"),
+        ("S3_PUBLIC_ENDPOINT", "", "S3_PUBLIC_ENDPOINT"),
+        ("STREAM_TICKET_SECRET", "x" * 10, "STREAM_TICKET_SECRET"),
+    ],
+)
+def test_each_unsafe_production_setting_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    value: str,
+    named: str,
+) -> None:
+    for key, safe in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(key, safe)
+    assert load_settings(_env_file=None).environment == "production"  # the safe baseline starts
+    monkeypatch.setenv(name, value)
+    if name == "S3_SECRET_ACCESS_KEY":
+        monkeypatch.setenv("S3_ACCESS_KEY_ID", "minioadmin")
+    with pytest.raises(SystemExit):
+        load_settings(_env_file=None)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert named in line
+
+
+def test_development_starts_with_the_local_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENVIRONMENT", raising=False)
+    assert load_settings(_env_file=None).environment == "development"

@@ -101,13 +101,12 @@ def new_request(
     request_id: str | None = None,
     compression: str | None = None,
 ) -> DownloadRequest:
-    """A workflow input: ids deduplicated in their order, archive key from the template."""
+    """A workflow input: ids deduplicated in their order, options from the settings."""
     return DownloadRequest(
         job_id=job_id,
         owner=owner,
         file_ids=list(dict.fromkeys(file_ids)),
         callback_url=callback_url,
-        archive_key=settings.archive_key(job_id),
         options=job_options(settings, compression),
         created_at=datetime.now(UTC).replace(microsecond=0),
         request_id=request_id,

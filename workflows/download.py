@@ -63,7 +63,10 @@ class DownloadWorkflow:
         return self._state
 
     @workflow.run
-    async def run(self, request: DownloadRequest) -> JobState:
+    async def run(self, payload: object) -> JobState:
+        # Taken as plain JSON and checked here: anyone who reaches Temporal can start this
+        # workflow, and a bad input must fail the run at once, not its workflow task forever.
+        request = DownloadRequest.checked(payload, workflow.info().workflow_id)
         self._state = state = JobState.for_request(
             request, JobStatus.processing, started_at=workflow.now()
         )
@@ -82,7 +85,6 @@ class DownloadWorkflow:
                 DownloadActivities.package_archive,
                 PackageInput(
                     job_id=request.job_id,
-                    archive_key=request.archive_key,
                     sources=sources,
                     file_ids=file_ids,
                     compression=request.options.compression,
@@ -198,6 +200,8 @@ class DownloadWorkflow:
         state = self._require_state()
         notice = CallbackNotice(
             url=request.callback_url,
+            owner=request.owner,
+            delivery_id=f"{state.job_id}:{workflow.info().run_id}:{state.status.value}",
             payload={
                 "jobId": state.job_id,
                 "status": state.status.value,

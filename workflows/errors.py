@@ -35,11 +35,36 @@ class ErrorType(StrEnum):
     # Run outcomes decided outside the workflow code (operator or Temporal itself).
     terminated = "Terminated"
     timed_out = "TimedOut"
+    # A workflow input that is not a valid job (only possible when started directly).
+    invalid_request = "InvalidRequest"
     # Anything else: the job failed for a reason with no type of its own.
     unknown = "Error"
 
 
+# What clients (and callbacks) are told, per type: plain words, never S3 keys, endpoints or
+# exception text; those stay in the logs and the workflow history.
+PUBLIC_MESSAGES: dict[str, str] = {
+    ErrorType.invalid_file_id: "invalid file id",
+    ErrorType.file_not_found: "not found",
+    ErrorType.access_denied: "access to the files was denied",
+    ErrorType.nothing_to_package: "none of the requested files is available",
+    ErrorType.source_changed: "a file changed while it was being packaged",
+    ErrorType.storage_unavailable: "storage is unavailable; retries exhausted",
+    ErrorType.callback_refused: "the callback URL was refused",
+    ErrorType.worker_shutdown: "the job was interrupted",
+    ErrorType.terminated: "the job was terminated by an operator",
+    ErrorType.timed_out: "the job timed out",
+    ErrorType.invalid_request: "the job's input is invalid",
+    ErrorType.unknown: "the job failed",
+}
+
+
+def public_message(kind: str | None) -> str:
+    return PUBLIC_MESSAGES.get(kind or ErrorType.unknown, PUBLIC_MESSAGES[ErrorType.unknown])
+
+
 NON_RETRYABLE_ERRORS = [
+    ErrorType.invalid_request.value,
     ErrorType.invalid_file_id.value,
     ErrorType.file_not_found.value,
     ErrorType.access_denied.value,
@@ -54,6 +79,15 @@ def nothing_to_package(files: Sequence[FileState] | None = None) -> ApplicationE
         "none of the requested files is available",
         *([[f.model_dump(mode="json") for f in files]] if files else []),
         type=ErrorType.nothing_to_package.value,
+        non_retryable=True,
+    )
+
+
+def invalid_request(details: str) -> ApplicationError:
+    """A workflow input that is not a valid job: the run fails at once, never retried."""
+    return ApplicationError(
+        f"{public_message(ErrorType.invalid_request)}: {details}",
+        type=ErrorType.invalid_request.value,
         non_retryable=True,
     )
 
@@ -102,16 +136,14 @@ def root_message(err: BaseException) -> str:
 
 
 def describe_failure(err: BaseException) -> tuple[str, str]:
-    """Plain words for the job's `error` and a stable type for clients and tests."""
+    """The job's public `error` (fixed words per type) and its type, for clients and tests."""
     cause: BaseException = err
     while cause.__cause__ is not None and not isinstance(cause, ApplicationError):
         cause = cause.__cause__
-    if isinstance(cause, ApplicationError):
-        kind = cause.type or ErrorType.unknown.value
-        if kind == ErrorType.storage_unavailable.value:
-            return "storage is unavailable; retries exhausted", kind
-        return cause.message, kind
-    return "the job failed: " + root_message(err), ErrorType.unknown.value
+    kind = ErrorType.unknown.value
+    if isinstance(cause, ApplicationError) and cause.type in PUBLIC_MESSAGES:
+        kind = cause.type
+    return public_message(kind), kind
 
 
 def failure_details(err: BaseException) -> object | None:

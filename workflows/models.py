@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from temporalio.common import RetryPolicy
 
-from workflows.errors import NON_RETRYABLE_ERRORS
+from workflows.errors import NON_RETRYABLE_ERRORS, invalid_request
 
 MIN_FILE_ID = 10_000
 MAX_FILE_ID = 100_000_000
 MAX_FILES_PER_JOB = 1000
+# A job id is its workflow id, and it names the archive: no path separator, bounded length.
+JOB_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
+# Owners are opaque names: printable, no control characters, bounded length.
+OWNER_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"
+
+FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
 
 
 class JobStatus(StrEnum):
@@ -40,12 +46,15 @@ class FileStatus(StrEnum):
 
 
 class RetryOptions(BaseModel):
-    """The seeds' policy: 3 attempts, 5 s -> 10 s -> 20 s; configurable per deployment."""
+    """The seeds' policy: 3 attempts, 5 s -> 10 s -> 20 s; configurable per deployment.
 
-    maximum_attempts: int = 3
-    initial_interval_seconds: float = 5.0
-    backoff_coefficient: float = 2.0
-    maximum_interval_seconds: float = 20.0
+    Bounded, like every option a job carries: anyone who reaches Temporal can start a workflow.
+    """
+
+    maximum_attempts: int = Field(default=3, ge=1, le=20)
+    initial_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    backoff_coefficient: float = Field(default=2.0, ge=1, le=10)
+    maximum_interval_seconds: float = Field(default=20.0, gt=0, le=86_400)
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -60,22 +69,37 @@ class RetryOptions(BaseModel):
 class JobOptions(BaseModel):
     compression: Literal["stored", "deflate"] = "stored"
     retry: RetryOptions = Field(default_factory=RetryOptions)
-    heartbeat_timeout_seconds: float = 30.0
+    heartbeat_timeout_seconds: float = Field(default=30.0, ge=1, le=3600)
     # Upper bound for one attempt of the packaging activity; heartbeats detect a lost worker sooner.
-    package_timeout_seconds: float = 6 * 3600.0
+    package_timeout_seconds: float = Field(default=6 * 3600.0, ge=10, le=7 * 86_400)
 
 
 class DownloadRequest(BaseModel):
-    """Input of `DownloadWorkflow`; workflow id = `job_id`."""
+    """Input of `DownloadWorkflow`; workflow id = `job_id`.
 
-    job_id: str
-    owner: str = "anonymous"
-    file_ids: list[int]
-    callback_url: str | None = None
-    archive_key: str
+    Validated by the workflow itself, whoever started it. It names no S3 key: the worker derives
+    every key from the job id and file ids with its own templates.
+    """
+
+    job_id: str = Field(pattern=f"^{JOB_ID}$")
+    owner: str = Field(default="anonymous", pattern=OWNER_PATTERN)
+    file_ids: list[FileId] = Field(min_length=1, max_length=MAX_FILES_PER_JOB)
+    callback_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
     options: JobOptions = Field(default_factory=JobOptions)
     created_at: datetime
-    request_id: str | None = None
+    request_id: str | None = Field(default=None, max_length=128)
+
+    @classmethod
+    def checked(cls, payload: object, workflow_id: str) -> DownloadRequest:
+        """The input of the run whose id is `workflow_id`, or a final `InvalidRequest` error."""
+        try:
+            request = cls.model_validate(payload)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "input" for e in exc.errors()})
+            raise invalid_request(f"invalid fields: {', '.join(fields)}") from None
+        if request.job_id != workflow_id:
+            raise invalid_request("job_id is not the workflow id")
+        return request
 
 
 class FileState(BaseModel):
@@ -117,7 +141,6 @@ class JobState(BaseModel):
             owner=request.owner,
             status=status,
             files=[FileState(file_id=i) for i in request.file_ids],
-            archive_key=request.archive_key,
             callback_url=request.callback_url,
             created_at=request.created_at,
             started_at=started_at,
@@ -160,8 +183,8 @@ def available_sources(files: list[FileState]) -> list[SourceFile]:
 
 
 class PackageInput(BaseModel):
-    job_id: str
-    archive_key: str
+    # The archive's key is derived from it by the worker (S3_ARCHIVE_KEY_TEMPLATE).
+    job_id: str = Field(pattern=f"^{JOB_ID}$")
     sources: list[SourceFile] = Field(default_factory=list)
     # Set instead of `sources` for short id lists: the packaging attempt resolves them itself.
     file_ids: list[int] | None = None
@@ -230,6 +253,10 @@ class PackageResult(BaseModel):
 class CallbackNotice(BaseModel):
     url: str
     payload: dict[str, Any]
+    # Whose key signs it (notices scheduled by older workflow code default to "anonymous").
+    owner: str = "anonymous"
+    # The same for every retry of one notice, so receivers drop duplicates and replays.
+    delivery_id: str | None = None
 
 
 class CleanupResult(BaseModel):
