@@ -62,13 +62,22 @@ class ObjectInfo:
     last_modified: datetime | None
 
 
-def _client(endpoint: str, settings: Settings, http: urllib3.PoolManager | None) -> Minio:
+def _client(
+    endpoint: str,
+    settings: Settings,
+    http: urllib3.PoolManager | None,
+    credentials: tuple[str, str] | None = None,
+) -> Minio:
     parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    access_key, secret_key = credentials or (
+        settings.s3_access_key_id,
+        settings.s3_secret_access_key,
+    )
     # An explicit region: S3 servers other than MinIO (rclone) do not answer location lookups.
     return Minio(
         parts.netloc,
-        access_key=settings.s3_access_key_id,
-        secret_key=settings.s3_secret_access_key,
+        access_key=access_key,
+        secret_key=secret_key,
         secure=parts.scheme == "https",
         region=settings.s3_region,
         http_client=http,
@@ -110,8 +119,11 @@ class ObjectStore:
         )
         self.client = _client(settings.s3_endpoint, settings, http)
         public = settings.s3_public_endpoint or settings.s3_endpoint
-        # Presigning is local computation; this client never connects.
-        self.public_client = _client(public, settings, None)
+        # Presigning is local computation; this client never connects. Links are signed with
+        # the read-only credential when there is one, so they never name the read-write user.
+        key_id, secret = settings.s3_presign_access_key_id, settings.s3_presign_secret_access_key
+        signer = (key_id, secret) if key_id and secret else None
+        self.public_client = _client(public, settings, None, signer)
 
     def _call(self, operation: str, key: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()

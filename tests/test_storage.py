@@ -57,3 +57,19 @@ def test_unreachable_storage_is_retryable(settings: Settings) -> None:
     with pytest.raises(StorageUnavailable) as err:
         ObjectStore(down).stat("downloads/10001.zip")
     assert err.value.retryable
+
+
+def test_links_are_signed_with_the_read_only_credential(
+    settings: Settings, store: ObjectStore, http: urllib3.PoolManager
+) -> None:
+    """With S3_PRESIGN_* set, a link names that user, never the read-write one."""
+    store.put_bytes("downloads/10001.zip", b"hello")
+    reader = settings.model_copy(
+        update={"s3_presign_access_key_id": "reader", "s3_presign_secret_access_key": "r" * 40}
+    )
+    url = ObjectStore(reader).presign("downloads/10001.zip", timedelta(minutes=5))
+    credential = urllib3.util.parse_url(url).query or ""
+    assert "X-Amz-Credential=reader%2F" in credential
+    assert settings.s3_access_key_id not in url
+    # Signed by a user this S3 server does not know: refused, so the signature really is its.
+    assert http.request("GET", url).status == 403
