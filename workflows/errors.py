@@ -73,23 +73,23 @@ NON_RETRYABLE_ERRORS = [
 ]
 
 
+def final(kind: ErrorType, message: str, *details: object) -> ApplicationError:
+    """An error no retry can help with."""
+    return ApplicationError(message, *details, type=kind.value, non_retryable=True)
+
+
 def nothing_to_package(files: Sequence[FileState] | None = None) -> ApplicationError:
     """The job's final error when no file is available; `files` gives the per-file reasons."""
-    return ApplicationError(
-        "none of the requested files is available",
-        *([[f.model_dump(mode="json") for f in files]] if files else []),
-        type=ErrorType.nothing_to_package.value,
-        non_retryable=True,
+    reasons = [[f.model_dump(mode="json") for f in files]] if files else []
+    return final(
+        ErrorType.nothing_to_package, public_message(ErrorType.nothing_to_package), *reasons
     )
 
 
 def invalid_request(details: str) -> ApplicationError:
     """A workflow input that is not a valid job: the run fails at once, never retried."""
-    return ApplicationError(
-        f"{public_message(ErrorType.invalid_request)}: {details}",
-        type=ErrorType.invalid_request.value,
-        non_retryable=True,
-    )
+    message = public_message(ErrorType.invalid_request)
+    return final(ErrorType.invalid_request, f"{message}: {details}")
 
 
 def storage_failure(exc: StorageError) -> ApplicationError:
@@ -104,11 +104,7 @@ def storage_failure(exc: StorageError) -> ApplicationError:
 
 
 def source_changed(exc: Exception) -> ApplicationError:
-    return ApplicationError(
-        f"source changed while packaging: {exc}",
-        type=ErrorType.source_changed.value,
-        non_retryable=True,
-    )
+    return final(ErrorType.source_changed, f"source changed while packaging: {exc}")
 
 
 def upload_gone(exc: StorageError) -> ApplicationError:
@@ -122,7 +118,7 @@ def worker_shutdown() -> ApplicationError:
 
 
 def callback_refused(message: str) -> ApplicationError:
-    return ApplicationError(message, type=ErrorType.callback_refused.value, non_retryable=True)
+    return final(ErrorType.callback_refused, message)
 
 
 def is_cancellation(err: BaseException) -> bool:
