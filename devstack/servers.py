@@ -7,6 +7,7 @@ SDK's own download of them cannot work offline.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -44,14 +45,30 @@ def port_in_use(port: int, host: str = BIND) -> bool:
     return False
 
 
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((BIND, port)) == 0
+
+
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((BIND, port)) == 0:
-                return
+        if _accepts(port):
+            return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port}")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class S3Server:
@@ -83,14 +100,96 @@ class S3Server:
         wait_for_port(self.port)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
+
+
+class Nginx:
+    """Debian's `nginx` serving a copy of the shipped config (`config_dir`: nginx.conf and
+    real-ip.conf) on loopback, for tests of the edge without Docker.
+
+    The copy differs from the shipped file only where Docker is missing: one
+    `server 127.0.0.1:<port>;` line per upstream in place of `api:3000`, `listen` on `port`, and
+    pid, temp files and the included real-ip.conf under `root`. `edits` (old text -> new text,
+    every occurrence; each must occur) are a test's own changes, such as a smaller rate. Its
+    access log (stdout) and error log (stderr) are `root/access.log` and `root/error.log`.
+    """
+
+    def __init__(
+        self,
+        config_dir: Path,
+        root: Path,
+        upstreams: list[int],
+        port: int,
+        edits: dict[str, str] | None = None,
+        binary: str = "nginx",
+    ) -> None:
+        self.config_dir, self.root, self.upstreams, self.port = config_dir, root, upstreams, port
+        self.edits, self.binary = edits or {}, binary
+        self.url = f"http://{BIND}:{port}"
+        self.access_log, self.error_log = root / "access.log", root / "error.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def version(self) -> tuple[int, ...]:
+        found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", self._run("-v").stderr)
+        return tuple(map(int, found.groups())) if found else (0, 0, 0)
+
+    def write_config(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # `resolve` (re-read DNS at runtime) is kept where this nginx has it (>= 1.27.3).
+        resolve = " resolve" if self.version() >= (1, 27, 3) else ""
+        servers = "\n        ".join(f"server {BIND}:{p}{resolve};" for p in self.upstreams)
+        text = self._replace(
+            (self.config_dir / "nginx.conf").read_text(), r"server api:\d+( resolve)?;", servers
+        )
+        text = self._replace(text, r"listen 80 default_server;", f"listen {BIND}:{self.port};")
+        real_ip = self.root / "real-ip.conf"
+        real_ip.write_text((self.config_dir / "real-ip.conf").read_text())
+        text = self._replace(text, r"include /etc/nginx/real-ip.conf;", f"include {real_ip};")
+        temp = "".join(
+            f"    {kind}_temp_path {self.root / kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        text = self._replace(text, r"http \{\n", "http {\n" + temp)
+        text = f"pid {self.root / 'nginx.pid'};\n{text}"
+        for old, new in self.edits.items():
+            if old not in text:
+                raise ValueError(f"not in the shipped nginx config: {old!r}")
+            text = text.replace(old, new)
+        conf = self.root / "nginx.conf"
+        conf.write_text(text)
+        return conf
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """`nginx -t` on the copy."""
+        return self._run("-t", "-c", str(self.write_config()))
+
+    def start(self) -> None:
+        conf = self.write_config()
+        cmd = [self.binary, "-p", str(self.root), "-c", str(conf), "-e", "stderr"]
+        with self.access_log.open("wb") as out, self.error_log.open("wb") as err:
+            self.proc = subprocess.Popen([*cmd, "-g", "daemon off;"], stdout=out, stderr=err)
+        deadline = time.monotonic() + 20
+        while not _accepts(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nginx did not start: {self.error_log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [self.binary, "-p", str(self.root), "-e", "stderr", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+    @staticmethod
+    def _replace(text: str, pattern: str, new: str) -> str:
+        replaced, count = re.subn(pattern, lambda _: new, text, count=1)
+        if count != 1:
+            raise ValueError(f"not in the shipped nginx config: {pattern!r}")
+        return replaced
 
 
 async def start_dev_server(**options: Any) -> WorkflowEnvironment:

@@ -185,20 +185,26 @@ def slow_origin_env(env: dict[str, str], delay_ms: int) -> dict[str, str]:
 
 
 @contextmanager
-def worker_process(
-    env: dict[str, str], log: Path | None = None
+def service_process(
+    command: str, env: dict[str, str], log: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `download-worker` process, its JSON log lines written to `log` if given; killed
-    (SIGKILL) on exit if it is still running."""
+    """A real process of ours (`download-worker`, `download-api`), its JSON log lines written
+    to `log` if given; killed (SIGKILL) on exit if it is still running."""
     with contextlib.ExitStack() as stack:
         stderr = stack.enter_context(log.open("wb")) if log is not None else None
-        proc = subprocess.Popen([str(BIN / "download-worker")], env=env, stderr=stderr)
+        proc = subprocess.Popen([str(BIN / command)], env=env, stderr=stderr)
         try:
             yield proc
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def worker_process(
+    env: dict[str, str], log: Path | None = None
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    return service_process("download-worker", env, log)
 
 
 def log_lines(log: Path, message: str) -> list[dict[str, Any]]:

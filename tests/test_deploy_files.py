@@ -9,13 +9,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import http.client
+import ipaddress
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +29,7 @@ import core.observability as observability
 import workflows.names
 from core.config import Settings
 from devstack.cli import stack_environment
-from devstack.servers import free_port
+from devstack.servers import Nginx, free_port
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses compose.yml and the docker/ configs")
 
@@ -490,35 +489,13 @@ def test_nginx_limits_clients_by_their_real_address_and_logs_no_query() -> None:
     assert not re.search(r"\$(request_uri|args|query_string|request)\b", log_format)
 
 
-def nginx_copy(tmp_path: Path, api_port: int, listen_port: int) -> Path:
-    """The config with the upstream on loopback and temp files under tmp_path."""
-    version = run([require("nginx"), "-v"]).stderr
-    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", version)
-    has_resolve = found is not None and tuple(map(int, found.groups())) >= (1, 27, 3)
-    text = NGINX_CONF.read_text()
-    text = re.sub(
-        r"server api:3000( resolve)?;",
-        f"server 127.0.0.1:{api_port}{' resolve' if has_resolve else ''};",
-        text,
-    )
-    text = text.replace("listen 80 default_server;", f"listen 127.0.0.1:{listen_port};")
-    temp = "".join(
-        f"    {kind}_temp_path {tmp_path / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    text = text.replace("http {\n", "http {\n" + temp, 1)
-    real_ip = tmp_path / "real-ip.conf"
-    real_ip.write_text((NGINX_CONF.parent / "real-ip.conf").read_text())
-    text = text.replace("include /etc/nginx/real-ip.conf;", f"include {real_ip};")
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(text)
-    return conf
+def edge_proxy(tmp_path: Path, api_port: int, listen_port: int) -> Nginx:
+    """nginx with the shipped config, its upstream on loopback and its files under tmp_path."""
+    return Nginx(NGINX_CONF.parent, tmp_path, [api_port], listen_port, binary=require("nginx"))
 
 
 def test_nginx_config_is_valid(tmp_path: Path) -> None:
-    conf = nginx_copy(tmp_path, 3000, 8080)
-    pid = f"pid {tmp_path / 'nginx.pid'};"
-    result = run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr", "-g", pid])
+    result = edge_proxy(tmp_path, 3000, 8080).check()
     assert result.returncode == 0, result.stderr
 
 
@@ -563,24 +540,13 @@ def proxied(tmp_path: Path) -> Iterator[int]:
     FakeApi.release.clear()
     api = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
     threading.Thread(target=api.serve_forever, daemon=True).start()
-    port = free_port()
-    conf = nginx_copy(tmp_path, api.server_address[1], port)
-    cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")]
-    cmd += ["-g", f"pid {tmp_path / 'nginx.pid'}; daemon off;"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = edge_proxy(tmp_path, api.server_address[1], free_port())
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "error.log").read_text()
-                time.sleep(0.05)
-        yield port
+        nginx.start()
+        yield nginx.port
     finally:
         FakeApi.release.set()
-        proc.terminate()
-        proc.wait(10)
+        nginx.stop()
         api.shutdown()
         api.server_close()
 
@@ -749,3 +715,46 @@ def test_dashboards_are_valid_and_show_the_service() -> None:
         assert metric in used, metric
     by_route = [e for d in found for e in prometheus_exprs(d) if "by (le, route)" in e]
     assert any("0.5," in e for e in by_route) and any("0.99," in e for e in by_route)
+
+
+# --- what compose exposes ---
+
+
+def test_only_the_front_door_is_published() -> None:
+    published = {name for name, service in services().items() if service.get("ports")}
+    assert published == {"nginx", "grafana"}
+    grafana = services()["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    # The operators' override publishes on the host's loopback only (for an SSH tunnel).
+    operator = load_yaml(ROOT / "compose.operator.yml")["services"]
+    mappings = [m for service in operator.values() for m in service["ports"]]
+    assert mappings and all(m.startswith("127.0.0.1:") for m in mappings)
+
+
+def test_the_api_trusts_nginx_alone_and_no_secret_has_a_default() -> None:
+    nginx_address = services()["nginx"]["networks"]["default"]["ipv4_address"]
+    assert services()["api"]["environment"]["TRUSTED_PROXIES"] == nginx_address
+    subnet = compose()["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(nginx_address) in ipaddress.ip_network(subnet)
+    text = COMPOSE.read_text()
+    for default in (":-minioadmin", ":-change-me", ":-secret", "PASSWORD:-"):
+        assert default not in text, default
+    env = services()["api"]["environment"]
+    for name in ("CALLBACK_SECRET", "STREAM_TICKET_SECRET", "S3_SECRET_ACCESS_KEY"):
+        assert env[name].startswith("${") and ":?" in env[name], name
+    assert env["ENVIRONMENT"] == "production"
+
+
+def test_download_links_are_signed_with_a_read_only_user() -> None:
+    env = services()["api"]["environment"]
+    assert env["S3_PRESIGN_ACCESS_KEY_ID"] != env["S3_ACCESS_KEY_ID"]
+    setup = services()["minio-setup"]
+    assert any(v.startswith("./docker/minio:") for v in setup["volumes"])
+    assert run(["sh", "-n", str(DOCKER / "minio" / "minio-setup.sh")]).returncode == 0
+    policy = json.loads((DOCKER / "minio" / "reader-policy.json").read_text())
+    actions = {a for statement in policy["Statement"] for a in statement["Action"]}
+    assert actions == {"s3:GetObject"}
+    # nginx answers the links (GET only) for MinIO, which is not published.
+    location = directives(nginx_block(NGINX_CONF.read_text(), "location ^~ /downloads/ {"))
+    assert any(d.startswith("proxy_pass http://$s3_upstream") for d in location)
