@@ -6,20 +6,27 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request, WebSocket
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import State
 from temporalio.client import Client
 
-from api.auth import Authenticator
+from api.auth import ANONYMOUS, Authenticator, unauthorized
 from api.jobs import JobService
 from api.schemas import JOB_ID_PATTERN
 from api.sse import JobWatchers
+from api.tickets import StreamTickets
 from core.config import Settings
 from core.observability import job_id_var
 from core.storage import ObjectStore
 
-bearer = HTTPBearer(auto_error=False, description="JWT whose `sub` is the job owner, or an API key")
+bearer = HTTPBearer(auto_error=False, description="a JWT (owner `jwt:<sub>`) or an API key")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-# EventSource cannot send headers, so event streams also accept the token in the query.
-access_token_query = APIKeyQuery(name="access_token", auto_error=False)
+# EventSource cannot send headers: event streams also take a stream ticket in the query.
+ticket_query = APIKeyQuery(
+    name="ticket",
+    auto_error=False,
+    description="from POST /v1/download/{jobId}/ticket; for browsers' EventSource and WebSocket",
+)
+NOT_IN_URLS = "bearer tokens are not accepted in URLs: pass ?ticket= from POST .../ticket"
 
 
 async def get_settings(request: Request) -> Settings:
@@ -61,24 +68,58 @@ async def get_owner(
     return _authenticator(request).owner(api_key, token)
 
 
+async def get_tickets(request: Request) -> StreamTickets:
+    tickets: StreamTickets = request.app.state.tickets
+    return tickets
+
+
+def stream_owner(
+    state: State,
+    job_id: str,
+    ticket: str | None,
+    token_in_url: bool,
+    api_key: str | None,
+    token: str | None,
+) -> str:
+    """A stream's owner: from a ticket for this job when one is given, else as for every route.
+    A bearer token in the URL (`?access_token=`) is refused, never read."""
+    auth: Authenticator = state.auth
+    if not auth.enabled:
+        return ANONYMOUS
+    if ticket is not None:
+        tickets: StreamTickets = state.tickets
+        return tickets.owner(ticket, job_id)
+    if token_in_url and not (api_key or token):
+        raise unauthorized(NOT_IN_URLS)
+    return auth.owner(api_key, token)
+
+
 async def get_stream_owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     api_key: Annotated[str | None, Depends(api_key_header)],
-    access_token: Annotated[str | None, Depends(access_token_query)],
+    ticket: Annotated[str | None, Depends(ticket_query)],
 ) -> str:
-    token = credentials.credentials if credentials else None
-    return _authenticator(request).owner(api_key, token, access_token)
+    return stream_owner(
+        request.app.state,
+        str(request.path_params["jobId"]),
+        ticket,
+        "access_token" in request.query_params,
+        api_key,
+        credentials.credentials if credentials else None,
+    )
 
 
 def socket_owner(websocket: WebSocket) -> str:
-    """The owner named by a WebSocket handshake's credentials (the same ones as for SSE)."""
+    """The owner named by a WebSocket handshake: a ticket for this job, or the usual headers."""
     scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-    auth: Authenticator = websocket.app.state.auth
-    return auth.owner(
+    return stream_owner(
+        websocket.app.state,
+        str(websocket.path_params["jobId"]),
+        websocket.query_params.get("ticket") or None,
+        "access_token" in websocket.query_params,
         websocket.headers.get("x-api-key"),
         token if scheme.lower() == "bearer" else None,
-        websocket.query_params.get("access_token"),
     )
 
 
@@ -98,4 +139,5 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 WatchersDep = Annotated[JobWatchers, Depends(get_watchers)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 StreamOwnerDep = Annotated[str, Depends(get_stream_owner)]
+TicketsDep = Annotated[StreamTickets, Depends(get_tickets)]
 JobIdDep = Annotated[str, Depends(get_job_id)]

@@ -18,9 +18,10 @@ from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
 from api.routes.service import STATIC, readiness
 from api.sse import JobWatchers, StreamSlots
+from api.tickets import StreamTickets
 from core.config import Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
-from core.observability import get_logger, setup_logging, setup_tracing
+from core.observability import get_logger, redact_span_query, setup_logging, setup_tracing
 from core.storage import ObjectStore
 from workflows.client import connect
 
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.temporal = client
         app.state.auth = Authenticator(settings)
+        app.state.tickets = tickets = StreamTickets(settings)
+        if settings.auth_enabled and tickets.per_process:
+            log.warning("STREAM_TICKET_SECRET is unset: tickets hold for this API process only")
         app.state.jobs = jobs = JobService(client, settings, store)
         app.state.readiness = readiness(store, client)
         app.state.watchers = JobWatchers(jobs, budget=settings.stream_polls_per_second)
@@ -71,7 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     setup_tracing(settings, "api")
     setup_error_tracking(settings, "api")
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,readyz,livez,metrics")
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls="health,readyz,livez,metrics",
+        # Query strings carry stream tickets: their values never reach a span.
+        server_request_hook=redact_span_query,
+    )
     return app
 
 

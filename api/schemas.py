@@ -127,6 +127,13 @@ class CancelResponse(CamelModel):
     status: JobStatus
 
 
+class StreamTicket(CamelModel):
+    """A credential for one job's event streams (`?ticket=`), so no bearer token is in a URL."""
+
+    ticket: str
+    expires_at: datetime
+
+
 class JobSummary(CamelModel):
     job_id: str
     status: JobStatus
@@ -152,7 +159,9 @@ class ProgressEvent(JobProgress):
 class CheckResponse(BaseModel):
     file_id: int
     available: bool
-    s3Key: str | None
+    s3Key: None = Field(
+        None, description="always null: kept for today's clients; storage keys are not disclosed"
+    )
     size: int | None
 
 

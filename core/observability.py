@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 import urllib.request
@@ -96,6 +97,7 @@ def setup_logging(settings: Settings, component: str) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_redact_logged_query)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -120,6 +122,50 @@ def setup_tracing(settings: Settings, component: str) -> TracerProvider:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(provider)
     return provider
+
+
+# --- redaction: query strings carry stream tickets (and, from old clients, tokens) ---
+URL_SPAN_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.query")
+REDACTED = "REDACTED"
+_PARAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def redact_query(query: str) -> str:
+    """`a=1&b` as `a=REDACTED&REDACTED`: parameter names stay (when plain), values never."""
+    pairs = (pair.partition("=") for pair in query.split("&") if pair)
+    return "&".join(
+        f"{name}={REDACTED}" if eq and _PARAM_NAME.fullmatch(name) else REDACTED
+        for name, eq, _ in pairs
+    )
+
+
+def redact_span_query(span: trace.Span, _scope: Any = None) -> None:
+    """The ASGI instrumentation's `server_request_hook`: it runs after the request attributes are
+    set, and overwrites every query value they hold."""
+    attributes = getattr(span, "attributes", None) or {}
+    for name in URL_SPAN_ATTRIBUTES:
+        value = attributes.get(name)
+        if not isinstance(value, str):
+            continue
+        if name == "url.query":
+            span.set_attribute(name, redact_query(value))
+        elif "?" in value:
+            span.set_attribute(name, _redact_target(value))
+
+
+def _redact_target(value: str) -> str:
+    path, _, query = value.partition("?")
+    return f"{path}?{redact_query(query)}"
+
+
+def _redact_logged_query(record: logging.LogRecord) -> bool:
+    """uvicorn logs each WebSocket handshake as `"WebSocket <path>?<query>"`: the values go."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            _redact_target(arg) if isinstance(arg, str) and arg[:1] == "/" and "?" in arg else arg
+            for arg in record.args
+        )
+    return True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -359,12 +359,8 @@ async def test_check_reports_availability(
 ) -> None:
     put_sources(store, settings, {10_001: 1234})
     found = await api.post("/v1/download/check", json={"file_id": 10_001})
-    assert found.json() == {
-        "file_id": 10_001,
-        "available": True,
-        "s3Key": "downloads/10001.zip",
-        "size": 1234,
-    }
+    # `s3Key` stays for today's clients, but the internal key is never disclosed.
+    assert found.json() == {"file_id": 10_001, "available": True, "s3Key": None, "size": 1234}
     missing = await api.post("/v1/download/check", json={"file_id": 10_002})
     assert missing.json() == {"file_id": 10_002, "available": False, "s3Key": None, "size": None}
 
@@ -570,7 +566,7 @@ async def test_jwt_signed_with_a_private_key(settings: Settings, store: ObjectSt
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     keyed = settings.model_copy(update={"auth_jwt_public_key": public.decode()})
-    token = jwt.encode({"sub": "grace"}, key, algorithm="RS256")
+    token = jwt.encode({"sub": "grace", "exp": int(time.time()) + 60}, key, algorithm="RS256")
     async with api_client(keyed) as api:
         job = await initiate(api, [10_001], headers={"Authorization": f"Bearer {token}"})
         assert job["status"] == "queued"

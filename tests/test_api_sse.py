@@ -181,7 +181,7 @@ async def test_failed_and_cancelled_jobs_end_their_streams(
         assert "event: cancelled" in rest
 
 
-async def test_token_in_query_and_keepalive_comments(
+async def test_ticket_in_query_and_keepalive_comments(
     settings: Settings, store: ObjectStore
 ) -> None:
     keyed = settings.model_copy(update={"auth_api_keys": "k1=frank"})
@@ -190,9 +190,13 @@ async def test_token_in_query_and_keepalive_comments(
         job_id = await initiate(client, [10_001], headers={"X-API-Key": "k1"})
         denied = await client.get(f"/v1/download/subscribe/{job_id}")
         assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
-        wrong = await client.get(f"/v1/download/subscribe/{job_id}?access_token=nope")
+        wrong = await client.get(f"/v1/download/subscribe/{job_id}?ticket=nope")
         assert wrong.status_code == 401
-        url = f"/v1/download/subscribe/{job_id}?access_token=k1"
+        # A bearer token (here an API key) in the URL is no longer read.
+        in_url = await client.get(f"/v1/download/subscribe/{job_id}?access_token=k1")
+        assert in_url.status_code == 401 and "ticket" in in_url.json()["message"]
+        issued = await client.post(f"/v1/download/{job_id}/ticket", headers={"X-API-Key": "k1"})
+        url = f"/v1/download/subscribe/{job_id}?ticket={issued.json()['ticket']}"
         async with client.stream("GET", url) as resp:
             assert resp.status_code == 200
             seen: list[str] = []

@@ -104,14 +104,20 @@ async def test_unknown_foreign_or_anonymous_streams_are_refused(
                 messages, code = await receive_all(socket)
             assert (messages, code) == ([], POLICY_VIOLATION), (headers, query)
 
-        # The owner's credentials, as a header or as EventSource-style query token, are accepted.
+        # A bearer token (here an API key) in the URL is refused: browsers use tickets.
+        async with websockets.connect(socket_url(client, job_id, "?access_token=alice-key")) as s:
+            assert await receive_all(s) == ([], POLICY_VIOLATION)
+
+        # The owner's credentials as a header, or a ticket of this job in the query, are accepted.
         async with websockets.connect(
             socket_url(client, job_id), additional_headers={"X-API-Key": "alice-key"}
         ) as socket:
             first = json.loads(await asyncio.wait_for(socket.recv(), 10))
         assert first["event"] == "progress" and first["data"]["status"] == "queued"
-        async with websockets.connect(
-            socket_url(client, job_id, "?access_token=alice-key")
-        ) as socket:
+        issued = await client.post(
+            f"/v1/download/{job_id}/ticket", headers={"X-API-Key": "alice-key"}
+        )
+        ticket = issued.json()["ticket"]
+        async with websockets.connect(socket_url(client, job_id, f"?ticket={ticket}")) as socket:
             first = json.loads(await asyncio.wait_for(socket.recv(), 10))
         assert first["data"]["jobId"] == job_id

@@ -272,10 +272,17 @@ async def test_token_field_when_auth_is_on(
     secured = settings.model_copy(update={"auth_api_keys": "k1=alice"})
     async with (
         serve(secured) as (client, _),
-        build_worker(env.client, settings, store),
+        build_worker(env.client, slow_origin(settings, 3000), store),
         browsing(browser) as page,
     ):
         base = str(client.base_url)
+        streams: list[tuple[str, int]] = []
+        queries: list[dict[str, list[str]]] = []
+        page.on("request", lambda request: queries.append(parse_qs(urlsplit(request.url).query)))
+        page.on(
+            "response",
+            lambda r: streams.append((r.url, r.status)) if "/subscribe/" in r.url else None,
+        )
         await page.goto(base + "/")
         token = page.get_by_label("Access token")
         await expect(token).to_be_visible()
@@ -286,8 +293,12 @@ async def test_token_field_when_auth_is_on(
         await token.fill("k1")
         await page.get_by_role("button", name="Use token").click()
         job_id = await start(page, base, "10001")
+        await expect(page.locator("#mode")).to_have_text("(live)", timeout=FINISHED)
         await expect(page.locator("#job-status")).to_have_text("completed", timeout=FINISHED)
         await expect(page.locator("#jobs li", has_text=job_id)).to_contain_text("completed")
+        # The live stream ran on a ticket for this job; the token itself never was in a URL.
+        assert streams and all("?ticket=" in url and code == 200 for url, code in streams)
+        assert all("access_token" not in q and ["k1"] not in q.values() for q in queries)
         # The token lasts for the tab: a reload still reaches the owner's job.
         await page.reload()
         await expect(page.locator("#job-status")).to_have_text("completed")

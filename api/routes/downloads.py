@@ -1,13 +1,13 @@
-"""Download jobs: start, status, details, file, cancel, retry, list."""
+"""Download jobs: start, status, details, file, cancel, retry, list, stream tickets."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
 
-from api.deps import JobIdDep, JobsDep, OwnerDep
+from api.deps import JobIdDep, JobsDep, OwnerDep, TicketsDep
 from api.errors import ApiError, error_responses
 from api.jobs import JobService
 from api.schemas import (
@@ -16,6 +16,7 @@ from api.schemas import (
     InitiateResponse,
     JobList,
     JobView,
+    StreamTicket,
     job_links,
 )
 from api.views import JobRecord
@@ -118,6 +119,22 @@ async def cancel(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> CancelResp
 async def retry(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> InitiateResponse:
     record = await jobs.retry(job_id, owner)
     return _started(record, jobs, total_file_ids=record.view.total_files)
+
+
+@router.post(
+    "/v1/download/{jobId:job_id}/ticket",
+    response_model=StreamTicket,
+    responses=error_responses(401, 404),
+    summary="A short-lived ticket for this job's event streams (browsers)",
+)
+async def ticket(
+    job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep, tickets: TicketsDep, response: Response
+) -> StreamTicket:
+    """Pass it as `?ticket=` to the job's SSE or WebSocket route, where `EventSource` cannot
+    send headers; it is valid for STREAM_TICKET_TTL_SECONDS and for this job only."""
+    await jobs.describe(job_id, owner)
+    response.headers["Cache-Control"] = "no-store"
+    return tickets.issue(owner, job_id)
 
 
 @router.get(

@@ -3,7 +3,8 @@
 Both send the same events (`progress`, then one of `completed`, `failed`, `cancelled`, which
 carries the whole job) with the same ordered ids, and end after the terminal event. SSE resumes
 with `Last-Event-ID`; the WebSocket with `?lastEventId=` or a first message
-`{"lastEventId": "..."}`.
+`{"lastEventId": "..."}`. Credentials: the usual headers, or a stream ticket of this job as
+`?ticket=` (what browsers use; see `api.tickets`); never a bearer token in the URL.
 """
 
 from __future__ import annotations

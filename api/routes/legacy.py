@@ -1,4 +1,7 @@
-"""The existing service's single-file endpoints: `check` and the synchronous `start`."""
+"""The existing service's single-file endpoints: `check` and the synchronous `start`.
+
+Both need credentials when auth is on, like every route that touches files or jobs.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
 
-from api.deps import JobsDep, OwnerDep, SettingsDep, StoreDep
+from api.deps import JobsDep, OwnerDep, SettingsDep, StoreDep, get_owner
 from api.errors import error_responses
 from api.schemas import (
     CheckResponse,
@@ -27,16 +30,17 @@ router = APIRouter(tags=["legacy"])
 @router.post(
     "/v1/download/check",
     response_model=CheckResponse,
-    responses=error_responses(400, 413),
+    responses=error_responses(400, 401, 413),
+    dependencies=[Depends(get_owner)],
     summary="Is a source file available?",
 )
 async def check(body: FileRequest, store: StoreDep, settings: SettingsDep) -> CheckResponse:
-    key = settings.source_key(body.file_id)
-    info = await asyncio.to_thread(store.stat_or_none, key)
+    """`s3Key` stays in the body for today's clients but is always null: keys are internal."""
+    info = await asyncio.to_thread(store.stat_or_none, settings.source_key(body.file_id))
     return CheckResponse(
         file_id=body.file_id,
         available=info is not None,
-        s3Key=key if info is not None else None,
+        s3Key=None,
         size=info.size if info is not None else None,
     )
 

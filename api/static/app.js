@@ -138,11 +138,25 @@ function stopFollowing() {
   return state.follow;
 }
 
-function follow(id) {
-  // With auth on, EventSource (which cannot send headers) carries the token in the query, for now.
+// EventSource cannot send headers: with auth on, it carries a short-lived ticket for this one
+// job (asked for with the token in a header), never the token itself.
+async function streamQuery(id) {
+  if (!state.info.authRequired) return "";
+  const { ticket } = await api("POST", `/v1/download/${encodeURIComponent(id)}/ticket`);
+  return `?ticket=${encodeURIComponent(ticket)}`;
+}
+
+async function follow(id) {
   if (state.info.authRequired && !token()) return poll(id);
   const generation = stopFollowing();
-  const query = token() ? `?access_token=${encodeURIComponent(token())}` : "";
+  let query;
+  try {
+    query = await streamQuery(id);
+  } catch {
+    if (generation === state.follow) poll(id);
+    return;
+  }
+  if (generation !== state.follow) return;
   const source = new EventSource(`/v1/download/subscribe/${encodeURIComponent(id)}${query}`);
   state.source = source;
   $("mode").textContent = "(live)";
