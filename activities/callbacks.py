@@ -30,7 +30,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.config import Settings
-from workflows.errors import callback_refused
+from workflows.errors import ErrorType, callback_refused
 from workflows.models import CallbackNotice
 from workflows.names import SEND_CALLBACK
 
@@ -40,8 +40,8 @@ KEY_ID_HEADER = "X-Signature-Key-Id"
 DELIVERY_ID_HEADER = "X-Delivery-Id"
 
 # Retryable failures of one attempt: Temporal backs off and tries again (refusals are final).
-CALLBACK_FAILED = "CallbackFailed"
-CALLBACK_OWNER_BUSY = "CallbackOwnerBusy"
+CALLBACK_FAILED = ErrorType.callback_failed.value
+CALLBACK_OWNER_BUSY = ErrorType.callback_owner_busy.value
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     auth_jwt_issuer: str | None = None
     # Tokens must carry `exp`, at most this far after `iat` (or after now, without `iat`).
     auth_jwt_max_lifetime_seconds: int = Field(86_400, ge=60)
-    auth_api_keys: str | None = Field(None, description="comma-separated key=owner pairs")
+    auth_api_keys: str | None = Field(
+        None, description="comma-separated key=owner or sha256:<hex of the key>=owner pairs"
+    )
     # Signs the short-lived single-job tickets browsers' event streams carry in their URL;
     # every API replica needs the same one (a random one per process when unset, outside
     # production).
@@ -92,7 +94,8 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_task_queue: str = DEFAULT_TASK_QUEUE
     temporal_ui_url: str = "http://localhost:8233"
-    # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1).
+    # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1); owners
+    # as jobs name them: `key:<name>` for API keys, `jwt:<sub>` for tokens.
     owner_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
 
     # --- worker ---
@@ -120,8 +123,9 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(10.0, gt=0)
     # Callbacks run on their own task queue (`<TEMPORAL_TASK_QUEUE>-callbacks`), this many at
     # once per worker, so slow targets never take packaging slots.
-    callback_max_concurrent: int = Field(4, ge=1)
-    callback_max_pending_per_owner: int = Field(20, ge=1)
+    callback_max_concurrent: int = Field(8, ge=1)
+    # Below the slots above, so one owner's slow targets leave room for the others.
+    callback_max_pending_per_owner: int = Field(4, ge=1)
     callback_max_response_bytes: int = Field(4096, ge=0, le=1_048_576)
 
     # --- telemetry ---

@@ -30,6 +30,10 @@ class ErrorType(StrEnum):
     source_changed = "SourceChanged"
     storage_unavailable = "StorageUnavailable"
     callback_refused = "CallbackRefused"
+    # A delivery attempt that failed (non-2xx, deadline, unreachable): retried.
+    callback_failed = "CallbackFailed"
+    # Too many deliveries of one owner under way on this worker: retried later.
+    callback_owner_busy = "CallbackOwnerBusy"
     # A packaging attempt handing its job over on worker shutdown; retried from its checkpoint.
     worker_shutdown = "WorkerShutdown"
     # Run outcomes decided outside the workflow code (operator or Temporal itself).
@@ -51,6 +55,8 @@ PUBLIC_MESSAGES: dict[str, str] = {
     ErrorType.source_changed: "a file changed while it was being packaged",
     ErrorType.storage_unavailable: "storage is unavailable; retries exhausted",
     ErrorType.callback_refused: "the callback URL was refused",
+    ErrorType.callback_failed: "the callback could not be delivered",
+    ErrorType.callback_owner_busy: "the callback could not be delivered",
     ErrorType.worker_shutdown: "the job was interrupted",
     ErrorType.terminated: "the job was terminated by an operator",
     ErrorType.timed_out: "the job timed out",
