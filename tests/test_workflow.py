@@ -31,7 +31,7 @@ from tests.helpers import (
 )
 from worker import build_worker
 from workflows.download import INLINE_RESOLVE_LIMIT
-from workflows.errors import ErrorType
+from workflows.errors import PUBLIC_MESSAGES, ErrorType
 from workflows.models import FileStatus, JobState, JobStatus
 from workflows.names import (
     DOWNLOAD_STATUS,
@@ -202,6 +202,12 @@ async def test_access_denied_fails_fast_without_retry(
         await expect_failure(handle.result(), ErrorType.access_denied)
     # One stat call in all: the resolving activity gave up at once instead of retrying.
     assert stat_errors() - errors_before == 1
+    # What clients are told: fixed words, not the storage error (key, code, endpoint).
+    memo = await (await handle.describe()).memo_value(STATE_MEMO_KEY, type_hint=JobState)
+    assert memo.error == PUBLIC_MESSAGES[ErrorType.access_denied]
+    endpoint = settings.s3_endpoint.split("//")[1]
+    for internal in (settings.source_key(10_001), "SignatureDoesNotMatch", endpoint):
+        assert internal not in memo.model_dump_json()
 
 
 async def test_long_id_lists_resolve_in_a_regular_activity(
