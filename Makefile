@@ -33,6 +33,10 @@ format: install
 bench: install
 	$(RUN) python -m bench.packaging
 	$(RUN) python -m bench.throughput
+	$(RUN) python -m bench.e2e
+	$(RUN) python -m bench.status
+	$(RUN) python -m bench.sse
+	$(RUN) python -m bench.sse --distinct
 
 clean:
 	rm -rf .venv .tools .mypy_cache .pytest_cache .ruff_cache

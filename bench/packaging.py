@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -25,10 +24,19 @@ from pathlib import Path
 from temporalio.testing import ActivityEnvironment
 
 from activities.packaging import READ_CHUNK, DownloadActivities
-from bench.common import KEY, MIB, SECRET, bench_settings, peak_rss_mb
+from bench.common import (
+    KEY,
+    MIB,
+    SECRET,
+    Services,
+    bench_settings,
+    peak_rss_mb,
+    quiet_logs,
+    wait_polling,
+)
 from core.config import Settings
 from core.storage import ObjectStore
-from devstack.servers import BIN, S3Server, free_port, start_dev_server
+from devstack.servers import S3Server, free_port, start_dev_server
 from workflows.client import new_request, start_download
 from workflows.models import PackageInput, SourceFile
 
@@ -133,31 +141,21 @@ def throughput(
 
 async def memory(endpoint: str, settings: Settings, sources: list[SourceFile]) -> None:
     env = await start_dev_server()
-    queue = f"bench-{uuid.uuid4()}"
-    worker_env = {
-        **os.environ,
-        "S3_ENDPOINT": endpoint,
-        "S3_ACCESS_KEY_ID": KEY,
-        "S3_SECRET_ACCESS_KEY": SECRET,
-        "S3_BUCKET_NAME": settings.s3_bucket_name,
-        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
-        "TEMPORAL_TASK_QUEUE": queue,
-        "WORKER_METRICS_PORT": "0",
-        "S3_SOURCE_KEY_TEMPLATE": settings.s3_source_key_template,
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen([str(BIN / "download-worker")], env=worker_env)
     try:
-        job = settings.model_copy(update={"temporal_task_queue": queue})
-        request = new_request(job, f"bench-{uuid.uuid4()}", [s.file_id for s in sources])
-        handle = await start_download(env.client, job, request)
-        start = time.perf_counter()
-        state = await handle.result()
-        elapsed = time.perf_counter() - start
-        peak_mb = peak_rss_mb(proc.pid)
+        target = env.client.service_client.config.target_host
+        with Services(endpoint, target) as services:
+            proc = services.worker(s3_source_key_template=settings.s3_source_key_template)
+            # Timed from a polling worker: its start-up (seconds on a small machine) is no part
+            # of packaging.
+            await wait_polling(env.client, services.queue, [proc])
+            job = settings.model_copy(update={"temporal_task_queue": services.queue})
+            request = new_request(job, f"bench-{uuid.uuid4()}", [s.file_id for s in sources])
+            handle = await start_download(env.client, job, request)
+            start = time.perf_counter()
+            state = await handle.result()
+            elapsed = time.perf_counter() - start
+            peak_mb = peak_rss_mb(proc.pid)
     finally:
-        proc.terminate()
-        proc.wait()
         await env.shutdown()
     size = state.archive_size or 0
     print(
@@ -169,6 +167,7 @@ async def memory(endpoint: str, settings: Settings, sources: list[SourceFile]) -
 
 
 def main() -> None:
+    quiet_logs()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--total-mib", type=int, default=1024, help="bytes for the throughput run")
     parser.add_argument("--files", type=int, default=16)
