@@ -163,6 +163,7 @@ class JobWatchers:
     def __init__(self, jobs: JobService, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
         self.jobs, self.poll_seconds = jobs, poll_seconds
         self.budget = AsyncLimiter(budget, 1.0)
+        self.idle_share = max(1.0, budget / 2)
         self.ping_seconds = PING_SECONDS
         self._watches: dict[str, _Watch] = {}
 
@@ -172,6 +173,14 @@ class JobWatchers:
     @property
     def watched_jobs(self) -> int:
         return len(self._watches)
+
+    async def first_record(self, job_id: str, owner: str) -> JobRecord:
+        """A new subscriber's view of the job: the watcher's last one, or one `describe()` within
+        the budget (a thousand clients connecting at once do not burst past it)."""
+        if (record := self.watched(job_id, owner)) is not None:
+            return record
+        await self.budget.acquire()
+        return await self.jobs.describe(job_id, owner)
 
     def watched(self, job_id: str, owner: str) -> JobRecord | None:
         """The job's last polled record when a watcher runs, saving a `describe()` per subscriber."""
@@ -203,8 +212,10 @@ class JobWatchers:
         delay = self.poll_seconds
         while not watch.closed:
             await asyncio.sleep(delay)
+            # A moving job waits its turn; an idle one asks only while half the budget is free,
+            # so it never takes a turn a moving job is waiting for.
             moving = watch.record.view.status is JobStatus.processing
-            if not moving and not self.budget.has_capacity():
+            if not moving and not self.budget.has_capacity(self.idle_share):
                 delay = min(delay * 2, IDLE_MAX_SECONDS)
                 continue
             await self.budget.acquire()

@@ -23,9 +23,8 @@ from starlette.status import (
     WS_1013_TRY_AGAIN_LATER,
 )
 
-from api.deps import JobIdDep, JobsDep, StreamOwnerDep, WatchersDep, socket_owner
+from api.deps import JobIdDep, StreamOwnerDep, WatchersDep, socket_owner
 from api.errors import ApiError, error_responses
-from api.jobs import JobService
 from api.middleware import client_address
 from api.sse import (
     EventKey,
@@ -70,12 +69,11 @@ async def subscribe(
     request: Request,
     job_id: JobIdDep,
     owner: StreamOwnerDep,
-    jobs: JobsDep,
     watchers: WatchersDep,
     last_event_id: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Ends after the terminal event; `Last-Event-ID` resumes without repeating events."""
-    record = watchers.watched(job_id, owner) or await jobs.describe(job_id, owner)
+    record = await watchers.first_record(job_id, owner)
     last = parse_event_id(last_event_id)
     if record.view.status.terminal and last is not None and last >= event_key(record):
         # 204 tells EventSource not to reconnect: the client has the final event already.
@@ -99,13 +97,12 @@ async def stream(websocket: WebSocket) -> None:
     job_id = str(websocket.path_params["jobId"])
     job_id_var.set(job_id)
     state = websocket.app.state
-    jobs: JobService = state.jobs
     watchers: JobWatchers = state.watchers
     slots: StreamSlots = state.stream_slots
     await websocket.accept()
     try:
         owner = socket_owner(websocket)
-        record = watchers.watched(job_id, owner) or await jobs.describe(job_id, owner)
+        record = await watchers.first_record(job_id, owner)
         slot = slots.take(owner, client_address(websocket.scope, state.settings))
     except ApiError as exc:
         # Past the stream caps: 1013, try again later; anything else is not this client's job.
