@@ -64,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # One span per request, from the instrumentation below (which redacts query strings);
+        # FastAPI's own telemetry would trace every request a second time. Metrics: /metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app, settings)
     install_middleware(app, settings)
@@ -78,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     FastAPIInstrumentor.instrument_app(
         app,
         excluded_urls="health,readyz,livez,metrics",
+        # One span per request, not one more per ASGI message sent or received.
+        exclude_spans=["receive", "send"],
         # Query strings carry stream tickets: their values never reach a span.
         server_request_hook=redact_span_query,
     )

@@ -79,6 +79,8 @@ def setup_logging(settings: Settings, component: str) -> None:
     ]
     structlog.configure(
         processors=[
+            # Calls below the level stop here, before any processor runs.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -355,7 +355,8 @@ async def test_no_span_attribute_holds_a_token_or_ticket(
         finally:
             processor.shutdown()
     texts = [_recorded(span) for span in exporter.get_finished_spans()]
-    assert len(texts) >= 10
+    # Each of the seven requests above left its span: the scan below looks at every one.
+    assert len([t for t in texts if "/v1/download/" in t]) >= 7
     for secret in (token, ticket, quote(ticket), "span-secret-key"):
         leaks = [text for text in texts if secret in text]
         assert leaks == [], leaks
