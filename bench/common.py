@@ -24,7 +24,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from core.config import Settings
-from devstack.servers import BIN, free_port
+from devstack.servers import BIN, free_port, stop_process
 
 KEY, SECRET = "benchaccess", "benchsecret123"
 MIB = 1 << 20
@@ -84,21 +84,21 @@ class Services:
         return proc
 
     def api(self, **settings: object) -> tuple[subprocess.Popen[bytes], int]:
-        """An API process (rate limit off unless told) and its port."""
+        """An API process and its port: no rate limit, no stream caps (the load comes from one
+        address and one owner), unless told."""
         port = free_port()
-        env = self.env(port=port, **{"rate_limit_enabled": False, **settings})
+        unlimited = {
+            "rate_limit_enabled": False,
+            "streams_per_client": 1_000_000,
+            "streams_per_owner": 1_000_000,
+        }
+        env = self.env(port=port, **{**unlimited, **settings})
         proc = subprocess.Popen([str(BIN / "download-api")], env=env, cwd=self.workdir)
         self.procs.append(proc)
         return proc, port
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, grace=30)
         if proc in self.procs:
             self.procs.remove(proc)
 
