@@ -104,7 +104,9 @@ async def subscribe(port: int, job_id: str, seen: Deliveries) -> bool:
                 # The first event is the state on connecting, not a new heartbeat.
                 if event == "progress" and not first:
                     data = json.loads(fields["data"])
-                    if data["status"] == "processing":
+                    # Timed only when it carries a heartbeat (which names the file in work);
+                    # before the first one, `updatedAt` is the workflow's start, not a beat.
+                    if data["status"] == "processing" and data["currentFile"] is not None:
                         beat = datetime.fromisoformat(data["updatedAt"]).timestamp()
                         if beat >= opened:
                             seen.latencies.append(received - beat)
