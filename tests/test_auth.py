@@ -318,6 +318,21 @@ def _recorded(span: ReadableSpan) -> str:
     return "\n".join(texts)
 
 
+async def follow_with_a_ticket(
+    client: httpx.AsyncClient, credentials: dict[str, str]
+) -> tuple[str, str]:
+    """Start a job, take a stream ticket for it, and open its SSE and WebSocket streams with
+    the ticket in their URLs; returns the job id and the ticket."""
+    job_id = (await initiate(client, [10_001], headers=credentials))["jobId"]
+    issued = await client.post(f"/v1/download/{job_id}/ticket", headers=credentials)
+    ticket: str = issued.json()["ticket"]
+    url = f"/v1/download/subscribe/{job_id}?ticket={ticket}"
+    assert await _first_event(client, url) == "event: progress"
+    async with websockets.connect(socket_url(client, job_id, f"?ticket={ticket}")) as socket:
+        await asyncio.wait_for(socket.recv(), 10)
+    return job_id, ticket
+
+
 async def test_no_span_attribute_holds_a_token_or_ticket(
     settings: Settings, store: ObjectStore
 ) -> None:
@@ -330,15 +345,7 @@ async def test_no_span_attribute_holds_a_token_or_ticket(
         processor = SimpleSpanProcessor(exporter)
         provider.add_span_processor(processor)
         try:
-            job_id = (await initiate(client, [10_001], headers=auth(token)))["jobId"]
-            issued = await client.post(f"/v1/download/{job_id}/ticket", headers=auth(token))
-            ticket = issued.json()["ticket"]
-            url = f"/v1/download/subscribe/{job_id}?ticket={ticket}"
-            assert await _first_event(client, url) == "event: progress"
-            async with websockets.connect(
-                socket_url(client, job_id, f"?ticket={ticket}")
-            ) as socket:
-                await asyncio.wait_for(socket.recv(), 10)
+            job_id, ticket = await follow_with_a_ticket(client, auth(token))
             status = f"/v1/download/status/{job_id}"
             await client.get(f"{status}?access_token={token}", headers=auth(token))
             await client.get(f"/v1/download/subscribe/{job_id}?access_token={token}")
@@ -387,16 +394,7 @@ async def test_the_api_process_logs_no_ticket_or_key(
                 return False
 
             await wait_for(live, timeout=30)
-            key = {"X-API-Key": "log-secret-key"}
-            job_id = (await initiate(client, [10_001], headers=key))["jobId"]
-            issued = await client.post(f"/v1/download/{job_id}/ticket", headers=key)
-            ticket = issued.json()["ticket"]
-            url = f"/v1/download/subscribe/{job_id}?ticket={ticket}"
-            assert await _first_event(client, url) == "event: progress"
-            async with websockets.connect(
-                socket_url(client, job_id, f"?ticket={ticket}")
-            ) as socket:
-                await asyncio.wait_for(socket.recv(), 10)
+            job_id, ticket = await follow_with_a_ticket(client, {"X-API-Key": "log-secret-key"})
             await client.get(f"/v1/download/status/{job_id}?access_token=log-secret-key")
     finally:
         proc.terminate()
