@@ -247,3 +247,8 @@ def http_receiver(status: int = 200) -> Iterator[tuple[str, list[tuple[dict[str,
     finally:
         server.shutdown()
         server.server_close()
+
+
+def socket_url(client: httpx.AsyncClient, job_id: str, query: str = "") -> str:
+    base = str(client.base_url).replace("http://", "ws://", 1).rstrip("/")
+    return f"{base}/v1/download/stream/{job_id}{query}"

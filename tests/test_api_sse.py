@@ -15,7 +15,7 @@ from api.jobs import JobService
 from api.sse import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import put_sources, serve, slow_origin, wait_for
+from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for
 from worker import build_worker
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -227,9 +227,7 @@ async def test_open_streams_are_capped_per_client_and_per_owner(
             refused = await client.get(path)
             assert refused.status_code == 429 and refused.json()["error"] == "too_many_streams"
             assert int(refused.headers["retry-after"]) > 0
-            base = str(client.base_url).replace("http://", "ws://").rstrip("/")
-            url = f"{base}/v1/download/stream/{job_id}"
-            async with websockets.connect(url) as socket:
+            async with websockets.connect(socket_url(client, job_id)) as socket:
                 with pytest.raises(websockets.ConnectionClosed):
                     await socket.recv()
                 assert socket.close_code == 1013

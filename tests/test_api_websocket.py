@@ -6,7 +6,6 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 import websockets
 from temporalio.testing import WorkflowEnvironment
 from websockets.asyncio.client import ClientConnection
@@ -15,17 +14,12 @@ from websockets.exceptions import ConnectionClosed
 from api.sse import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import put_sources, serve, slow_origin, wait_for
+from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for
 from tests.test_api_sse import initiate, read_events
 from worker import build_worker
 
 MIB = 1024 * 1024
 NORMAL, POLICY_VIOLATION = 1000, 1008
-
-
-def socket_url(client: httpx.AsyncClient, job_id: str, query: str = "") -> str:
-    base = str(client.base_url).replace("http://", "ws://", 1).rstrip("/")
-    return f"{base}/v1/download/stream/{job_id}{query}"
 
 
 async def receive_all(socket: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:

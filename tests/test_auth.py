@@ -31,9 +31,9 @@ from core.config import Settings
 from core.observability import redact_span_query
 from core.storage import ObjectStore
 from devstack.servers import BIN, free_port
-from tests.helpers import put_sources, serve, wait_for
+from tests.helpers import put_sources, serve, socket_url, wait_for
 from tests.test_api import api_client, assert_error, initiate, with_keys
-from tests.test_api_websocket import POLICY_VIOLATION, receive_all, socket_url
+from tests.test_api_websocket import POLICY_VIOLATION, receive_all
 
 SECRET = "test-secret-with-enough-length-for-hs256"
 ISSUER, AUDIENCE = "https://id.example.test", "downloads"
