@@ -6,14 +6,16 @@ resort 500), CORS, rate limit, body size limit, request timeout.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import math
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-import anyio
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
@@ -54,6 +56,9 @@ RATE_LIMIT_EXEMPT = (
     "/favicon.ico",
 )
 MOUNTS = ("/static/", "/docs/assets/")
+# Set by this middleware alone: a route's own value is dropped.
+_REPLACED = {b"server", b"x-request-id", b"x-trace-id"}
+RawHeaders = list[tuple[bytes, bytes]]
 KNOWN_PATHS = ("/openapi.json",)
 
 
@@ -73,11 +78,19 @@ def client_address(scope: Scope, settings: Settings) -> str:
 
 
 def _trusted(address: str, settings: Settings) -> bool:
+    return _in_networks(address, tuple(settings.trusted_proxy_networks))
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_networks(
+    address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """Parsed once per address: every request asks it of its peer."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in net for net in settings.trusted_proxy_networks)
+    return any(ip in net for net in networks)
 
 
 def _route_label(scope: Scope, status: int) -> str:
@@ -95,9 +108,15 @@ def _route_label(scope: Scope, status: int) -> str:
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app, self.settings = app, settings
+        # Added to every response that does not set its own, encoded once.
+        defaults = {**SECURITY_HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY}
         # With CORS_ORIGINS=*, every response says so, as today's service does: CORS middleware
         # answers only requests that send `Origin`, and some clients check without sending it.
-        self.any_origin = "*" in settings.cors_origin_list
+        if "*" in settings.cors_origin_list:
+            defaults["Access-Control-Allow-Origin"] = "*"
+        self.defaults = [(k.lower().encode(), v.encode()) for k, v in defaults.items()]
+        # The metrics' children by (method, route, status): looked up once, not per request.
+        self._metrics: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,18 +136,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-                headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-                if self.any_origin:
-                    headers.setdefault("Access-Control-Allow-Origin", "*")
-                if "server" in headers:
-                    del headers["server"]
-                span = trace.get_current_span().get_span_context()
-                if span.is_valid:
-                    headers["X-Trace-Id"] = format(span.trace_id, "032x")
+                message["headers"] = self._headers(message.get("headers", ()), request_id)
             await send(message)
 
         try:
@@ -142,8 +150,9 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = _route_label(scope, status)
-            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
-            HTTP_DURATION.labels(scope["method"], route).observe(elapsed)
+            requests, duration = self._children(scope["method"], route, status)
+            requests.inc()
+            duration.observe(elapsed)
             log.info(
                 "request",
                 method=scope["method"],
@@ -153,6 +162,26 @@ class RequestContextMiddleware:
                 durationMs=round(elapsed * 1000, 1),
                 client=scope["state"]["client_ip"],
             )
+
+    def _headers(self, headers: Iterable[tuple[bytes, bytes]], request_id: str) -> RawHeaders:
+        """The response's headers less `Server`, with the request id, the trace id and every
+        default header the response does not set itself."""
+        own = [(k, v) for k, v in headers if k.lower() not in _REPLACED]
+        present = {k.lower() for k, _ in own}
+        own.append((b"x-request-id", request_id.encode()))
+        own.extend(h for h in self.defaults if h[0] not in present)
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            own.append((b"x-trace-id", format(span.trace_id, "032x").encode()))
+        return own
+
+    def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        key = (method, route, str(status))
+        children = self._metrics.get(key)
+        if children is None:
+            children = (HTTP_REQUESTS.labels(*key), HTTP_DURATION.labels(method, route))
+            self._metrics[key] = children
+        return children
 
 
 class RateLimitMiddleware:
@@ -254,17 +283,21 @@ class TimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         started = False
-        with anyio.CancelScope(deadline=anyio.current_time() + self.seconds) as deadline:
+        deadline = asyncio.timeout(self.seconds)
 
-            async def send_and_release(message: Message) -> None:
-                nonlocal started
-                if message["type"] == "http.response.start":
-                    started = True
-                    deadline.deadline = math.inf
-                await send(message)
+        async def send_and_release(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                deadline.reschedule(None)
+            await send(message)
 
-            await self.app(scope, receive, send_and_release)
-        if deadline.cancelled_caught and not started:
+        try:
+            async with deadline:
+                await self.app(scope, receive, send_and_release)
+        except TimeoutError:
+            if not deadline.expired() or started:
+                raise
             log.warning("request timed out", path=scope["path"], timeoutSeconds=self.seconds)
             response = error_response(504, "the request took too long", "request_timeout")
             await response(scope, receive, send)
