@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import sys
@@ -16,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -112,9 +114,18 @@ def setup_logging(settings: Settings, component: str) -> None:
 
 
 def setup_tracing(settings: Settings, component: str) -> TracerProvider:
-    """A tracer provider; spans are exported over OTLP only when an endpoint is configured."""
+    """A tracer provider; spans are exported over OTLP only when an endpoint is configured.
+
+    With no endpoint, spans are not recorded (nothing would read them) unless OTEL_TRACES_SAMPLER
+    asks for it: every request still gets a trace id, for its `X-Trace-Id`, its log lines and the
+    workflow it starts, at a fraction of a recorded span's cost.
+    """
+    sampler = None  # the SDK's: OTEL_TRACES_SAMPLER, or parent-based always-on
+    if not settings.otel_exporter_otlp_endpoint and not os.environ.get("OTEL_TRACES_SAMPLER"):
+        sampler = ParentBased(ALWAYS_OFF)
     provider = TracerProvider(
-        resource=Resource.create({"service.name": f"{settings.service_name}-{component}"})
+        resource=Resource.create({"service.name": f"{settings.service_name}-{component}"}),
+        sampler=sampler,
     )
     if settings.otel_exporter_otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -29,6 +29,8 @@ from devstack.servers import (
 from worker import build_worker
 
 S3_KEY, S3_SECRET = "testaccess", "testsecret123"
+# Some tests read spans from an in-memory exporter: spans are recorded, though none is exported.
+os.environ.setdefault("OTEL_TRACES_SAMPLER", "parentbased_always_on")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

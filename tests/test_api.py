@@ -26,6 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.main import create_app
 from core.config import Environment, Settings
+from core.observability import setup_tracing
 from core.storage import ObjectStore
 from devstack.servers import free_port
 from tests.helpers import put_sources, slow_origin, wait_for
@@ -141,6 +142,26 @@ async def test_root_health_docs_and_openapi(api: httpx.AsyncClient) -> None:
     assert "JobView" in json.dumps(status_op["responses"]["200"])
     assert "ErrorResponse" in json.dumps(status_op["responses"]["404"])
     assert "422" not in json.dumps(paths)
+
+
+def test_spans_are_recorded_only_when_something_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No OTLP endpoint: spans are not recorded, yet each carries a trace id (for `X-Trace-Id`,
+    log lines and the workflow it starts). An endpoint, or OTEL_TRACES_SAMPLER, records them."""
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    quiet = setup_tracing(Settings(_env_file=None), "api")  # type: ignore[call-arg]
+    span = quiet.get_tracer("test").start_span("request")
+    assert not span.is_recording() and span.get_span_context().trace_id != 0
+    endpoint = {"otel_exporter_otlp_endpoint": "http://127.0.0.1:9"}
+    exporting = setup_tracing(Settings(_env_file=None, **endpoint), "api")  # type: ignore[call-arg, arg-type]
+    try:
+        assert exporting.get_tracer("test").start_span("request").is_recording()
+    finally:
+        exporting.shutdown()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    asked = setup_tracing(Settings(_env_file=None), "api")  # type: ignore[call-arg]
+    assert asked.get_tracer("test").start_span("request").is_recording()
 
 
 async def test_request_id_security_headers_trace_and_cors(api: httpx.AsyncClient) -> None:
