@@ -120,6 +120,15 @@ class JobService:
             result.append(PendingActivity(name=name, started=started, progress=progress))
         return result
 
+    def status_json(self, record: JobRecord) -> bytes:
+        """The status answer (`JobView` with download links) as JSON, encoded once per snapshot
+        and shared by every poller of the job while the snapshot is fresh."""
+        body = record.encoded.get("status")
+        if body is None:
+            body = self.with_download(record).model_dump_json(by_alias=True).encode()
+            record.encoded["status"] = body
+        return body
+
     def with_download(self, record: JobRecord) -> JobView:
         """Fresh presigned URLs (signed for S3_PUBLIC_ENDPOINT): the archive of a completed job,
         and each completed file's own source."""

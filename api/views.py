@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from temporalio.client import WorkflowExecutionStatus
@@ -41,11 +41,13 @@ class PendingActivity:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """What one `describe()` tells about a job."""
+    """What one `describe()` tells about a job; `encoded` keeps answers rendered from it, so
+    that every reader of one snapshot is sent the same bytes, encoded once."""
 
     state: JobState
     view: JobView
     run_started: datetime
+    encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 def job_view(

@@ -68,8 +68,10 @@ def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> Initia
     responses=error_responses(401, 404),
     summary="A job's status and progress",
 )
-async def status(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> JobView:
-    return jobs.with_download(await jobs.describe(job_id, owner))
+async def status(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> Response:
+    # Polled by many clients: the snapshot's answer is rendered once, not once per request.
+    record = await jobs.describe(job_id, owner)
+    return Response(jobs.status_json(record), media_type="application/json")
 
 
 @router.get(
