@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request, WebSocket
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import State
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.datastructures import Headers, State
 from temporalio.client import Client
 
 from api.auth import ANONYMOUS, Authenticator, unauthorized
@@ -59,12 +60,18 @@ def _authenticator(request: Request) -> Authenticator:
     return auth
 
 
-async def get_owner(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    api_key: Annotated[str | None, Depends(api_key_header)],
-) -> str:
-    token = credentials.credentials if credentials else None
+def header_credentials(headers: Headers) -> tuple[str | None, str | None]:
+    """The API key and the bearer token in a request's headers, as `api_key_header` and `bearer`
+    read them."""
+    scheme, token = get_authorization_scheme_param(headers.get("authorization"))
+    bearer_token = token if scheme.lower() == "bearer" and token else None
+    return headers.get("x-api-key"), bearer_token
+
+
+async def get_owner(request: Request) -> str:
+    """The caller, from its headers: one dependency, no sub-dependencies, as every route asks.
+    The routes that use it are documented with `bearer` and `api_key_header` (`CALLER_SECURITY`)."""
+    api_key, token = header_credentials(request.headers)
     return _authenticator(request).owner(api_key, token)
 
 
@@ -112,14 +119,14 @@ async def get_stream_owner(
 
 def socket_owner(websocket: WebSocket) -> str:
     """The owner named by a WebSocket handshake: a ticket for this job, or the usual headers."""
-    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    api_key, token = header_credentials(websocket.headers)
     return stream_owner(
         websocket.app.state,
         str(websocket.path_params["jobId"]),
         websocket.query_params.get("ticket") or None,
         "access_token" in websocket.query_params,
-        websocket.headers.get("x-api-key"),
-        token if scheme.lower() == "bearer" else None,
+        api_key,
+        token,
     )
 
 

@@ -141,6 +141,10 @@ async def test_root_health_docs_and_openapi(api: httpx.AsyncClient) -> None:
     status_op = paths["/v1/download/status/{jobId}"]["get"]
     assert "JobView" in json.dumps(status_op["responses"]["200"])
     assert "ErrorResponse" in json.dumps(status_op["responses"]["404"])
+    # The caller's credentials are read from headers: documented, with their schemes.
+    assert status_op["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
+    assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
+    assert "security" not in paths["/health"]["get"]
     assert "422" not in json.dumps(paths)
 
 
