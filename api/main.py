@@ -70,10 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app, settings)
     install_middleware(app, settings)
-    app.include_router(service.router)
+    # Routes are matched in order: the job routes, which take nearly all requests, come first.
     app.include_router(downloads.router)
     app.include_router(events.router)
     app.include_router(legacy.router)
+    app.include_router(service.router)
     mount_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     setup_tracing(settings, "api")
