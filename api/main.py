@@ -16,7 +16,7 @@ from api.jobs import JobService
 from api.middleware import install_middleware
 from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
-from api.routes.service import STATIC, readiness
+from api.routes.service import STATIC, queue_size, readiness
 from api.sse import JobWatchers, StreamSlots
 from api.tickets import StreamTickets
 from core.config import Settings, load_settings
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("STREAM_TICKET_SECRET is unset: tickets hold for this API process only")
         app.state.jobs = jobs = JobService(client, settings, store)
         app.state.readiness = readiness(store, client)
+        app.state.queue_size = queue_size(jobs)
         app.state.watchers = JobWatchers(jobs, budget=settings.stream_polls_per_second)
         app.state.stream_slots = StreamSlots(
             settings.streams_per_owner, settings.streams_per_client

@@ -277,6 +277,21 @@ async def test_metrics(api: httpx.AsyncClient) -> None:
     assert "download_queue_size" in text
 
 
+async def test_scrapes_count_the_queue_at_most_once_per_interval(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """`download_queue_size` is a visibility count, costly for Temporal: however often /metrics
+    is scraped, it is counted once per QUEUE_SIZE_SECONDS."""
+    apps: list[FastAPI] = []
+    async with api_client(settings, customize=apps.append) as api:
+        await initiate(api, [10_001])
+        scrapes = list(await asyncio.gather(*(api.get("/metrics") for _ in range(10))))
+        scrapes += [await api.get("/metrics") for _ in range(10)]
+        assert {s.status_code for s in scrapes} == {200}
+        assert all("download_queue_size " in s.text for s in scrapes)
+        assert apps[0].state.queue_size.fetches == 1
+
+
 # --- initiate and status ---
 async def test_initiate_is_queued_and_readable_with_no_worker(
     api: httpx.AsyncClient, env: WorkflowEnvironment, settings: Settings

@@ -15,7 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from temporalio.client import Client
 
 from api.caches import Snapshots
-from api.deps import JobsDep, SettingsDep
+from api.deps import SettingsDep
+from api.jobs import JobService
 from api.schemas import Check, HealthResponse, Liveness, ServiceInfo
 from core.observability import DOWNLOAD_QUEUE_SIZE
 from core.storage import ObjectStore, StorageError
@@ -23,6 +24,9 @@ from core.storage import ObjectStore, StorageError
 router = APIRouter(tags=["service"])
 # How long a readiness answer is reused.
 READINESS_SECONDS = 1.5
+# How long the queue size (a visibility count, costly for Temporal) is reused: Prometheus's usual
+# scrape interval, so scraping more often, or from several Prometheus, does not count more often.
+QUEUE_SIZE_SECONDS = 15.0
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -78,6 +82,15 @@ def readiness(store: ObjectStore, client: Client) -> Snapshots[HealthResponse]:
     return Snapshots(check, max_age=READINESS_SECONDS)
 
 
+def queue_size(jobs: JobService) -> Snapshots[int]:
+    """The jobs waiting or running, counted at most once per QUEUE_SIZE_SECONDS."""
+
+    async def count(_: str) -> int:
+        return await jobs.count_running(rpc_timeout=timedelta(seconds=2))
+
+    return Snapshots(count, max_age=QUEUE_SIZE_SECONDS)
+
+
 @router.get(
     "/health",
     response_model=HealthResponse,
@@ -107,8 +120,9 @@ async def livez() -> Liveness:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
     summary="Prometheus metrics",
 )
-async def metrics(jobs: JobsDep) -> Response:
+async def metrics(request: Request) -> Response:
+    counted: Snapshots[int] = request.app.state.queue_size
     # Skipped when Temporal does not answer: the other metrics are still worth scraping.
     with contextlib.suppress(Exception):
-        DOWNLOAD_QUEUE_SIZE.set(await jobs.count_running(rpc_timeout=timedelta(seconds=2)))
+        DOWNLOAD_QUEUE_SIZE.set(await counted.get("running"))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
