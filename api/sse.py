@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ POLL_SECONDS = 0.25
 IDLE_MAX_SECONDS = 5.0
 STREAM_RETRY_AFTER_SECONDS = 10
 PING_SECONDS = 15.0
+BUDGET_SLICES = 10
 RECONNECT_MS = 3000
 EventKey = tuple[int, ...]
 _RANK = {JobStatus.queued: 0, JobStatus.processing: 1}
@@ -162,8 +164,10 @@ class JobWatchers:
 
     def __init__(self, jobs: JobService, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
         self.jobs, self.poll_seconds = jobs, poll_seconds
-        self.budget = AsyncLimiter(budget, 1.0)
-        self.idle_share = max(1.0, budget / 2)
+        # The budget is metered over a tenth of a second: a full bucket lets at most a tenth of
+        # it through at once, not a whole second's worth in one burst.
+        self.budget = AsyncLimiter(max(1.0, budget / BUDGET_SLICES), 1.0 / BUDGET_SLICES)
+        self.idle_share = max(1.0, budget / BUDGET_SLICES / 2)
         self.ping_seconds = PING_SECONDS
         self._watches: dict[str, _Watch] = {}
 
@@ -211,7 +215,10 @@ class JobWatchers:
     async def _run(self, job_id: str, owner: str, watch: _Watch) -> None:
         delay = self.poll_seconds
         while not watch.closed:
-            await asyncio.sleep(delay)
+            # Idle watchers back off with jitter: those that started together (a burst of jobs
+            # and subscribers) do not all wake together, in waves that stall Temporal.
+            jitter = 1.0 if delay <= self.poll_seconds else random.uniform(0.5, 1.5)
+            await asyncio.sleep(delay * jitter)
             # A moving job waits its turn; an idle one asks only while half the budget is free,
             # so it never takes a turn a moving job is waiting for.
             moving = watch.record.view.status is JobStatus.processing
