@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import hmac
 import uuid
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,6 +46,8 @@ log = get_logger("api.jobs")
 # How old a shared `describe()` answer may be: a quarter of a second, the event streams' pace.
 SNAPSHOT_MAX_AGE = 0.25
 RPC_TIMEOUT = timedelta(seconds=10)
+# Open runs remembered by job id (about 150 bytes each), so describes can name the run.
+OPEN_RUNS_KEPT = 10_000
 # Job ids derived from (owner, Idempotency-Key): a repeated request finds the same workflow.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1f4e-4a53-5d0e-9a57-6d6f776e6c64")
 
@@ -64,6 +67,7 @@ class JobService:
         self.completed = CompletedStates(settings.completed_cache_mb << 20)
         self.links = PresignedLinks(store, timedelta(seconds=settings.presign_expiry_seconds))
         self.pace = Pace(settings.estimated_ms_per_file)
+        self.open_runs: OrderedDict[str, str] = OrderedDict()  # job id -> run id, newest last
 
     # --- reading ---
     async def describe(self, job_id: str, owner: str) -> JobRecord:
@@ -78,13 +82,7 @@ class JobService:
         return record
 
     async def _describe(self, job_id: str) -> JobRecord:
-        STATUS_DESCRIBES.inc()
-        try:
-            desc = await self.client.get_workflow_handle(job_id).describe(rpc_timeout=RPC_TIMEOUT)
-        except RPCError as exc:
-            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-                raise ApiError.not_found(job_id) from None
-            raise
+        desc = await self._current_run(job_id)
         if desc.workflow_type != names.DOWNLOAD_WORKFLOW:
             raise ApiError.not_found(job_id)
         state = await _memo_state(desc, job_id)
@@ -93,6 +91,34 @@ class JobService:
         activities = await self.pending_activities(desc)
         view = job_view(state, desc.status, activities, desc.close_time)
         return JobRecord(state=state, view=view, run_started=desc.start_time)
+
+    async def _current_run(self, job_id: str) -> WorkflowExecutionDescription:
+        """The job's current run. Asked by its run id while that run was last seen open, which
+        spares Temporal its costliest read for a describe (the lookup of the current run)."""
+        run_id = self.open_runs.pop(job_id, None)
+        desc = await self._describe_or_none(job_id, run_id) if run_id else None
+        if desc is None or desc.status != WorkflowExecutionStatus.RUNNING:
+            # Not known, or that run has closed: a newer one (a retry) may run under the same id.
+            desc = await self._describe_or_none(job_id, None)
+        if desc is None:
+            raise ApiError.not_found(job_id)
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            self.open_runs[job_id] = desc.run_id
+            if len(self.open_runs) > OPEN_RUNS_KEPT:
+                self.open_runs.popitem(last=False)
+        return desc
+
+    async def _describe_or_none(
+        self, job_id: str, run_id: str | None
+    ) -> WorkflowExecutionDescription | None:
+        STATUS_DESCRIBES.inc()
+        try:
+            handle = self.client.get_workflow_handle(job_id, run_id=run_id)
+            return await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                return None
+            raise
 
     async def completed_state(self, job_id: str, run_id: str | None) -> JobState:
         """A completed run's final state: its result, read from history (no worker needed)."""

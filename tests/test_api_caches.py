@@ -9,12 +9,12 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 
 from api.caches import CompletedStates, PresignedLinks, Snapshots
-from api.jobs import JobService
+from api.jobs import SNAPSHOT_MAX_AGE, JobService
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import put_sources, serve, slow_origin, wait_for
 from worker import build_worker
-from workflows.models import FileState, JobState
+from workflows.models import FileState, JobState, JobStatus
 
 
 async def test_concurrent_readers_share_one_fetch_and_its_answer() -> None:
@@ -155,3 +155,36 @@ async def test_cancel_answers_from_a_fresh_read(
         cancelled = await client.delete(path.replace("/status", ""))
         assert cancelled.json()["status"] == "cancelled"
         assert (await client.get(path)).json()["status"] == "cancelled"
+
+
+async def test_reads_name_the_open_run_and_find_a_retry_made_elsewhere(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    """Once a job's run is seen open, it is described by its run id; when another replica has
+    cancelled and retried the job meanwhile, the new run is found, not the closed one."""
+    slow = slow_origin(settings, 60_000)
+    put_sources(store, settings, {10_001: 10})
+    here = JobService(env.client, slow, store)
+    elsewhere = JobService(env.client, slow, store)
+    owner = "anonymous"
+    async with build_worker(env.client, slow, store):
+        started = await here.start(
+            owner=owner, file_ids=[10_001], callback_url=None, request_id=None, idempotency_key=None
+        )
+        job_id = started.view.job_id
+        first = await here.describe(job_id, owner)
+        first_run = here.open_runs[job_id]
+
+        async def processing_elsewhere() -> bool:
+            record = await elsewhere.describe(job_id, owner)
+            return record.view.status is JobStatus.processing
+
+        await wait_for(processing_elsewhere)
+        await elsewhere.cancel(job_id, owner)
+        await elsewhere.retry(job_id, owner)
+        await asyncio.sleep(SNAPSHOT_MAX_AGE + 0.05)
+        again = await here.describe(job_id, owner)
+        assert again.view.status in (JobStatus.queued, JobStatus.processing)
+        assert again.run_started > first.run_started
+        assert here.open_runs[job_id] not in (None, first_run)
+        await elsewhere.cancel(job_id, owner)
