@@ -69,8 +69,9 @@ def header_credentials(headers: Headers) -> tuple[str | None, str | None]:
 
 
 async def get_owner(request: Request) -> str:
-    """The caller, from its headers: one dependency, no sub-dependencies, as every route asks.
-    The routes that use it are documented with `bearer` and `api_key_header` (`CALLER_SECURITY`)."""
+    """The caller, from its headers: one dependency with no sub-dependencies, on every request.
+    The schema documents its routes with `bearer` and `api_key_header` (`document_caller_security`
+    in `api.routes.docs`)."""
     api_key, token = header_credentials(request.headers)
     return _authenticator(request).owner(api_key, token)
 

@@ -164,10 +164,11 @@ class JobWatchers:
 
     def __init__(self, jobs: JobService, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
         self.jobs, self.poll_seconds = jobs, poll_seconds
-        # The budget is metered over a tenth of a second: a full bucket lets at most a tenth of
-        # it through at once, not a whole second's worth in one burst.
-        self.budget = AsyncLimiter(max(1.0, budget / BUDGET_SLICES), 1.0 / BUDGET_SLICES)
-        self.idle_share = max(1.0, budget / BUDGET_SLICES / 2)
+        # Metered in slices of a tenth of a second (or of one call, for small budgets): a full
+        # bucket lets at most one slice through at once, not a whole second's worth.
+        capacity = max(1.0, budget / BUDGET_SLICES)
+        self.budget = AsyncLimiter(capacity, capacity / budget)
+        self.idle_share = max(1.0, capacity / 2)
         self.ping_seconds = PING_SECONDS
         self._watches: dict[str, _Watch] = {}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import time
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -253,6 +254,24 @@ async def test_watchers_ask_temporal_within_their_budget(
         finally:
             for s in streams:
                 await s.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize("budget", [0.5, 4.0, 300.0])
+async def test_the_budget_never_comes_in_one_burst(budget: float) -> None:
+    """A full bucket lets through a tenth of a second's worth (at least one call), not a second's:
+    a thousand watchers waking together do not hit Temporal all at once."""
+    watchers = JobWatchers(cast(JobService, None), budget=budget)
+    at_once = 0
+    while watchers.budget.has_capacity():
+        await watchers.budget.acquire()
+        at_once += 1
+    assert at_once == max(1, int(budget / 10))
+    began, calls = time.monotonic(), 0
+    while time.monotonic() - began < 1.0:
+        await watchers.budget.acquire()
+        calls += 1
+    # Within the budget over the second that followed (a call may land right at its end).
+    assert calls <= budget * (time.monotonic() - began) + 1
 
 
 async def test_open_streams_are_capped_per_owner(settings: Settings, store: ObjectStore) -> None:
