@@ -78,7 +78,7 @@ def client_address(scope: Scope, settings: Settings) -> str:
 
 
 def _trusted(address: str, settings: Settings) -> bool:
-    return _in_networks(address, tuple(settings.trusted_proxy_networks))
+    return _in_networks(address, settings.trusted_proxy_networks)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -167,13 +167,13 @@ class Settings(BaseSettings):
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @cached_property
-    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         try:
-            return [
+            return tuple(
                 ipaddress.ip_network(p.strip(), strict=False)
                 for p in self.trusted_proxies.split(",")
                 if p.strip()
-            ]
+            )
         except ValueError as exc:
             raise ValueError(f"TRUSTED_PROXIES: {exc}") from exc
 
