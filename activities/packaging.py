@@ -1,37 +1,48 @@
 """Download activities: resolve the requested sources, stream them into one resumable zip archive.
 
-`DownloadActivities` owns its storage client; the worker registers its bound methods. One
-packaging attempt reads as its steps: find a checkpoint to resume, choose the sources, restore
-or start the archive, copy one entry after another, finish the upload.
+`DownloadActivities` owns its storage client and the threads its S3 calls run on; the worker
+registers its bound methods. One packaging attempt reads as its steps: find the checkpoint to
+resume (`activities.checkpoints`), restore or start the archive, copy the sources in order as the
+read-ahead delivers them (`activities.prefetch`), finish the upload.
+
+Interruptions are not failures: a lost worker (heartbeat timeout) or a deploy hand-over is
+retried by Temporal as often as it happens, within the job's deadline, and resumes from the last
+stored part. Attempts that fail on storage errors count against the job's storage budget (the
+seeds' 3 attempts, 5 s -> 10 s -> 20 s), counted here in the heartbeat, since Temporal's attempt
+number counts interruptions too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import contextvars
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.checkpoints import Checkpoints, last_progress
 from activities.joblog import AttemptLog, attempt_log
-from activities.upload import ArchiveUpload, Parts
-from activities.zipstream import ResumableZipWriter
+from activities.prefetch import Prefetcher, Source
+from activities.upload import ArchiveUpload
+from activities.zipstream import ResumableZipWriter, WriterState
 from core.config import Settings
 from core.observability import BYTES_PACKAGED, FILES_PACKAGED, get_logger
-from core.storage import ObjectNotFound, ObjectStore, StorageError, UploadGone
+from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, StorageError, UploadGone
 from workflows.errors import (
     ErrorType,
     nothing_to_package,
     source_changed,
     storage_failure,
-    upload_gone,
+    storage_retry,
     worker_shutdown,
 )
 from workflows.models import (
@@ -45,15 +56,18 @@ from workflows.models import (
     PackageResult,
     ResolveInput,
     ResolveResult,
+    ResumePointer,
+    RetryOptions,
     SourceFile,
-    available_sources,
 )
 from workflows.names import PACKAGE_ARCHIVE, RESOLVE_FILES
 
 log = get_logger(__name__)
 
-READ_CHUNK = 4 << 20
 MAX_PARTS = 9000  # S3 allows 10 000; keep headroom for parts slightly over the nominal size
+# Parts double in size every this many, so an archive of unknown size never runs out of parts.
+PARTS_PER_SIZE = 1000
+MAX_PART_SIZE = 5 << 30
 
 
 @contextlib.asynccontextmanager
@@ -76,76 +90,150 @@ async def heartbeating(details: Callable[[], Any], interval: float) -> AsyncIter
         task.cancel()
 
 
-async def _next_chunk(it: Iterator[bytes]) -> bytes | None:
-    return await asyncio.to_thread(next, it, None)
+def part_size(base: int, number: int) -> int:
+    """The size of part `number`: `base`, doubled every `PARTS_PER_SIZE` parts."""
+    size = base << ((number - 1) // PARTS_PER_SIZE)
+    return min(size, MAX_PART_SIZE)
+
+
+def invalid_id(file_id: int) -> FileState:
+    return FileState(
+        file_id=file_id,
+        status=FileStatus.failed,
+        error="invalid file id",
+        error_type=ErrorType.invalid_file_id.value,
+    )
+
+
+def not_found(file_id: int, key: str) -> FileState:
+    return FileState(
+        file_id=file_id,
+        key=key,
+        status=FileStatus.failed,
+        error="not found",
+        error_type=ErrorType.file_not_found.value,
+    )
 
 
 @dataclass
 class _Attempt:
-    """One packaging attempt: its sources, where it stands, and what it reports."""
+    """One packaging attempt: its entries, where it stands, and what it reports."""
 
-    sources: list[SourceFile]
+    # The ids of the entries in order, and what to read for each (None: an invalid id).
+    ids: list[int]
+    sources: list[Source | None]
     writer: ResumableZipWriter
-    # Set when this attempt (or the one it resumes) resolved the ids itself.
+    # Set when this job's attempts resolve the ids themselves: the outcome of every id before
+    # `file_index` (or of all of them, from a checkpoint of an earlier worker).
     resolved: list[FileState] | None = None
+    resolving: bool = False
+    # Resumed from an earlier worker's checkpoint, which named its sources: kept in checkpoints.
+    named_sources: list[SourceFile] | None = None
     file_index: int = 0
     file_offset: int = 0
     files_done: int = 0
     bytes_done: int = 0
     current_file: int | None = None
+    # Sources that vanished since they were resolved (by the workflow or an earlier attempt).
     missing: list[int] = field(default_factory=list)
-    checkpoint: Checkpoint | None = None
+    pointer: ResumePointer | None = None
+    # An earlier worker's whole checkpoint, heartbeated again until this attempt stores a part.
+    legacy: Checkpoint | None = None
+    storage_failures: int = 0
     resumed_from: int = 0
     source_bytes_read: int = 0
     started: float = field(default_factory=time.monotonic)
+    prefetcher: Prefetcher | None = None
 
     def counters(self) -> dict[str, int]:
         return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
 
     @property
+    def unavailable(self) -> list[int]:
+        """Ids that will not be in the archive, as far as known."""
+        failed = [f.file_id for f in self.resolved or () if f.status is FileStatus.failed]
+        return failed + self.missing
+
     def total_bytes(self) -> int:
-        return sum(s.size for s in self.sources)
+        """The bytes of every source to package: known sizes, and estimates for the rest."""
+        if self.prefetcher is None:
+            return sum(s.size or 0 for s in self.sources if s is not None)
+        if self.resolving:
+            ok = (f for f in self.resolved or () if f.status is not FileStatus.failed)
+            before = sum(f.size or 0 for f in ok)
+        else:
+            before = sum(s.size or 0 for s in self.sources[: self.file_index] if s is not None)
+        return before + self.prefetcher.expected_bytes()
 
     def details(self) -> PackageProgress:
-        """Heartbeat details: live progress plus the last checkpoint."""
+        """Heartbeat details: live progress, where to resume, the storage failures so far."""
         elapsed = time.monotonic() - self.started
         moved = self.source_bytes_read
+        unavailable = self.unavailable
         return PackageProgress(
             files_done=self.files_done,
-            total_files=len(self.sources),
+            total_files=len(self.ids) - len(unavailable),
             bytes_done=self.bytes_done,
-            total_bytes=self.total_bytes,
+            total_bytes=self.total_bytes(),
             current_file=self.current_file,
             rate=moved / elapsed if elapsed > 1 and moved > 0 else None,
             updated_at=datetime.now(UTC),
-            checkpoint=self.checkpoint,
+            unavailable=unavailable,
+            checkpoint=self.legacy if self.pointer is None else None,
+            resume=self.pointer,
+            storage_failures=self.storage_failures,
         )
 
-    def position(self, writer_state: Mapping[str, Any]) -> Callable[..., Checkpoint]:
+    def position(self, writer_state: WriterState) -> Callable[..., Checkpoint]:
         """The resume point right after the bytes written so far; it becomes a `Checkpoint` once
         the part holding those bytes is stored (given the upload id and stored parts)."""
-        return functools.partial(
-            Checkpoint,
-            writer=dict(writer_state),
-            file_index=self.file_index,
-            file_offset=self.file_offset,
-            files_done=self.files_done,
-            bytes_done=self.bytes_done,
-            missing=list(self.missing),
-            sources=self.sources if self.resolved is not None else None,
-            resolved=self.resolved,
-        )
+        resolved = list(self.resolved) if self.resolved is not None else None
+        fields: dict[str, Any] = {
+            "writer": dict(writer_state),
+            "file_index": self.file_index,
+            "file_offset": self.file_offset,
+            "files_done": self.files_done,
+            "bytes_done": self.bytes_done,
+            "missing": list(self.missing),
+            "sources": self.named_sources,
+            "resolved": resolved,
+        }
+        return lambda **upload: Checkpoint(**fields, **upload)
+
+    def skip(self, state: FileState | None) -> None:
+        """Move past the current entry without writing it (its id failed to resolve)."""
+        if state is not None and self.resolving and self.resolved is not None:
+            self.resolved.append(state)
+        elif state is not None:
+            self.missing.append(state.file_id)
+        self.file_index, self.file_offset = self.file_index + 1, 0
+
+    def written(self, source: Source, size: int) -> None:
+        """The current entry is complete in the archive."""
+        if self.resolving and self.resolved is not None:
+            self.resolved.append(FileState(file_id=source.file_id, key=source.key, size=size))
+        self.file_index, self.file_offset = self.file_index + 1, 0
+        self.files_done += 1
 
 
 class DownloadActivities:
     def __init__(self, store: ObjectStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        # S3 calls block (minio); they run here, not on the event loop's few default threads.
+        self.io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="s3")
+
+    def _io(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run a blocking S3 call on this worker's threads, in the caller's trace context."""
+        context = contextvars.copy_context()
+        return asyncio.get_running_loop().run_in_executor(self.io, context.run, fn, *args)
 
     # ------------------------------------------------------------------ resolve
     @activity.defn(name=RESOLVE_FILES)
     async def resolve_files(self, request: ResolveInput) -> ResolveResult:
-        """Stat every requested source; missing and invalid ids are marked failed, not raised."""
+        """Stat every requested source; missing and invalid ids are marked failed, not raised.
+
+        Scheduled only by runs started before packaging resolved the ids itself."""
         done = 0
 
         def count() -> None:
@@ -158,36 +246,22 @@ class DownloadActivities:
         async with heartbeating(details, self.settings.heartbeat_interval_seconds):
             return ResolveResult(files=await self._resolve(request.file_ids, count))
 
-    async def _resolve(
-        self, file_ids: list[int], on_done: Callable[[], None] | None = None
-    ) -> list[FileState]:
+    async def _resolve(self, file_ids: list[int], on_done: Callable[[], None]) -> list[FileState]:
         limit = asyncio.Semaphore(16)
 
         async def resolve(file_id: int) -> FileState:
             if not MIN_FILE_ID <= file_id <= MAX_FILE_ID:
-                return FileState(
-                    file_id=file_id,
-                    status=FileStatus.failed,
-                    error="invalid file id",
-                    error_type=ErrorType.invalid_file_id.value,
-                )
+                return invalid_id(file_id)
             key = self.settings.source_key(file_id)
             async with limit:
                 try:
-                    info = await asyncio.to_thread(self.store.stat, key)
+                    info = await self._io(self.store.stat, key)
                 except ObjectNotFound:
-                    return FileState(
-                        file_id=file_id,
-                        key=key,
-                        status=FileStatus.failed,
-                        error="not found",
-                        error_type=ErrorType.file_not_found.value,
-                    )
+                    return not_found(file_id, key)
                 except StorageError as exc:
                     raise storage_failure(exc) from exc
                 finally:
-                    if on_done is not None:
-                        on_done()
+                    on_done()
             return FileState(file_id=file_id, key=key, size=info.size)
 
         return list(await asyncio.gather(*(resolve(i) for i in file_ids)))
@@ -201,34 +275,63 @@ class DownloadActivities:
 
     async def _package(self, request: PackageInput, log_entry: AttemptLog) -> PackageResult:
         # Every key is derived here from ids, whatever the input says.
-        key = self.settings.archive_key(request.job_id)
-        checkpoint = await self._checkpoint_to_resume(key)
-        attempt = await self._start_or_restore(request, checkpoint)
+        checkpoints = Checkpoints(self.store, self.settings.archive_key(request.job_id), self._io)
+        progress = last_progress(activity.info().heartbeat_details) or PackageProgress()
+        try:
+            checkpoint = await checkpoints.to_resume(progress)
+        except StorageError as exc:
+            error, failures = self._storage_error(request, progress.storage_failures, exc)
+            # What the next attempt resumes from is kept, with the failure counted.
+            activity.heartbeat(progress.model_copy(update={"storage_failures": failures}))
+            raise error from exc
+        attempt = self._start_or_restore(request, checkpoint, progress)
         log_entry.counters = attempt.counters
-        upload = ArchiveUpload(self.store, key, self._part_size(attempt.sources))
+        base = self._base_part_size(attempt.sources)
+        upload = ArchiveUpload(
+            self.store, checkpoints.archive_key, lambda n: part_size(base, n), self._io
+        )
         if checkpoint is not None:
             upload.restore(checkpoint.upload_id, checkpoint.parts)
             log_entry.resumed(attempt.resumed_from)
+        stored_before = len(upload.parts)
+        prefetcher = Prefetcher(
+            self.store,
+            [s if i >= attempt.file_index else None for i, s in enumerate(attempt.sources)],
+            self._io,
+            requests=self.settings.prefetch_requests,
+            buffer_bytes=self.settings.prefetch_buffer_bytes,
+        )
+        attempt.prefetcher = prefetcher
+        deflate = request.compression == "deflate"
         async with heartbeating(attempt.details, self.settings.heartbeat_interval_seconds):
             try:
-                while attempt.file_index < len(attempt.sources):
-                    await self._copy_entry(attempt, upload, request.compression == "deflate")
-                await self._finish(attempt, upload)
-            except ValueError as exc:
+                async with prefetcher:
+                    while attempt.file_index < len(attempt.sources):
+                        await self._copy_entry(attempt, upload, checkpoints, deflate)
+                if attempt.files_done == 0:
+                    await upload.abort()
+                    raise nothing_to_package(attempt.resolved)
+                await self._finish(attempt, upload, checkpoints)
+            except (ValueError, ObjectChanged) as exc:
                 await upload.abort()
+                await checkpoints.discard()
                 raise source_changed(exc) from exc
-            except UploadGone as exc:
-                # Forget the checkpoint: the next attempt starts over.
-                activity.heartbeat(PackageProgress(total_files=len(attempt.sources)))
-                raise upload_gone(exc) from exc
             except StorageError as exc:
                 await upload.settle(quiet=True)
-                raise storage_failure(exc) from exc
+                if isinstance(exc, UploadGone):
+                    # Forget the checkpoint: the next attempt starts over.
+                    attempt.pointer = attempt.legacy = None
+                # An attempt that stored parts made headway: the storage budget starts again.
+                before = 0 if len(upload.parts) > stored_before else attempt.storage_failures
+                error, attempt.storage_failures = self._storage_error(request, before, exc)
+                activity.heartbeat(attempt.details())
+                raise error from exc
             except asyncio.CancelledError:
                 details = activity.cancellation_details()
                 # Only a user's cancel discards the upload; a lost or stopping worker keeps it.
                 if details is not None and details.cancel_requested:
                     await upload.abort()
+                    await asyncio.shield(checkpoints.discard())
                     log.info("archive cancelled, upload aborted", archive=upload.key)
                 raise
         return PackageResult(
@@ -242,121 +345,161 @@ class DownloadActivities:
             source_bytes_read=attempt.source_bytes_read,
         )
 
-    async def _checkpoint_to_resume(self, key: str) -> Checkpoint | None:
-        """The last heartbeated checkpoint, if S3 still holds every part it names."""
-        details = activity.info().heartbeat_details
-        if not details:
-            return None
-        try:
-            checkpoint = PackageProgress.model_validate(details[0]).checkpoint
-        except (ValueError, TypeError):
-            return None  # details of another shape carry no checkpoint
-        if checkpoint is None:
-            return None
-        try:
-            stored = await asyncio.to_thread(self.store.list_parts, key, checkpoint.upload_id)
-        except UploadGone:
-            return None  # expired or aborted: start over
-        except StorageError as exc:
-            raise storage_failure(exc) from exc
-        if any(stored.get(number) != etag for number, etag in checkpoint.parts):
-            with contextlib.suppress(StorageError):
-                await asyncio.to_thread(self.store.abort_upload, key, checkpoint.upload_id)
-            return None
-        return checkpoint
-
-    async def _start_or_restore(
-        self, request: PackageInput, checkpoint: Checkpoint | None
+    def _start_or_restore(
+        self, request: PackageInput, checkpoint: Checkpoint | None, progress: PackageProgress
     ) -> _Attempt:
-        """The attempt's sources and position: from the checkpoint, or from the start."""
+        """The attempt's entries and position: from the checkpoint, or from the start."""
+        named = checkpoint.sources if checkpoint is not None else None
+        if named is not None:
+            # An earlier worker resolved every id before packaging: the same list, resumed.
+            attempt = self._attempt([s.file_id for s in named], self._sources(named), checkpoint)
+            attempt.named_sources = named
+            attempt.resolved = checkpoint.resolved if checkpoint is not None else None
+        elif request.file_ids is not None:
+            ids = request.file_ids
+            attempt = self._attempt(ids, self._id_sources(ids), checkpoint, request.mtime)
+            attempt.resolved = list(checkpoint.resolved or []) if checkpoint else []
+            attempt.resolving = True
+        else:
+            ids = [s.file_id for s in request.sources]
+            attempt = self._attempt(ids, self._sources(request.sources), checkpoint, request.mtime)
+        attempt.storage_failures = progress.storage_failures
+        if checkpoint is not None:
+            attempt.pointer, attempt.legacy = progress.resume, progress.checkpoint
+        return attempt
+
+    def _attempt(
+        self,
+        ids: list[int],
+        sources: list[Source | None],
+        checkpoint: Checkpoint | None,
+        mtime: datetime | None = None,
+    ) -> _Attempt:
         if checkpoint is None:
-            writer = ResumableZipWriter(mtime=request.mtime)
-            if request.file_ids is None:
-                return _Attempt(sources=self._own_keys(request.sources), writer=writer)
-            files = await self._resolve(request.file_ids)
-            sources = available_sources(files)
-            if not sources:
-                raise nothing_to_package(files)
-            return _Attempt(sources=sources, writer=writer, resolved=files)
+            return _Attempt(ids=ids, sources=sources, writer=ResumableZipWriter(mtime=mtime))
         writer = ResumableZipWriter.from_state(checkpoint.writer)
+        index = checkpoint.file_index
+        declared = writer.declared_size
+        if declared is not None and index < len(sources) and (source := sources[index]):
+            # The entry being written when the checkpoint was taken: its size is fixed.
+            source.size, source.offset = declared, checkpoint.file_offset
         return _Attempt(
-            # A resumed attempt packages the list its first attempt resolved.
-            sources=self._own_keys(checkpoint.sources or request.sources),
-            resolved=checkpoint.resolved,
+            ids=ids,
+            sources=sources,
             writer=writer,
-            file_index=checkpoint.file_index,
+            file_index=index,
             file_offset=checkpoint.file_offset,
             files_done=checkpoint.files_done,
             bytes_done=checkpoint.bytes_done,
             missing=list(checkpoint.missing),
-            checkpoint=checkpoint,
             resumed_from=writer.offset,
         )
 
-    def _own_keys(self, sources: list[SourceFile]) -> list[SourceFile]:
-        """The sources with keys derived from their ids by this worker's template."""
-        return [s.model_copy(update={"key": self.settings.source_key(s.file_id)}) for s in sources]
+    def _sources(self, sources: list[SourceFile]) -> list[Source | None]:
+        """Resolved sources, with keys derived from their ids by this worker's template."""
+        return [Source(s.file_id, self.settings.source_key(s.file_id), s.size) for s in sources]
 
-    async def _copy_entry(self, attempt: _Attempt, upload: ArchiveUpload, deflate: bool) -> None:
+    def _id_sources(self, file_ids: list[int]) -> list[Source | None]:
+        """Ids to resolve as they are read; an invalid id is never read."""
+        return [
+            Source(i, self.settings.source_key(i)) if MIN_FILE_ID <= i <= MAX_FILE_ID else None
+            for i in file_ids
+        ]
+
+    async def _copy_entry(
+        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints, deflate: bool
+    ) -> None:
         """Copy the current source into the archive (or the rest of it, after a resume)."""
-        source = attempt.sources[attempt.file_index]
+        index = attempt.file_index
+        source = attempt.sources[index]
+        if source is None:
+            attempt.skip(invalid_id(attempt.ids[index]))
+            return
+        assert attempt.prefetcher is not None
         attempt.current_file = source.file_id
         writer = attempt.writer
         if not writer.in_entry:
             await self._origin_delay()
             await self._stop_if_worker_shutdown(attempt, upload)
-            reader = self.store.read(source.key, 0, READ_CHUNK)
-            try:
-                chunk = await _next_chunk(reader)
-            except ObjectNotFound:
-                # Removed since it was resolved: the archive goes on without it.
-                attempt.missing.append(source.file_id)
-                attempt.file_index += 1
-                return
-            upload.write(writer.start_entry(f"{source.file_id}.zip", source.size, deflate=deflate))
-        elif attempt.file_offset < source.size:
-            reader = self.store.read(source.key, attempt.file_offset, READ_CHUNK)
-            chunk = await _next_chunk(reader)
-        else:
-            chunk = None
-        while chunk is not None:
-            upload.write(writer.write(chunk))
-            attempt.file_offset += len(chunk)
-            attempt.source_bytes_read += len(chunk)
-            attempt.bytes_done += len(chunk)
-            BYTES_PACKAGED.inc(len(chunk))
-            if upload.full:
-                await self._store_part(attempt, upload)
-            await self._stop_if_worker_shutdown(attempt, upload)
-            chunk = await _next_chunk(reader)
+        try:
+            opened = await attempt.prefetcher.open(index)
+        except ObjectNotFound as exc:
+            if writer.in_entry:
+                raise ObjectChanged(f"{source.key}: removed while being packaged") from exc
+            # Gone (or removed since it was resolved): the archive goes on without it.
+            attempt.skip(not_found(source.file_id, source.key))
+            return
+        if not writer.in_entry:
+            size = opened.size if source.size is None else source.size
+            upload.write(writer.start_entry(f"{source.file_id}.zip", size, deflate=deflate))
+        try:
+            async for chunk in opened.chunks():
+                upload.write(writer.write(chunk))
+                attempt.file_offset += len(chunk)
+                attempt.source_bytes_read += len(chunk)
+                attempt.bytes_done += len(chunk)
+                BYTES_PACKAGED.inc(len(chunk))
+                if upload.full:
+                    await self._store_part(attempt, upload, checkpoints)
+                await self._stop_if_worker_shutdown(attempt, upload)
+        except ObjectNotFound as exc:
+            raise ObjectChanged(f"{source.key}: removed while being packaged") from exc
         upload.write(writer.end_entry())
         FILES_PACKAGED.inc()
-        attempt.file_index, attempt.file_offset = attempt.file_index + 1, 0
-        attempt.files_done += 1
+        attempt.written(source, opened.size)
 
-    async def _store_part(self, attempt: _Attempt, upload: ArchiveUpload) -> None:
+    async def _store_part(
+        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
+    ) -> None:
         """Send the filled part; once S3 stores it, its end is the checkpoint to resume from."""
         extra, writer_state = attempt.writer.checkpoint()
         upload.write(extra)
         resume_point = attempt.position(writer_state)
 
-        def stored(upload_id: str, parts: Parts) -> None:
-            attempt.checkpoint = resume_point(upload_id=upload_id, parts=parts)
+        async def stored(upload_id: str, parts: list[tuple[int, str]]) -> None:
+            checkpoint = resume_point(upload_id=upload_id, parts=parts)
+            attempt.pointer = await checkpoints.save(checkpoint)
+            attempt.legacy = None
             activity.heartbeat(attempt.details())
 
         await upload.flush(stored)
 
-    async def _finish(self, attempt: _Attempt, upload: ArchiveUpload) -> None:
+    async def _finish(
+        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
+    ) -> None:
         """Write the central directory and store the archive (one PUT if it fits in one part)."""
-        upload.write(attempt.writer.finish())
-        if upload.upload_id is not None:
-            await self._store_part(attempt, upload)
+        if not attempt.writer.finished:
+            upload.write(attempt.writer.finish())
+            if upload.upload_id is not None:
+                await self._store_part(attempt, upload, checkpoints)
         await upload.complete()
+        if upload.upload_id is not None:
+            await checkpoints.discard()
 
-    def _part_size(self, sources: list[SourceFile]) -> int:
-        estimate = sum(s.size for s in sources) + 200 * len(sources) + 1024
+    def _base_part_size(self, sources: list[Source | None]) -> int:
+        """The configured part size, larger if the known sizes need it to fit in `MAX_PARTS`."""
+        known = [s.size for s in sources if s is not None and s.size is not None]
+        estimate = sum(known) + 200 * len(sources) + 1024
         needed = math.ceil(estimate / MAX_PARTS / (1 << 20)) << 20
         return max(self.settings.part_size, needed)
+
+    # ------------------------------------------------------------------ failures
+    def _storage_error(
+        self, request: PackageInput, failures: int, exc: StorageError
+    ) -> tuple[ApplicationError, int]:
+        """The attempt's error and the storage failures counted so far: final for missing or
+        forbidden objects; else retried after the job's storage backoff until its storage
+        attempts are used up."""
+        error = storage_failure(exc)
+        budget: RetryOptions | None = request.storage_retry
+        if budget is None or error.non_retryable:
+            return error, failures
+        failures += 1
+        if failures >= budget.maximum_attempts:
+            return storage_retry(exc, None), failures
+        delay = budget.initial_interval_seconds * budget.backoff_coefficient ** (failures - 1)
+        wait = timedelta(seconds=min(delay, budget.maximum_interval_seconds))
+        return storage_retry(exc, wait), failures
 
     async def _origin_delay(self) -> None:
         """The existing service's simulated slow origin; heartbeats continue while it waits."""

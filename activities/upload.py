@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from core.observability import get_logger
 from core.storage import ObjectStore, StorageError
@@ -17,42 +18,57 @@ from core.storage import ObjectStore, StorageError
 log = get_logger(__name__)
 
 Parts = list[tuple[int, str]]
+RunIO = Callable[..., Awaitable[Any]]
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
 
 
 class ArchiveUpload:
-    def __init__(self, store: ObjectStore, key: str, part_size: int) -> None:
-        self.store, self.key, self.part_size = store, key, part_size
+    """`part_size(n)` is the size of part `n`; `run_io` runs a blocking S3 call."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        part_size: Callable[[int], int],
+        run_io: RunIO = _in_thread,
+    ) -> None:
+        self.store, self.key, self.part_size, self.run_io = store, key, part_size, run_io
         self.upload_id: str | None = None
         self.parts: Parts = []
+        # Parts handed to S3 so far, stored or on their way.
+        self.sent = 0
         self.buffer = bytearray()
         self.in_flight: asyncio.Task[None] | None = None
 
     def restore(self, upload_id: str, parts: Parts) -> None:
         """Continue an upload whose parts S3 still holds."""
-        self.upload_id, self.parts = upload_id, list(parts)
+        self.upload_id, self.parts, self.sent = upload_id, list(parts), len(parts)
 
     @property
     def full(self) -> bool:
-        return len(self.buffer) >= self.part_size
+        return len(self.buffer) >= self.part_size(self.sent + 1)
 
     def write(self, data: bytes) -> None:
         self.buffer.extend(data)
 
-    async def flush(self, on_stored: Callable[[str, Parts], None]) -> None:
-        """Send the buffer as the next part; `on_stored(upload_id, parts)` runs once S3 has it."""
+    async def flush(self, on_stored: Callable[[str, Parts], Awaitable[None]]) -> None:
+        """Send the buffer as the next part; `on_stored(upload_id, parts)` runs once S3 has it
+        (and the next part is not sent before it returns)."""
         data = bytes(self.buffer)
         self.buffer.clear()
         await self.settle()
         if self.upload_id is None:
-            self.upload_id = await asyncio.to_thread(self.store.create_upload, self.key)
+            self.upload_id = await self.run_io(self.store.create_upload, self.key)
         upload_id, number = self.upload_id, len(self.parts) + 1
+        self.sent = number
 
         async def upload() -> None:
-            etag = await asyncio.to_thread(
-                self.store.upload_part, self.key, upload_id, number, data
-            )
+            etag = await self.run_io(self.store.upload_part, self.key, upload_id, number, data)
             self.parts.append((number, etag))
-            on_stored(upload_id, list(self.parts))
+            await on_stored(upload_id, list(self.parts))
 
         self.in_flight = asyncio.create_task(upload())
 
@@ -71,10 +87,10 @@ class ArchiveUpload:
         """Store the archive: one PUT if no part was sent, else complete the multipart upload."""
         if self.upload_id is None:
             data = bytes(self.buffer)
-            await asyncio.to_thread(self.store.put_bytes, self.key, data, "application/zip")
+            await self.run_io(self.store.put_bytes, self.key, data, "application/zip")
             return
         await self.settle()
-        await asyncio.to_thread(self.store.complete_upload, self.key, self.upload_id, self.parts)
+        await self.run_io(self.store.complete_upload, self.key, self.upload_id, self.parts)
 
     async def abort(self) -> None:
         """Discard the upload and every stored part (a user's cancel, a source that changed)."""
@@ -82,8 +98,6 @@ class ArchiveUpload:
         if self.upload_id is None:
             return
         try:
-            await asyncio.shield(
-                asyncio.to_thread(self.store.abort_upload, self.key, self.upload_id)
-            )
+            await asyncio.shield(self.run_io(self.store.abort_upload, self.key, self.upload_id))
         except StorageError as exc:
             log.warning("could not abort multipart upload", archive=self.key, error=str(exc))

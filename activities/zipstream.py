@@ -381,6 +381,16 @@ class ResumableZipWriter:
         """True between :meth:`start_entry` and :meth:`end_entry`."""
         return self._current is not None
 
+    @property
+    def declared_size(self) -> int | None:
+        """The size given to :meth:`start_entry` for the open entry (None between entries)."""
+        return None if self._current is None else self._current.declared
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` returned the end records."""
+        return self._finished
+
     # ------------------------------------------------------------------ entries
     def start_entry(self, name: str, size: int, *, deflate: bool = False) -> bytes:
         """Begin an entry of ``size`` uncompressed bytes; returns its local header.

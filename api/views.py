@@ -140,11 +140,15 @@ def _file(f: FileState) -> FileView:
 def _files_with_progress(
     files: list[FileState], progress: ProgressSummary, status: JobStatus
 ) -> list[FileView]:
-    """Files before `files_done` among the available ones are done; the next one is in work."""
+    """Files before `files_done` among the available ones are done; the next one is in work.
+    Ids the attempt found unavailable so far are failed already."""
     views, index = [], 0
+    unavailable = set(progress.unavailable)
     for f in files:
         view = _file(f)
-        if f.status is not FileStatus.failed:
+        if f.status is not FileStatus.failed and f.file_id in unavailable:
+            view.status, view.error = FileStatus.failed, public_message(ErrorType.file_not_found)
+        elif f.status is not FileStatus.failed:
             if index < progress.files_done:
                 view.status = FileStatus.completed
             elif index == progress.files_done and status is JobStatus.processing:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from temporalio.testing import ActivityEnvironment
 
-from activities.packaging import READ_CHUNK, DownloadActivities
+from activities.packaging import DownloadActivities
+from activities.prefetch import SEGMENT as READ_CHUNK
 from bench.common import (
     KEY,
     MIB,

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     s3_source_key_template: str = Field("downloads/{file_id}.zip", pattern=r"\{file_id\}")
     s3_archive_key_template: str = Field("archives/{job_id}.zip", pattern=r"\{job_id\}")
     s3_part_size_mb: int = Field(8, ge=5, le=512)
+    # Read-ahead of one packaging job: GETs in flight, and bytes read but not yet written.
+    prefetch_requests: int = Field(16, ge=1, le=256)
+    prefetch_buffer_mb: int = Field(64, ge=8, le=4096)
     presign_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
     archive_ttl_hours: float = Field(24.0, gt=0)
     archive_compression: Compression = Compression.stored
@@ -110,6 +113,9 @@ class Settings(BaseSettings):
     retry_initial_interval_seconds: float = Field(5.0, gt=0, le=3600)
     retry_backoff_coefficient: float = Field(2.0, ge=1, le=10)
     retry_maximum_interval_seconds: float = Field(20.0, gt=0, le=86_400)
+    # A job's packaging, every attempt and wait included; lost workers and deploy hand-overs
+    # are retried until then, however often they happen.
+    job_deadline_minutes: int = Field(360, ge=1, le=7 * 24 * 60)
 
     # --- simulated slow origin (existing service's names) ---
     download_delay_enabled: bool = False
@@ -216,6 +222,16 @@ class Settings(BaseSettings):
     @property
     def part_size(self) -> int:
         return self.s3_part_size_mb * 1024 * 1024
+
+    @property
+    def prefetch_buffer_bytes(self) -> int:
+        return self.prefetch_buffer_mb * 1024 * 1024
+
+    @property
+    def io_threads(self) -> int:
+        """Threads (and pooled connections) for blocking S3 calls: a job's read-ahead, its
+        upload, and room for other jobs."""
+        return max(32, 2 * self.prefetch_requests + 8)
 
     def source_key(self, file_id: int) -> str:
         return self.s3_source_key_template.format(file_id=file_id)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -26,6 +27,7 @@ Headers = dict[str, str | list[str] | tuple[str]]
 tracer = trace.get_tracer(__name__)
 log = get_logger(__name__)
 
+_SEGMENT_READ = 256 << 10
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 
@@ -54,12 +56,27 @@ class StorageUnavailable(StorageError):
     retryable = True
 
 
+class ObjectChanged(StorageError):
+    """The object is no longer the one read so far (its ETag changed between two reads)."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     etag: str | None
     last_modified: datetime | None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Bytes of an object read by one ranged GET, with what that answer says of the object."""
+
+    data: bytes
+    size: int  # the whole object's size
+    etag: str | None
 
 
 def _client(
@@ -84,6 +101,27 @@ def _client(
     )
 
 
+def _object_size(headers: Mapping[str, str], offset: int, received: int) -> int:
+    """The object's size from a GET answer: `Content-Range: bytes a-b/size`, or the body of a
+    whole-object answer (a server that ignored the range)."""
+    span = headers.get("Content-Range")
+    if span and "/" in span and not span.endswith("/*"):
+        return int(span.rsplit("/", 1)[1])
+    return offset + received
+
+
+def _invalid_range(exc: S3Error | InvalidResponseError) -> bool:
+    """416: the range starts at or past the object's end (some servers answer it without XML)."""
+    if isinstance(exc, S3Error):
+        return exc.code == "InvalidRange"
+    return "InvalidRange" in str(exc)
+
+
+def _etag(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("ETag")
+    return value.strip('"') if value else None
+
+
 def _classify(exc: Exception, key: str) -> StorageError:
     if isinstance(exc, S3Error):
         if exc.code in _NOT_FOUND:
@@ -92,13 +130,20 @@ def _classify(exc: Exception, key: str) -> StorageError:
             return AccessDenied(f"{key}: access denied ({exc.code})")
         if exc.code == "NoSuchUpload":
             return UploadGone(f"{key}: multipart upload no longer exists")
+        if exc.code == "PreconditionFailed":
+            return ObjectChanged(f"{key}: changed while being read")
         return StorageUnavailable(f"{key}: storage error {exc.code}")
     if isinstance(exc, InvalidResponseError | ServerError):
+        # Servers that send their XML error as `text/xml; charset=...` (rclone) land here.
         text = str(exc)
         if "NoSuchUpload" in text:
             return UploadGone(f"{key}: multipart upload no longer exists")
-        if "NoSuchKey" in text:
+        if any(f"<Code>{code}</Code>" in text for code in _NOT_FOUND) or "NoSuchKey" in text:
             return ObjectNotFound(f"{key}: not found")
+        if denied := next((c for c in _DENIED if f"<Code>{c}</Code>" in text), None):
+            return AccessDenied(f"{key}: access denied ({denied})")
+        if "<Code>PreconditionFailed</Code>" in text:
+            return ObjectChanged(f"{key}: changed while being read")
         return StorageUnavailable(f"{key}: storage error ({type(exc).__name__})")
     return StorageUnavailable(f"{key}: storage unreachable ({type(exc).__name__})")
 
@@ -106,11 +151,11 @@ def _classify(exc: Exception, key: str) -> StorageError:
 class ObjectStore:
     """Blocking S3 client wrapper (minio); async callers run it in a thread."""
 
-    def __init__(self, settings: Settings, *, pool_size: int = 32) -> None:
+    def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket_name
         http = urllib3.PoolManager(
-            maxsize=pool_size,
+            maxsize=pool_size or settings.io_threads,
             timeout=urllib3.Timeout(connect=5.0, read=60.0),
             # Short transport retries only; Temporal's retry policy handles outages.
             retries=urllib3.Retry(
@@ -133,6 +178,8 @@ class ObjectStore:
             except Exception as exc:
                 S3_OPERATIONS.labels(operation, "error").inc()
                 S3_DURATION.labels(operation).observe(time.perf_counter() - start)
+                if isinstance(exc, StorageError):
+                    raise  # already typed by the call itself
                 raise _classify(exc, key) from exc
         S3_OPERATIONS.labels(operation, "success").inc()
         S3_DURATION.labels(operation).observe(time.perf_counter() - start)
@@ -162,6 +209,63 @@ class ObjectStore:
         finally:
             resp.close()
             resp.release_conn()
+
+    def read_segment(
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        etag: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> Segment:
+        """Up to `length` bytes from `offset` in one ranged GET, with the object's size and ETag.
+
+        It is also how a source is resolved: the answer to the first read says how large the
+        object is (`Content-Range`), so no separate HEAD is needed. With `etag` the read fails
+        with `ObjectChanged` if the object is no longer that version. Setting `stop` closes the
+        connection between two network reads (the caller was cancelled).
+        """
+        headers: Headers | None = {"If-Match": etag} if etag else None
+
+        def run() -> Segment:
+            try:
+                resp = self.client.get_object(
+                    self.bucket, key, offset=offset, length=length, request_headers=headers
+                )
+            except (S3Error, InvalidResponseError) as exc:
+                if not _invalid_range(exc):
+                    raise
+                if offset > 0:
+                    raise ObjectChanged(f"{key}: shorter than before") from exc
+                # A ranged read of an empty object: there is nothing to read.
+                return Segment(b"", 0, self.client.stat_object(self.bucket, key).etag)
+            try:
+                data = bytearray()
+                for chunk in resp.stream(_SEGMENT_READ):
+                    if stop is not None and stop.is_set():
+                        raise StorageUnavailable(f"{key}: read stopped")
+                    data += chunk
+                return Segment(
+                    bytes(data), _object_size(resp.headers, offset, len(data)), _etag(resp.headers)
+                )
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("get", key, run)
+
+    def get_bytes(self, key: str) -> bytes:
+        """A small object's whole content."""
+
+        def run() -> bytes:
+            resp = self.client.get_object(self.bucket, key)
+            try:
+                return bytes(resp.read())
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("get", key, run)
 
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
@@ -264,8 +368,18 @@ class ObjectStore:
             )
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, str]:
+        """Every stored part of an upload: S3 answers at most 1 000 a page, so all pages."""
+
         def run() -> dict[int, str]:
-            result = self.client._list_parts(self.bucket, key, upload_id, max_parts=10000)
-            return {p.part_number: p.etag for p in result.parts}
+            parts: dict[int, str] = {}
+            marker: str | None = None
+            while True:
+                page = self.client._list_parts(
+                    self.bucket, key, upload_id, max_parts=1000, part_number_marker=marker
+                )
+                parts.update((p.part_number, p.etag) for p in page.parts)
+                marker = page.next_part_number_marker
+                if not page.is_truncated or not page.parts or not marker:
+                    return parts
 
         return self._call("list_parts", key, run)

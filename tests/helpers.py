@@ -113,7 +113,7 @@ async def wait_for_checkpoint(
 ) -> PackageProgress:
     async def probe() -> PackageProgress | None:
         progress = await package_progress(client, await handle.describe())
-        if progress and progress.checkpoint and len(progress.checkpoint.parts) >= min_parts:
+        if progress and progress.resume and progress.resume.parts >= min_parts:
             return progress
         return None
 
@@ -155,10 +155,10 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Fa
         await task
 
 
-def stat_errors() -> float:
-    """Failed S3 stat calls so far in this process (an in-process worker's storage calls)."""
+def read_errors() -> float:
+    """Failed S3 reads (GET) so far in this process (an in-process worker's storage calls)."""
     value = REGISTRY.get_sample_value(
-        "s3_operations_total", {"operation": "stat", "status": "error"}
+        "s3_operations_total", {"operation": "get", "status": "error"}
     )
     return value or 0.0
 

@@ -16,6 +16,7 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment
 
+from activities.checkpoints import decode
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
 from core.config import Settings
@@ -28,6 +29,7 @@ from tests.helpers import (
 )
 from workflows.errors import ErrorType
 from workflows.models import (
+    Checkpoint,
     FileStatus,
     PackageInput,
     PackageProgress,
@@ -63,14 +65,22 @@ async def test_resolve_marks_missing_and_invalid(settings: Settings, store: Obje
     assert by_id[5].error_type == ErrorType.invalid_file_id
 
 
-async def test_heartbeats_carry_progress_and_a_checkpoint(
+async def test_heartbeats_carry_progress_and_a_resume_pointer(
     settings: Settings, store: ObjectStore
 ) -> None:
     sizes = {10_001: 7 * MIB, 10_002: 4 * MIB}
     sources = put_sources(store, settings, sizes)
     beats: list[PackageProgress] = []
+    kept: list[Checkpoint | None] = []
     env = ActivityEnvironment()
-    env.on_heartbeat = lambda *d: beats.append(d[0])
+
+    def on_beat(*details: Any) -> None:
+        beats.append(details[0])
+        if details[0].resume is not None and not kept:
+            # The checkpoint the pointer names is in S3 before the heartbeat is sent.
+            kept.append(decode(b"".join(store.read("archives/a.zip.checkpoint"))))
+
+    env.on_heartbeat = on_beat
     result = await env.run(
         DownloadActivities(store, settings).package_archive, _request(settings, sizes)
     )
@@ -78,12 +88,17 @@ async def test_heartbeats_carry_progress_and_a_checkpoint(
     assert result.bytes_packaged == sum(sizes.values())
     assert result.resumed_from == 0
     assert beats, "no heartbeat"
-    with_checkpoint = [b for b in beats if b.checkpoint]
-    assert with_checkpoint, "no checkpoint was heartbeated"
-    assert with_checkpoint[-1].checkpoint is not None
-    assert with_checkpoint[-1].checkpoint.parts
+    pointers = [b.resume for b in beats if b.resume]
+    assert pointers, "no resume point was heartbeated"
+    assert pointers[-1].parts >= 1
+    assert all(b.checkpoint is None for b in beats)
+    (checkpoint,) = kept
+    assert checkpoint is not None and checkpoint.upload_id == pointers[0].upload_id
+    assert checkpoint.parts == [] and checkpoint.part_count == pointers[0].parts
     assert max(b.bytes_done for b in beats) <= sum(sizes.values())
     assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+    # A complete archive needs no checkpoint.
+    assert store.stat_or_none("archives/a.zip.checkpoint") is None
 
 
 async def test_resume_from_a_checkpoint_reads_only_what_is_left(
@@ -98,7 +113,7 @@ async def test_resume_from_a_checkpoint_reads_only_what_is_left(
 
     def on_beat(*details: Any) -> None:
         progress: PackageProgress = details[0]
-        if progress.checkpoint and not checkpoints:
+        if progress.resume and not checkpoints:
             checkpoints.append(progress)
             # As when the worker is lost: not a user's cancel, so the upload is kept.
             first.cancel(ActivityCancellationDetails(timed_out=True))

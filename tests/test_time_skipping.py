@@ -6,7 +6,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import expect_failure, start_job, stat_errors
+from tests.helpers import expect_failure, read_errors, start_job
 from worker import build_worker
 from workflows.errors import ErrorType
 
@@ -24,10 +24,10 @@ async def test_storage_outage_exhausts_three_attempts_then_fails(
             "retry_maximum_interval_seconds": 20,
         }
     )
-    before = stat_errors()
+    before = read_errors()
     async with build_worker(time_env.client, seeds, ObjectStore(seeds)):
         handle = await start_job(time_env.client, seeds, [10_001])
         cause = await expect_failure(handle.result(), ErrorType.storage_unavailable)
     assert "retries exhausted" in cause.message
-    # Three attempts in all, each one failing stat call (the retries are the policy's, not ours).
-    assert stat_errors() - before == 3
+    # Three attempts in all, each one failing read (the storage budget's, not the interruptions').
+    assert read_errors() - before == 3

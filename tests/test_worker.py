@@ -118,7 +118,7 @@ async def test_worker_serves_its_own_and_sdk_metrics(
         text = http.request("GET", f"http://127.0.0.1:{port}/metrics").data.decode()
     assert "download_jobs_total{" in text and 'status="completed"' in text
     assert "download_job_duration_seconds_bucket" in text
-    assert 's3_operations_total{operation="stat",status="success"}' in text
+    assert 's3_operations_total{operation="get",status="success"}' in text
     assert "download_bytes_packaged_total 1000.0" in text
     assert "temporal_activity_execution_latency" in text  # from the SDK
     assert text.count("# TYPE download_jobs_total ") == 1

@@ -11,6 +11,7 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.checkpoints import checkpoint_key
 from core.config import Settings
 from core.storage import ObjectStore, UploadGone
 from devstack.servers import S3Server
@@ -21,10 +22,10 @@ from tests.helpers import (
     package_results,
     put_sources,
     read_archive,
+    read_errors,
     slow_origin,
     slow_origin_env,
     start_job,
-    stat_errors,
     wait_for,
     wait_for_checkpoint,
     worker_process,
@@ -36,7 +37,6 @@ from workflows.models import FileStatus, JobState, JobStatus
 from workflows.names import (
     DOWNLOAD_STATUS,
     PACKAGE_ARCHIVE,
-    RESOLVE_FILES,
     STATE_MEMO_KEY,
     STATUS_QUERY,
 )
@@ -119,7 +119,7 @@ async def test_cancel_mid_package_aborts_the_upload(
     async with build_worker(env.client, slow, store):
         handle = await start_job(env.client, settings, [10_001, 10_002, 10_003])
         progress = await wait_for_checkpoint(env.client, handle)
-        assert progress.checkpoint is not None
+        assert progress.resume is not None
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as err:
             await handle.result()
@@ -128,7 +128,8 @@ async def test_cancel_mid_package_aborts_the_upload(
     key = settings.archive_key(handle.id)
     assert store.stat_or_none(key) is None
     with pytest.raises(UploadGone):
-        store.list_parts(key, progress.checkpoint.upload_id)
+        store.list_parts(key, progress.resume.upload_id)
+    assert store.stat_or_none(checkpoint_key(key)) is None
     memo = await (await handle.describe()).memo_value(STATE_MEMO_KEY, type_hint=JobState)
     assert memo.status is JobStatus.cancelled
 
@@ -196,12 +197,12 @@ async def test_access_denied_fails_fast_without_retry(
 ) -> None:
     put_sources(store, settings, {10_001: 10})
     wrong = settings.model_copy(update={"s3_secret_access_key": "not-the-secret"})
-    errors_before = stat_errors()
+    errors_before = read_errors()
     async with build_worker(env.client, settings, ObjectStore(wrong)):
         handle = await start_job(env.client, settings, [10_001])
         await expect_failure(handle.result(), ErrorType.access_denied)
-    # One stat call in all: the resolving activity gave up at once instead of retrying.
-    assert stat_errors() - errors_before == 1
+    # One read in all: the packaging attempt gave up at once instead of retrying.
+    assert read_errors() - errors_before == 1
     # What clients are told: fixed words, not the storage error (key, code, endpoint).
     memo = await (await handle.describe()).memo_value(STATE_MEMO_KEY, type_hint=JobState)
     assert memo.error == PUBLIC_MESSAGES[ErrorType.access_denied]
@@ -210,15 +211,17 @@ async def test_access_denied_fails_fast_without_retry(
         assert internal not in memo.model_dump_json()
 
 
-async def test_long_id_lists_resolve_in_a_regular_activity(
+async def test_long_id_lists_are_resolved_while_packaging(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore, worker: Worker
 ) -> None:
-    """Past INLINE_RESOLVE_LIMIT ids, resolving is a regular (heartbeating) activity."""
+    """However long the id list, one packaging activity resolves the ids as it reads them."""
     ids = list(range(20_000, 20_000 + INLINE_RESOLVE_LIMIT + 10))
     sources = put_sources(store, settings, {ids[0]: 10, ids[-1]: 20})
     handle = await start_job(env.client, settings, ids)
     state = await handle.result()
     assert state.completed_files == 2 and state.failed_files == len(ids) - 2
+    assert {f.error for f in state.files if f.status is FileStatus.failed} == {"not found"}
+    assert state.total_bytes == 30
     assert_archive_matches(read_archive(store, str(state.archive_key)), sources)
     history = await handle.fetch_history()
     scheduled = [
@@ -226,7 +229,7 @@ async def test_long_id_lists_resolve_in_a_regular_activity(
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    assert scheduled == [RESOLVE_FILES, PACKAGE_ARCHIVE]
+    assert scheduled == [PACKAGE_ARCHIVE]
 
 
 async def test_terminal_state_is_posted_to_the_callback(

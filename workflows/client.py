@@ -88,6 +88,7 @@ def job_options(settings: Settings, compression: str | None = None) -> JobOption
             maximum_interval_seconds=settings.retry_maximum_interval_seconds,
         ),
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        deadline_seconds=settings.job_deadline_minutes * 60,
     )
 
 

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.callbacks import CallbackActivities
     from activities.packaging import DownloadActivities
     from workflows.errors import (
+        NON_RETRYABLE_ERRORS,
         ErrorType,
         describe_failure,
         failure_details,
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         PackageInput,
         PackageResult,
         ResolveInput,
+        RetryOptions,
         SourceFile,
         available_sources,
     )
@@ -46,9 +48,24 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-# Id lists up to this length are resolved by the packaging activity itself; longer ones by a
-# heartbeating activity of their own.
+# Before RESOLVE_WHILE_PACKAGING, id lists up to this length were resolved by the packaging
+# activity itself and longer ones by a heartbeating activity of their own; runs started then
+# replay that way.
 INLINE_RESOLVE_LIMIT = 50
+RESOLVE_WHILE_PACKAGING = "resolve-while-packaging"
+
+
+def interruptions_policy(storage: RetryOptions) -> RetryPolicy:
+    """Packaging attempts are retried however often a worker is lost or handed over: the
+    activity counts storage failures itself (`PackageInput.storage_retry`) and makes them
+    final when the job's storage attempts are used up; the deadline bounds the rest."""
+    return RetryPolicy(
+        maximum_attempts=0,
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=storage.maximum_interval_seconds),
+        non_retryable_error_types=NON_RETRYABLE_ERRORS,
+    )
 
 
 @workflow.defn(name=DOWNLOAD_WORKFLOW)
@@ -72,10 +89,12 @@ class DownloadWorkflow:
         )
         retry = request.options.retry.policy()
         try:
-            if len(request.file_ids) <= INLINE_RESOLVE_LIMIT:
-                # A few stat calls: the packaging attempt makes them itself, which saves a whole
-                # activity round trip per job. Until it ends the memo written at start stands, and
-                # the API reads progress from the running activity.
+            if workflow.patched(RESOLVE_WHILE_PACKAGING) or (
+                len(request.file_ids) <= INLINE_RESOLVE_LIMIT
+            ):
+                # The packaging attempt resolves the ids itself, as it reads them: the first
+                # answer for each source says its size. Until it ends the memo written at start
+                # stands, and the API reads progress from the running activity.
                 sources: list[SourceFile] = []
                 file_ids: list[int] | None = request.file_ids
             else:
@@ -90,11 +109,13 @@ class DownloadWorkflow:
                     compression=request.options.compression,
                     mtime=request.created_at,
                     request_id=request.request_id,
+                    storage_retry=request.options.retry,
                 ),
                 start_to_close_timeout=timedelta(seconds=request.options.package_timeout_seconds),
+                schedule_to_close_timeout=timedelta(seconds=request.options.deadline_seconds),
                 # Cancellation and lost workers are only noticed through heartbeats.
                 heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
-                retry_policy=retry,
+                retry_policy=interruptions_policy(request.options.retry),
                 # Wait for the activity to abort its upload before the job reports cancelled.
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )

@@ -8,11 +8,13 @@ mapped to these types here, once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import TimeoutError as TemporalTimeout
 
 from core.storage import AccessDenied, ObjectNotFound, StorageError
 
@@ -59,7 +61,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     ErrorType.callback_owner_busy: "the callback could not be delivered",
     ErrorType.worker_shutdown: "the job was interrupted",
     ErrorType.terminated: "the job was terminated by an operator",
-    ErrorType.timed_out: "the job timed out",
+    ErrorType.timed_out: "the job timed out before it could finish",
     ErrorType.invalid_request: "the job's input is invalid",
     ErrorType.unknown: "the job failed",
 }
@@ -113,14 +115,27 @@ def source_changed(exc: Exception) -> ApplicationError:
     return final(ErrorType.source_changed, f"source changed while packaging: {exc}")
 
 
-def upload_gone(exc: StorageError) -> ApplicationError:
-    """The checkpoint's upload expired or was aborted: retried, and the next attempt starts over."""
-    return ApplicationError(str(exc), type=ErrorType.storage_unavailable.value)
+def storage_retry(exc: StorageError, delay: timedelta | None) -> ApplicationError:
+    """A storage failure counted against the job's storage attempts: retried after `delay`, or
+    final when they are used up (`delay` None)."""
+    if delay is None:
+        return final(ErrorType.storage_unavailable, str(exc))
+    return ApplicationError(
+        str(exc), type=ErrorType.storage_unavailable.value, next_retry_delay=delay
+    )
+
+
+# A deploy hand-over is retried at once; the next attempt, on any worker, resumes.
+HANDOVER_DELAY = timedelta(seconds=1)
 
 
 def worker_shutdown() -> ApplicationError:
     # Retryable: the next attempt, on any worker, resumes from the checkpoint.
-    return ApplicationError("worker shutting down", type=ErrorType.worker_shutdown.value)
+    return ApplicationError(
+        "worker shutting down",
+        type=ErrorType.worker_shutdown.value,
+        next_retry_delay=HANDOVER_DELAY,
+    )
 
 
 def callback_refused(message: str) -> ApplicationError:
@@ -140,8 +155,11 @@ def root_message(err: BaseException) -> str:
 def describe_failure(err: BaseException) -> tuple[str, str]:
     """The job's public `error` (fixed words per type) and its type, for clients and tests."""
     cause: BaseException = err
-    while cause.__cause__ is not None and not isinstance(cause, ApplicationError):
+    while cause.__cause__ is not None and not isinstance(cause, ApplicationError | TemporalTimeout):
         cause = cause.__cause__
+    if isinstance(cause, TemporalTimeout):
+        # The job's deadline passed (a single attempt's timeout is retried).
+        return public_message(ErrorType.timed_out), ErrorType.timed_out.value
     kind = ErrorType.unknown.value
     if isinstance(cause, ApplicationError) and cause.type in PUBLIC_MESSAGES:
         kind = cause.type

@@ -72,6 +72,9 @@ class JobOptions(BaseModel):
     heartbeat_timeout_seconds: float = Field(default=30.0, ge=1, le=3600)
     # Upper bound for one attempt of the packaging activity; heartbeats detect a lost worker sooner.
     package_timeout_seconds: float = Field(default=6 * 3600.0, ge=10, le=7 * 86_400)
+    # The whole job's packaging, every attempt and wait included: lost workers and deploys are
+    # retried as often as they happen until then.
+    deadline_seconds: float = Field(default=6 * 3600.0, ge=60, le=7 * 86_400)
 
 
 class DownloadRequest(BaseModel):
@@ -193,6 +196,9 @@ class PackageInput(BaseModel):
     mtime: datetime | None = None
     # The id of the API request that started the job, for error reports.
     request_id: str | None = None
+    # The budget of attempts that fail on storage errors, counted by the activity itself (lost
+    # workers and deploy hand-overs use none of it); unset, Temporal's policy counts every attempt.
+    storage_retry: RetryOptions | None = None
 
 
 class Checkpoint(BaseModel):
@@ -201,7 +207,10 @@ class Checkpoint(BaseModel):
 
     upload_id: str
     # (part number, ETag) of every stored part, checked against S3 with ListParts on resume.
+    # Empty in a checkpoint kept in S3, which names the parts by count and digest instead.
     parts: list[tuple[int, str]]
+    part_count: int | None = None
+    parts_sha256: str | None = None
     # The zip writer's own state (`ResumableZipWriter.checkpoint`), which validates it on resume.
     writer: dict[str, Any]
     # The source being written and how many of its bytes are in the archive already.
@@ -213,6 +222,7 @@ class Checkpoint(BaseModel):
     missing: list[int] = Field(default_factory=list)
     # Set when the attempt resolved the ids itself, so a resumed attempt packages the same list.
     sources: list[SourceFile] | None = None
+    # The ids resolved so far (all of them, with `sources`; else those before `file_index`).
     resolved: list[FileState] | None = None
 
 
@@ -228,12 +238,26 @@ class ProgressSummary(BaseModel):
     # Bytes per second over the attempt so far, for completion estimates.
     rate: float | None = None
     updated_at: datetime | None = None
+    # Requested ids known not to be in the archive (missing or invalid), as far as known.
+    unavailable: list[int] = Field(default_factory=list)
+
+
+class ResumePointer(BaseModel):
+    """Which checkpoint a retried attempt resumes from: the one kept in S3 for this upload,
+    written once `parts` parts were stored (or later)."""
+
+    upload_id: str
+    parts: int
 
 
 class PackageProgress(ProgressSummary):
-    """Heartbeat details of `package_archive`: live progress plus the resume checkpoint."""
+    """Heartbeat details of `package_archive`: live progress, where to resume, and how many
+    attempts in a row failed on storage errors. Small whatever the archive."""
 
+    # A whole checkpoint, as heartbeated by earlier workers; resumed from, never written.
     checkpoint: Checkpoint | None = None
+    resume: ResumePointer | None = None
+    storage_failures: int = 0
 
 
 class PackageResult(BaseModel):

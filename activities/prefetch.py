@@ -1,0 +1,294 @@
+"""Sources read ahead of the archive writer: many GETs in flight, bounded bytes held, in order.
+
+Over a real network every GET waits a round trip (15-30 ms) before its first byte, so reading one
+source after another leaves the link idle most of the time when sources are small. Here the
+first segment of each coming source is requested while the writer is still on earlier ones, and
+a large source's later segments are requested in parallel ranged GETs once the writer reaches it.
+The first answer also resolves the source: it says how large the object is (or that it is gone),
+so no separate HEAD pass precedes the copy.
+
+Bounds, per job: at most `requests` GETs in flight and at most `buffer_bytes` read but not yet
+written. The segment the writer waits for is always allowed, so the writer never waits behind
+reads it only needs later, and read-ahead can never dead-lock the writer. When read-ahead stops
+at the byte bound (large sources), a few HEAD requests learn the sizes of the sources further on,
+so progress can tell the total early.
+
+Nothing here is a checkpoint: bytes read ahead and lost with a crash are read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, Segment, StorageError
+
+SEGMENT = 4 << 20
+# HEAD requests in flight to learn the sizes of sources beyond the read-ahead.
+STAT_REQUESTS = 4
+
+
+@dataclass
+class Source:
+    """One entry of the archive, in order: its id, key, size when known, and where to start."""
+
+    file_id: int
+    key: str
+    size: int | None = None
+    offset: int = 0
+
+
+class ByteBudget:
+    """Bytes held by segments read and not yet written; waiters are served in order.
+
+    One reservation is always granted when nothing is held, whatever its size.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+    def try_take(self, size: int, *, ahead_of_waiters: bool = False) -> bool:
+        if (self._waiters and not ahead_of_waiters) or not self._fits(size):
+            return False
+        self.used += size
+        return True
+
+    async def take(self, size: int) -> None:
+        if self.try_take(size):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give(size)  # granted just as it was cancelled
+            raise
+
+    def force(self, size: int) -> None:
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        while self._waiters:
+            size, waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(size):
+                break
+            self._waiters.popleft()
+            self.used += size
+            waiter.set_result(None)
+
+
+class Prefetcher:
+    """Reads `sources` ahead, in order; `open(i)` gives source `i`'s size and bytes."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        sources: list[Source | None],
+        run_io: Callable[..., Any],
+        *,
+        requests: int = 16,
+        buffer_bytes: int = 64 << 20,
+        segment: int = SEGMENT,
+    ) -> None:
+        # `None` entries are not read at all (an invalid id, known to have nothing to read).
+        self.store, self.sources, self.run_io = store, sources, run_io
+        self.segment = segment
+        self.budget = ByteBudget(buffer_bytes)
+        self.slots = asyncio.Semaphore(requests)
+        self.stop = threading.Event()
+        self._heads: dict[int, asyncio.Task[Segment]] = {}
+        self._scheduled = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._stats: asyncio.Task[None] | None = None
+        # Sizes learnt so far (first answers and HEADs); None: the source is gone.
+        self.sizes: dict[int, int | None] = {
+            i: s.size for i, s in enumerate(sources) if s is not None and s.size is not None
+        }
+
+    async def __aenter__(self) -> Prefetcher:
+        self._scheduler = asyncio.create_task(self._schedule())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop every read: queued ones never start, running ones drop their connection."""
+        self.stop.set()
+        tasks: list[asyncio.Task[Any]] = [*self._heads.values(), *self._tasks]
+        tasks += [t for t in (self._scheduler, self._stats) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        """Reads started and not finished (for tests and the attempt log)."""
+        running = [*self._heads.values(), *self._tasks]
+        return sum(1 for task in running if not task.done())
+
+    def expected_bytes(self) -> int:
+        """The bytes of every source still to come: known sizes, the rest estimated by the
+        mean of the known ones (0 until one is known)."""
+        known = [size for size in self.sizes.values() if size is not None]
+        readable = sum(1 for s in self.sources if s is not None)
+        unknown = readable - len(self.sizes)
+        mean = sum(known) / len(known) if known else 0
+        return sum(known) + round(unknown * mean)
+
+    # ------------------------------------------------------------------ read-ahead
+    async def _schedule(self) -> None:
+        """Request the first segment of every source in order, as the bounds allow."""
+        for index, source in enumerate(self.sources):
+            if source is None:
+                continue
+            want = self.segment
+            if source.size is not None:
+                want = max(0, min(self.segment, source.size - source.offset))
+            if not self.budget.try_take(want):
+                self._learn_sizes_beyond(index)
+                await self.budget.take(want)
+            await self.slots.acquire()
+            self._heads[index] = asyncio.create_task(self._head(source, want))
+            self._scheduled.set()
+
+    async def _head(self, source: Source, want: int) -> Segment:
+        try:
+            if source.size is not None and source.offset >= source.size:
+                return Segment(b"", source.size, None)  # a resumed entry with all bytes written
+            segment = await self._read(source.key, source.offset, max(want, 1))
+        except BaseException:
+            self.budget.give(want)
+            raise
+        finally:
+            self.slots.release()
+        self.budget.give(want - len(segment.data))
+        return segment
+
+    async def _read(self, key: str, offset: int, length: int, etag: str | None = None) -> Segment:
+        result: Segment = await self.run_io(
+            self.store.read_segment, key, offset, length, etag, self.stop
+        )
+        return result
+
+    def _learn_sizes_beyond(self, index: int) -> None:
+        if self._stats is None and index + 1 < len(self.sources):
+            self._stats = asyncio.create_task(self._stat_from(index + 1))
+
+    async def _stat_from(self, first: int) -> None:
+        limit = asyncio.Semaphore(STAT_REQUESTS)
+
+        async def stat(index: int, source: Source) -> None:
+            async with limit:
+                if index in self.sizes or self.stop.is_set():
+                    return
+                try:
+                    info = await self.run_io(self.store.stat, source.key)
+                except ObjectNotFound:
+                    self.sizes.setdefault(index, None)
+                except StorageError:
+                    return  # only an estimate: the read itself will tell
+                else:
+                    self.sizes.setdefault(index, info.size)
+
+        pending = [stat(i, s) for i, s in enumerate(self.sources) if i >= first and s is not None]
+        await asyncio.gather(*pending)
+
+    # ------------------------------------------------------------------ the writer's side
+    async def open(self, index: int) -> Opened:
+        """Source `index`'s first answer: raises `ObjectNotFound` if it is gone."""
+        while index not in self._heads:
+            self._scheduled.clear()
+            await self._scheduled.wait()
+        task = self._heads[index]
+        try:
+            segment = await task
+        except ObjectNotFound:
+            self.sizes[index] = None
+            raise
+        finally:
+            del self._heads[index]
+        self.sizes[index] = segment.size
+        return Opened(self, index, segment)
+
+    def _spawn(self, key: str, offset: int, length: int, etag: str | None) -> asyncio.Task[Segment]:
+        async def read() -> Segment:
+            async with self.slots:
+                return await self._read(key, offset, length, etag)
+
+        task = asyncio.create_task(read())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+class Opened:
+    """A source the writer has reached: its size, then its bytes in order."""
+
+    def __init__(self, prefetcher: Prefetcher, index: int, head: Segment) -> None:
+        self.prefetcher, self.head = prefetcher, head
+        source = prefetcher.sources[index]
+        assert source is not None
+        self.source = source
+        self.size = head.size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The source's bytes from its start offset; each chunk's share of the byte bound is
+        given back once the writer asks for the next one."""
+        p, head = self.prefetcher, self.head
+        offset = self.source.offset + len(head.data)
+        try:
+            if head.data:
+                yield head.data
+        finally:
+            p.budget.give(len(head.data))
+        window: deque[tuple[int, asyncio.Task[Segment]]] = deque()
+        planned = offset
+        try:
+            while offset < self.size:
+                planned = self._read_ahead(window, planned)
+                length, task = window.popleft()
+                try:
+                    segment = await task
+                    if len(segment.data) != length:
+                        raise ObjectChanged(f"{self.source.key}: shorter than its size")
+                    offset += length
+                    yield segment.data
+                finally:
+                    p.budget.give(length)
+        finally:
+            for length, task in window:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                p.budget.give(length)
+
+    def _read_ahead(self, window: deque[tuple[int, asyncio.Task[Segment]]], planned: int) -> int:
+        """Start the next segments: the one the writer needs regardless of the bound, more
+        while the bound and free request slots allow."""
+        p = self.prefetcher
+        while planned < self.size:
+            length = min(p.segment, self.size - planned)
+            if not window:
+                p.budget.force(length)
+            elif p.slots.locked() or not p.budget.try_take(length, ahead_of_waiters=True):
+                break
+            window.append((length, p._spawn(self.source.key, planned, length, self.head.etag)))
+            planned += length
+        return planned
