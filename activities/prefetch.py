@@ -162,22 +162,27 @@ class Prefetcher:
             if source.size is not None:
                 want = max(0, min(self.segment, source.size - source.offset))
             if not self.budget.try_take(want):
-                self._learn_sizes_beyond(index)
+                self._learn_sizes_from(index)
                 await self.budget.take(want)
             await self.slots.acquire()
-            self._heads[index] = asyncio.create_task(self._head(source, want))
+            self._heads[index] = asyncio.create_task(self._head(index, source, want))
             self._scheduled.set()
 
-    async def _head(self, source: Source, want: int) -> Segment:
+    async def _head(self, index: int, source: Source, want: int) -> Segment:
         try:
             if source.size is not None and source.offset >= source.size:
                 return Segment(b"", source.size, None)  # a resumed entry with all bytes written
             segment = await self._read(source.key, source.offset, max(want, 1))
+        except ObjectNotFound:
+            self.sizes[index] = None
+            self.budget.give(want)
+            raise
         except BaseException:
             self.budget.give(want)
             raise
         finally:
             self.slots.release()
+        self.sizes[index] = segment.size
         self.budget.give(want - len(segment.data))
         return segment
 
@@ -187,9 +192,9 @@ class Prefetcher:
         )
         return result
 
-    def _learn_sizes_beyond(self, index: int) -> None:
-        if self._stats is None and index + 1 < len(self.sources):
-            self._stats = asyncio.create_task(self._stat_from(index + 1))
+    def _learn_sizes_from(self, index: int) -> None:
+        if self._stats is None:
+            self._stats = asyncio.create_task(self._stat_from(index))
 
     async def _stat_from(self, first: int) -> None:
         limit = asyncio.Semaphore(STAT_REQUESTS)
@@ -216,16 +221,8 @@ class Prefetcher:
         while index not in self._heads:
             self._scheduled.clear()
             await self._scheduled.wait()
-        task = self._heads[index]
-        try:
-            segment = await task
-        except ObjectNotFound:
-            self.sizes[index] = None
-            raise
-        finally:
-            del self._heads[index]
-        self.sizes[index] = segment.size
-        return Opened(self, index, segment)
+        task = self._heads.pop(index)
+        return Opened(self, index, await task)
 
     def _spawn(self, key: str, offset: int, length: int, etag: str | None) -> asyncio.Task[Segment]:
         async def read() -> Segment:

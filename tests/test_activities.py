@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,14 @@ from google.protobuf import json_format
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.api.common.v1 import Payloads
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.checkpoints import decode
+from activities.checkpoints import Checkpoints, decode
 from activities.expiry import ArchiveExpiry
-from activities.packaging import DownloadActivities
+from activities.packaging import DownloadActivities, _Attempt
+from activities.prefetch import Source
+from activities.zipstream import ResumableZipWriter
 from core.config import Settings
 from core.storage import ObjectStore, UploadGone
 from tests.helpers import (
@@ -30,10 +33,13 @@ from tests.helpers import (
 from workflows.errors import ErrorType
 from workflows.models import (
     Checkpoint,
+    FileState,
     FileStatus,
     PackageInput,
     PackageProgress,
     ResolveInput,
+    ResumePointer,
+    RetryOptions,
     SourceFile,
 )
 
@@ -218,3 +224,80 @@ async def test_resumes_from_a_checkpoint_heartbeated_by_the_previous_version(
     assert [f.file_id for f in result.resolved or []] == list(sizes)
     assert b"".join(store.read(key)) == whole
     assert_archive_matches(read_archive(store, key), sources)
+
+
+def _in_thread(fn: Any, *args: Any) -> Any:
+    return asyncio.to_thread(fn, *args)
+
+
+async def test_a_checkpoint_past_1000_parts_resumes(settings: Settings, store: ObjectStore) -> None:
+    """S3 lists 1 000 parts a page: a checkpoint naming more is still found whole."""
+    key = settings.archive_key("many")
+    upload = store.create_upload(key)
+    parts = [(n, store.upload_part(key, upload, n, b"part %d" % n)) for n in range(1, 1041)]
+    checkpoints = Checkpoints(store, key, _in_thread)
+    _, writer = ResumableZipWriter().checkpoint()
+    position = {"file_index": 3, "file_offset": 0, "files_done": 3, "bytes_done": 1040}
+    pointer = await checkpoints.save(
+        Checkpoint(upload_id=upload, parts=parts, writer=dict(writer), **position)
+    )
+    assert pointer.parts == 1040
+
+    resumed = await checkpoints.to_resume(PackageProgress(resume=pointer))
+    assert resumed is not None and resumed.parts == parts and resumed.file_index == 3
+
+    # A checkpoint naming a part S3 does not hold as such: no resume, the upload is aborted.
+    parts[1009] = (1010, "0" * 32)
+    pointer = await checkpoints.save(
+        Checkpoint(upload_id=upload, parts=parts, writer=dict(writer), **position)
+    )
+    assert await checkpoints.to_resume(PackageProgress(resume=pointer)) is None
+    with pytest.raises(UploadGone):
+        store.list_parts(key, upload)
+
+
+def test_heartbeat_stays_small_at_9000_parts_and_1000_files(settings: Settings) -> None:
+    ids = list(range(10_000, 11_000))
+    for missing in (0, 999):  # the list of unavailable ids is the only part that grows
+        resolved = [
+            FileState(file_id=i, key=settings.source_key(i), size=5 << 20)
+            if n >= missing
+            else FileState(file_id=i, status=FileStatus.failed, error="not found")
+            for n, i in enumerate(ids[:-1])
+        ]
+        attempt = _Attempt(
+            ids=ids,
+            sources=[Source(i, settings.source_key(i)) for i in ids],
+            writer=ResumableZipWriter(),
+            resolved=resolved,
+            resolving=True,
+            file_index=999,
+            files_done=999 - missing,
+            bytes_done=(999 - missing) * (5 << 20),
+            current_file=ids[-1],
+            pointer=ResumePointer(upload_id="u" * 128, parts=9000),
+        )
+        (payload,) = pydantic_data_converter.payload_converter.to_payloads([attempt.details()])
+        assert len(payload.data) < 16_000, f"{len(payload.data)} bytes with {missing} missing"
+
+
+async def test_storage_failures_count_against_their_own_budget(settings: Settings) -> None:
+    """Each attempt that fails on storage says so in its heartbeat; the third is final."""
+    down = settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
+    acts = DownloadActivities(ObjectStore(down), down)
+    request = PackageInput(job_id="b", file_ids=[10_001], storage_retry=RetryOptions())
+    details: list[Any] = []
+    delays = []
+    for attempt in (1, 2, 3):
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, heartbeat_details=details[-1:], attempt=attempt)
+        env.on_heartbeat = lambda *d: details.append(d[0].model_dump(mode="json"))
+        with pytest.raises(ApplicationError) as raised:
+            await env.run(acts.package_archive, request)
+        assert raised.value.type == ErrorType.storage_unavailable
+        assert details[-1]["storage_failures"] == attempt
+        delays.append(raised.value.next_retry_delay)
+        if attempt < 3:
+            assert not raised.value.non_retryable
+    assert raised.value.non_retryable
+    assert delays == [timedelta(seconds=5), timedelta(seconds=10), None]

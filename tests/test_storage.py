@@ -8,7 +8,7 @@ import pytest
 import urllib3
 
 from core.config import Settings
-from core.storage import ObjectNotFound, ObjectStore, StorageUnavailable
+from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, StorageUnavailable
 
 
 def test_round_trip(store: ObjectStore, http: urllib3.PoolManager) -> None:
@@ -73,3 +73,27 @@ def test_links_are_signed_with_the_read_only_credential(
     assert settings.s3_access_key_id not in url
     # Signed by a user this S3 server does not know: refused, so the signature really is its.
     assert http.request("GET", url).status == 403
+
+
+def test_list_parts_reads_every_page(store: ObjectStore) -> None:
+    """S3 answers ListParts 1 000 parts a page; an upload past that is listed whole."""
+    upload = store.create_upload("archives/many.zip")
+    etags = {
+        n: store.upload_part("archives/many.zip", upload, n, b"p%d" % n) for n in range(1, 1006)
+    }
+    assert store.list_parts("archives/many.zip", upload) == etags
+    store.abort_upload("archives/many.zip", upload)
+
+
+def test_a_segment_read_tells_the_object_size(store: ObjectStore) -> None:
+    store.put_bytes("downloads/10001.zip", b"hello world")
+    head = store.read_segment("downloads/10001.zip", 0, 4)
+    assert (head.data, head.size) == (b"hell", 11)
+    tail = store.read_segment("downloads/10001.zip", 4, 100, head.etag)
+    assert (tail.data, tail.size) == (b"o world", 11)
+    store.put_bytes("downloads/10002.zip", b"")
+    assert store.read_segment("downloads/10002.zip", 0, 4).size == 0
+    with pytest.raises(ObjectNotFound):
+        store.read_segment("downloads/10003.zip", 0, 4)
+    with pytest.raises(ObjectChanged):
+        store.read_segment("downloads/10001.zip", 50, 4)  # past the end: it shrank

@@ -272,3 +272,43 @@ async def test_a_refused_callback_never_fails_the_job(
         if e.HasField("activity_task_failed_event_attributes")
     ]
     assert failed == [ErrorType.callback_refused]
+
+
+async def test_a_job_outlives_more_interruptions_than_storage_attempts(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    subprocess_env: dict[str, str],
+) -> None:
+    """Deploy hand-overs and lost workers, each more often than ACTIVITY_MAX_ATTEMPTS: the job
+    completes, every attempt resuming from the last stored part."""
+    two = settings.model_copy(update={"activity_max_attempts": 2})
+    sizes = {10_000 + i: 6 * MIB + i for i in range(1, 10)}
+    sources = put_sources(store, settings, sizes)
+    slow = slow_origin_env(subprocess_env, 400)
+    handle = await start_job(env.client, two, list(sizes))
+    parts = 0
+    for signal_name in ("SIGTERM",) * 3 + ("SIGKILL",) * 3:
+        with worker_process(slow) as proc:
+            progress = await wait_for_checkpoint(env.client, handle, min_parts=parts + 1)
+            assert progress.resume is not None
+            parts = progress.resume.parts
+            if signal_name == "SIGTERM":
+                proc.terminate()  # a deploy: hand over
+                assert proc.wait(timeout=30) == 0
+            # Leaving the block kills a worker still running: lost, noticed by heartbeat timeout.
+    async with build_worker(env.client, settings, store):
+        state = await handle.result()
+
+    assert state.status is JobStatus.completed
+    assert_archive_matches(read_archive(store, str(state.archive_key)), sources)
+    history = await handle.fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts[-1] >= 7  # six interruptions, then the attempt that finished
+    result = await package_results(env.client, handle)
+    assert result.resumed_from > 0
+    assert result.source_bytes_read < sum(sizes.values())
