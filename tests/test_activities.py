@@ -237,10 +237,19 @@ async def test_a_checkpoint_past_1000_parts_resumes(settings: Settings, store: O
     parts = [(n, store.upload_part(key, upload, n, b"part %d" % n)) for n in range(1, 1041)]
     checkpoints = Checkpoints(store, key, _in_thread)
     _, writer = ResumableZipWriter().checkpoint()
-    position = {"file_index": 3, "file_offset": 0, "files_done": 3, "bytes_done": 1040}
-    pointer = await checkpoints.save(
-        Checkpoint(upload_id=upload, parts=parts, writer=dict(writer), **position)
-    )
+
+    def checkpoint() -> Checkpoint:
+        return Checkpoint(
+            upload_id=upload,
+            parts=parts,
+            writer=dict(writer),
+            file_index=3,
+            file_offset=0,
+            files_done=3,
+            bytes_done=1040,
+        )
+
+    pointer = await checkpoints.save(checkpoint())
     assert pointer.parts == 1040
 
     resumed = await checkpoints.to_resume(PackageProgress(resume=pointer))
@@ -248,9 +257,7 @@ async def test_a_checkpoint_past_1000_parts_resumes(settings: Settings, store: O
 
     # A checkpoint naming a part S3 does not hold as such: no resume, the upload is aborted.
     parts[1009] = (1010, "0" * 32)
-    pointer = await checkpoints.save(
-        Checkpoint(upload_id=upload, parts=parts, writer=dict(writer), **position)
-    )
+    pointer = await checkpoints.save(checkpoint())
     assert await checkpoints.to_resume(PackageProgress(resume=pointer)) is None
     with pytest.raises(UploadGone):
         store.list_parts(key, upload)

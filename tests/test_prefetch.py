@@ -95,7 +95,7 @@ async def test_a_missing_source_is_reported_and_the_rest_continue(
         Source(i, settings.source_key(i)) for i in (10_001, 10_002, 10_003)
     ]
     async with Prefetcher(store, [*sources, None], _run_io()) as prefetcher:
-        got = []
+        got: list[bytes | None] = []
         for index in range(3):
             try:
                 opened = await prefetcher.open(index)
