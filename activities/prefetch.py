@@ -29,6 +29,9 @@ from typing import Any
 from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, Segment, StorageError
 
 SEGMENT = 4 << 20
+# The first read of a source whose size is not known yet: whole if it is small, which it mostly
+# is when there are many; a large one goes on in `SEGMENT`s.
+FIRST_READ = 1 << 20
 # HEAD requests in flight to learn the sizes of sources beyond the read-ahead.
 STAT_REQUESTS = 4
 
@@ -104,10 +107,11 @@ class Prefetcher:
         requests: int = 16,
         buffer_bytes: int = 64 << 20,
         segment: int = SEGMENT,
+        first_read: int = FIRST_READ,
     ) -> None:
         # `None` entries are not read at all (an invalid id, known to have nothing to read).
         self.store, self.sources, self.run_io = store, sources, run_io
-        self.segment = segment
+        self.segment, self.first_read = segment, min(first_read, segment)
         self.budget = ByteBudget(buffer_bytes)
         self.slots = asyncio.Semaphore(requests)
         self.stop = threading.Event()
@@ -158,7 +162,7 @@ class Prefetcher:
         for index, source in enumerate(self.sources):
             if source is None:
                 continue
-            want = self.segment
+            want = self.first_read
             if source.size is not None:
                 want = max(0, min(self.segment, source.size - source.offset))
             if not self.budget.try_take(want):
