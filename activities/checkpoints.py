@@ -11,8 +11,15 @@ the parts from S3 (every page: S3 answers at most 1 000 a page) and checks the d
 object stays a few tens of kB however many parts there are.
 
 The object may be newer than the heartbeat (the worker died between the two writes); it is still
-a valid resume point, since it is only written once the parts it names are stored. Whole
-checkpoints heartbeated by earlier workers are still resumed from.
+a valid resume point, since it is only written once the parts it names are stored. Once the
+archive is complete it holds the attempt's result and stays until the archive expires: an
+attempt whose completion Temporal no longer accepted (its heartbeats timed out while Temporal
+or the network was away) has done the work, and the attempt retried in its place returns that
+result instead of packaging again. Whole checkpoints heartbeated by earlier workers are still
+resumed from.
+
+A checkpoint or upload that S3 says is gone is only taken for gone once the bucket answers: a
+storage server that is going down may answer "not found" for everything.
 """
 
 from __future__ import annotations
@@ -26,8 +33,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.observability import get_logger
-from core.storage import ObjectNotFound, ObjectStore, StorageError, UploadGone
-from workflows.models import Checkpoint, PackageProgress, ResumePointer
+from core.storage import (
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    StorageUnavailable,
+    UploadGone,
+)
+from workflows.models import Checkpoint, PackageProgress, PackageResult, ResumePointer
 
 log = get_logger(__name__)
 
@@ -82,6 +95,12 @@ class Checkpoints:
         await self.run_io(self.store.put_bytes, self.key, encode(kept), "application/zlib")
         return ResumePointer(upload_id=checkpoint.upload_id, parts=len(parts))
 
+    async def complete(self, checkpoint: Checkpoint, result: PackageResult) -> None:
+        """Keep the result of the completed archive for a late attempt of the same run."""
+        done = checkpoint.model_copy(update={"resolved": None, "sources": None, "result": result})
+        with contextlib.suppress(StorageError):
+            await self.run_io(self.store.put_bytes, self.key, encode(done), "application/zlib")
+
     async def discard(self) -> None:
         """Forget the checkpoint (the archive is complete, or will never be)."""
         with contextlib.suppress(StorageError):
@@ -100,14 +119,19 @@ class Checkpoints:
         if kept is None:
             await self._abort(progress.resume.upload_id)
             return None
+        if kept.result is not None:
+            return kept  # the archive is complete
         return await self._verified(kept, None)
 
     async def _load(self, pointer: ResumePointer) -> Checkpoint | None:
         try:
             data = await self.run_io(self.store.get_bytes, self.key)
         except ObjectNotFound:
+            await self._storage_answers()
             return None
         kept = decode(data)
+        if kept is not None and kept.upload_id == pointer.upload_id and kept.result is not None:
+            return kept
         if kept is None or kept.upload_id != pointer.upload_id or kept.part_count is None:
             log.warning("checkpoint object does not match the heartbeat", archive=self.archive_key)
             return None
@@ -137,6 +161,13 @@ class Checkpoints:
             await self._abort(checkpoint.upload_id)
             return None
         return checkpoint.model_copy(update={"parts": parts})
+
+    async def _storage_answers(self) -> None:
+        """Raise a retryable error unless the bucket answers as it should."""
+        try:
+            await self.run_io(self.store.ping)
+        except ObjectNotFound as exc:
+            raise StorageUnavailable(f"bucket of {self.archive_key} not found") from exc
 
     async def _abort(self, upload_id: str) -> None:
         with contextlib.suppress(StorageError):

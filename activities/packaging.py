@@ -43,6 +43,7 @@ from workflows.errors import (
     source_changed,
     storage_failure,
     storage_retry,
+    upload_gone,
     worker_shutdown,
 )
 from workflows.models import (
@@ -200,6 +201,18 @@ class _Attempt:
         }
         return lambda **upload: Checkpoint(**fields, **upload)
 
+    def result(self, archive_key: str) -> PackageResult:
+        return PackageResult(
+            archive_key=archive_key,
+            archive_size=self.writer.offset,
+            files_packaged=self.files_done,
+            bytes_packaged=self.bytes_done,
+            missing=self.missing,
+            resolved=self.resolved,
+            resumed_from=self.resumed_from,
+            source_bytes_read=self.source_bytes_read,
+        )
+
     def skip(self, state: FileState | None) -> None:
         """Move past the current entry without writing it (its id failed to resolve)."""
         if state is not None and self.resolving and self.resolved is not None:
@@ -284,6 +297,11 @@ class DownloadActivities:
             # What the next attempt resumes from is kept, with the failure counted.
             activity.heartbeat(progress.model_copy(update={"storage_failures": failures}))
             raise error from exc
+        if checkpoint is not None and checkpoint.result is not None:
+            if await self._archive_stored(checkpoint.result):
+                log.info("archive already complete", archive=checkpoints.archive_key)
+                return checkpoint.result
+            checkpoint = None
         attempt = self._start_or_restore(request, checkpoint, progress)
         log_entry.counters = attempt.counters
         base = self._base_part_size(attempt.sources)
@@ -316,11 +334,13 @@ class DownloadActivities:
                 await upload.abort()
                 await checkpoints.discard()
                 raise source_changed(exc) from exc
+            except UploadGone as exc:
+                # Completed or aborted by another attempt of this run (one Temporal had given
+                # up on), or expired: not a storage failure. The next attempt finds out which.
+                await upload.settle(quiet=True)
+                raise upload_gone(exc) from exc
             except StorageError as exc:
                 await upload.settle(quiet=True)
-                if isinstance(exc, UploadGone):
-                    # Forget the checkpoint: the next attempt starts over.
-                    attempt.pointer = attempt.legacy = None
                 # An attempt that stored parts made headway: the storage budget starts again.
                 before = 0 if len(upload.parts) > stored_before else attempt.storage_failures
                 error, attempt.storage_failures = self._storage_error(request, before, exc)
@@ -334,16 +354,7 @@ class DownloadActivities:
                     await asyncio.shield(checkpoints.discard())
                     log.info("archive cancelled, upload aborted", archive=upload.key)
                 raise
-        return PackageResult(
-            archive_key=upload.key,
-            archive_size=attempt.writer.offset,
-            files_packaged=attempt.files_done,
-            bytes_packaged=attempt.bytes_done,
-            missing=attempt.missing,
-            resolved=attempt.resolved,
-            resumed_from=attempt.resumed_from,
-            source_bytes_read=attempt.source_bytes_read,
-        )
+        return attempt.result(upload.key)
 
     def _start_or_restore(
         self, request: PackageInput, checkpoint: Checkpoint | None, progress: PackageProgress
@@ -467,14 +478,21 @@ class DownloadActivities:
     async def _finish(
         self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
     ) -> None:
-        """Write the central directory and store the archive (one PUT if it fits in one part)."""
+        """Write the central directory and store the archive (one PUT if it fits in one part);
+        a multipart archive's checkpoint then keeps the result, for a late attempt."""
         if not attempt.writer.finished:
             upload.write(attempt.writer.finish())
             if upload.upload_id is not None:
                 await self._store_part(attempt, upload, checkpoints)
         await upload.complete()
         if upload.upload_id is not None:
-            await checkpoints.discard()
+            _, writer_state = attempt.writer.checkpoint()
+            final = attempt.position(writer_state)(upload_id=upload.upload_id, parts=[])
+            await checkpoints.complete(final, attempt.result(upload.key))
+
+    async def _archive_stored(self, result: PackageResult) -> bool:
+        info = await self._io(self.store.stat_or_none, result.archive_key)
+        return info is not None and info.size == result.archive_size
 
     def _base_part_size(self, sources: list[Source | None]) -> int:
         """The configured part size, larger if the known sizes need it to fit in `MAX_PARTS`."""

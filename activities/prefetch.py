@@ -125,6 +125,14 @@ class Prefetcher:
             i: s.size for i, s in enumerate(sources) if s is not None and s.size is not None
         }
 
+    def read_end(self, offset: int) -> int:
+        """Where a read from `offset` stops: reads follow one grid in every source (the first
+        read, then segments), wherever an attempt starts, so an attempt resumed from a
+        checkpoint cuts the archive into the very same parts as the attempt it continues."""
+        if offset < self.first_read:
+            return self.first_read
+        return offset + self.segment - (offset - self.first_read) % self.segment
+
     async def __aenter__(self) -> Prefetcher:
         self._scheduler = asyncio.create_task(self._schedule())
         return self
@@ -162,9 +170,9 @@ class Prefetcher:
         for index, source in enumerate(self.sources):
             if source is None:
                 continue
-            want = self.first_read
+            want = self.read_end(source.offset) - source.offset
             if source.size is not None:
-                want = max(0, min(self.segment, source.size - source.offset))
+                want = max(0, min(want, source.size - source.offset))
             if not self.budget.try_take(want):
                 self._learn_sizes_from(index)
                 await self.budget.take(want)
@@ -285,7 +293,7 @@ class Opened:
         while the bound and free request slots allow."""
         p = self.prefetcher
         while planned < self.size:
-            length = min(p.segment, self.size - planned)
+            length = min(p.read_end(planned), self.size) - planned
             if not window:
                 p.budget.force(length)
             elif p.slots.locked() or not p.budget.try_take(length, ahead_of_waiters=True):

@@ -155,12 +155,17 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Fa
         await task
 
 
-def read_errors() -> float:
-    """Failed S3 reads (GET) so far in this process (an in-process worker's storage calls)."""
+def s3_operations(operation: str, status: str = "success") -> float:
+    """S3 calls of one kind so far in this process (an in-process worker's storage calls)."""
     value = REGISTRY.get_sample_value(
-        "s3_operations_total", {"operation": "get", "status": "error"}
+        "s3_operations_total", {"operation": operation, "status": status}
     )
     return value or 0.0
+
+
+def read_errors() -> float:
+    """Failed S3 reads (GET) so far in this process."""
+    return s3_operations("get", "error")
 
 
 def slow_origin(settings: Settings, delay_ms: int) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.helpers import (
     assert_archive_matches,
     put_sources,
     read_archive,
+    s3_operations,
     slow_origin,
 )
 from workflows.errors import ErrorType
@@ -103,15 +105,54 @@ async def test_heartbeats_carry_progress_and_a_resume_pointer(
     assert checkpoint.parts == [] and checkpoint.part_count == pointers[0].parts
     assert max(b.bytes_done for b in beats) <= sum(sizes.values())
     assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
-    # A complete archive needs no checkpoint.
-    assert store.stat_or_none("archives/a.zip.checkpoint") is None
+    # A complete archive's checkpoint holds the result, for a late attempt of the same run.
+    final = decode(b"".join(store.read("archives/a.zip.checkpoint")))
+    assert final is not None and final.result == result
+
+
+async def test_a_late_attempt_returns_the_archive_an_earlier_one_completed(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """Temporal gave up on an attempt (heartbeat timeout) that went on and completed the
+    archive: the attempt retried in its place returns that result, packaging nothing again."""
+    sizes = {10_001: 7 * MIB, 10_002: 4 * MIB}
+    put_sources(store, settings, sizes)
+    acts = DownloadActivities(store, settings)
+    beats: list[PackageProgress] = []
+    first = ActivityEnvironment()
+    first.on_heartbeat = lambda *d: beats.append(d[0])
+    done = await first.run(acts.package_archive, _request(settings, sizes))
+    last = [b for b in beats if b.resume][-1]
+    archive = store.stat("archives/a.zip")
+
+    uploads = s3_operations("upload_part")
+    late = ActivityEnvironment()
+    late.info = dataclasses.replace(
+        late.info, heartbeat_details=[last.model_dump(mode="json")], attempt=2
+    )
+    assert await late.run(acts.package_archive, _request(settings, sizes)) == done
+    assert s3_operations("upload_part") == uploads
+    assert store.stat("archives/a.zip") == archive
+
+
+def _digests(store: ObjectStore, job_id: str, seen: dict[int, str]) -> Callable[..., None]:
+    """A heartbeat callback noting the parts digest of each checkpoint the pointer names."""
+
+    def on_beat(*details: Any) -> None:
+        progress: PackageProgress = details[0]
+        if progress.resume is not None and progress.resume.parts not in seen:
+            kept = decode(b"".join(store.read(f"archives/{job_id}.zip.checkpoint")))
+            if kept is not None and kept.part_count and kept.parts_sha256:
+                seen[kept.part_count] = kept.parts_sha256
+
+    return on_beat
 
 
 async def test_resume_from_a_checkpoint_reads_only_what_is_left(
     settings: Settings, store: ObjectStore
 ) -> None:
     """Stop an attempt after its first part, then run a new attempt from the heartbeat details."""
-    sizes = {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 3 * MIB}
+    sizes = {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 3 * MIB, 10_004: 9 * MIB}
     sources = put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
     first = ActivityEnvironment()
@@ -133,10 +174,21 @@ async def test_resume_from_a_checkpoint_reads_only_what_is_left(
     second.info = dataclasses.replace(
         second.info, heartbeat_details=[checkpoint.model_dump(mode="json")], attempt=2
     )
+    resumed: dict[int, str] = {}
+    second.on_heartbeat = _digests(store, "a", resumed)
     result = await second.run(acts.package_archive, _request(settings, sizes))
     assert result.resumed_from > 0
     assert result.source_bytes_read < sum(sizes.values())
     assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+
+    # Cut into the very same parts as an attempt never interrupted, so that an attempt
+    # Temporal gave up on, still uploading, writes the same bytes under a part's number.
+    whole: dict[int, str] = {}
+    uninterrupted = ActivityEnvironment()
+    uninterrupted.on_heartbeat = _digests(store, "b", whole)
+    await uninterrupted.run(acts.package_archive, _request(settings, sizes, "b"))
+    assert len(resumed) >= 2
+    assert {n: whole.get(n) for n in resumed} == resumed
 
 
 async def test_cancellation_while_waiting_on_a_slow_origin_aborts(

@@ -129,6 +129,14 @@ def storage_retry(exc: StorageError, delay: timedelta | None) -> ApplicationErro
 HANDOVER_DELAY = timedelta(seconds=1)
 
 
+def upload_gone(exc: StorageError) -> ApplicationError:
+    """The upload was completed or aborted under the attempt: retried at once, and the next
+    attempt returns the completed archive or starts over."""
+    return ApplicationError(
+        str(exc), type=ErrorType.storage_unavailable.value, next_retry_delay=HANDOVER_DELAY
+    )
+
+
 def worker_shutdown() -> ApplicationError:
     # Retryable: the next attempt, on any worker, resumes from the checkpoint.
     return ApplicationError(

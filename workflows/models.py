@@ -224,6 +224,8 @@ class Checkpoint(BaseModel):
     sources: list[SourceFile] | None = None
     # The ids resolved so far (all of them, with `sources`; else those before `file_index`).
     resolved: list[FileState] | None = None
+    # Set once the archive is complete: what a late attempt of the same run returns.
+    result: PackageResult | None = None
 
 
 class ProgressSummary(BaseModel):
