@@ -34,9 +34,11 @@ bench: install
 	$(RUN) python -m bench.packaging
 	$(RUN) python -m bench.throughput
 	$(RUN) python -m bench.e2e
+	$(RUN) python -m bench.smallfiles
 	$(RUN) python -m bench.status
 	$(RUN) python -m bench.sse
 	$(RUN) python -m bench.sse --distinct
+	$(RUN) python -m bench.soak
 
 clean:
 	rm -rf .venv .tools .mypy_cache .pytest_cache .ruff_cache
