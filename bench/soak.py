@@ -56,7 +56,7 @@ from temporalio.client import Client
 from bench.common import KEY, MIB, SECRET, Services, bench_settings, wait_healthy, wait_polling
 from bench.netproxy import NetProxy
 from core.config import Settings
-from devstack.servers import BIN, BIND, S3Server, free_port, stop_process, wait_for_port
+from devstack.servers import BIN, BIND, S3Server, free_port, stop_process
 from workflows.names import fairness_flags, search_attribute_flags
 
 KIB = 1 << 10
@@ -136,33 +136,6 @@ class TemporalDevServer:
     def stop(self) -> None:
         stop_process(self.proc, grace=15)
         self.proc = None
-
-
-class LoggedS3Server(S3Server):
-    """`S3Server` with rclone's output appended to a file (it logs benign errors while the
-    workers delete objects, which would clutter the event log)."""
-
-    def __init__(self, root: Path, port: int, access_key: str, secret_key: str, log: Path) -> None:
-        super().__init__(root, port, access_key, secret_key)
-        self.log = log
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        command = [
-            str(BIN / "rclone"),
-            "serve",
-            "s3",
-            str(self.root),
-            "--addr",
-            f"{BIND}:{self.port}",
-            "--auth-key",
-            f"{self.access_key},{self.secret_key}",
-            "--log-level",
-            "ERROR",
-        ]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        wait_for_port(self.port)
 
 
 def spawn(
@@ -543,7 +516,7 @@ async def soak(args: argparse.Namespace, logs: Path) -> bool:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-soak-")))
-        s3 = LoggedS3Server(root / "s3", free_port(), KEY, SECRET, logs / "s3.log")
+        s3 = S3Server(root / "s3", free_port(), KEY, SECRET, log=logs / "s3.log")
         stack.callback(s3.stop)
         s3.start()
         temporal = TemporalDevServer(root / "temporal.sqlite", free_port(), logs / "temporal.log")

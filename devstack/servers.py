@@ -72,31 +72,36 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> N
 
 
 class S3Server:
-    """`rclone serve s3` over a directory (bucket = folder); stop and start it at will."""
+    """`rclone serve s3` over a directory (bucket = folder); stop and start it at will. With
+    `log`, rclone's output is appended to that file (else it is dropped)."""
 
-    def __init__(self, root: Path, port: int, access_key: str, secret_key: str) -> None:
-        self.root, self.port = root, port
+    def __init__(
+        self, root: Path, port: int, access_key: str, secret_key: str, log: Path | None = None
+    ) -> None:
+        self.root, self.port, self.log = root, port, log
         self.access_key, self.secret_key = access_key, secret_key
         self.endpoint = f"http://{BIND}:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "rclone"),
-                "serve",
-                "s3",
-                str(self.root),
-                "--addr",
-                f"{BIND}:{self.port}",
-                "--auth-key",
-                f"{self.access_key},{self.secret_key}",
-                "--log-level",
-                "ERROR",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        command = [
+            str(BIN / "rclone"),
+            "serve",
+            "s3",
+            str(self.root),
+            "--addr",
+            f"{BIND}:{self.port}",
+            "--auth-key",
+            f"{self.access_key},{self.secret_key}",
+            "--log-level",
+            "ERROR",
+        ]
+        if self.log is None:
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        else:
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         wait_for_port(self.port)
 
     def stop(self) -> None:
