@@ -106,15 +106,16 @@ class Checkpoints:
         with contextlib.suppress(StorageError):
             await self.run_io(self.store.delete, self.key)
 
-    async def to_resume(self, progress: PackageProgress | None) -> Checkpoint | None:
+    async def to_resume(
+        self, progress: PackageProgress | None, run_id: str | None = None
+    ) -> Checkpoint | None:
         """The checkpoint the last attempt left, if S3 still holds every part it names; else
-        None, with that attempt's upload aborted."""
-        if progress is None:
-            return None
-        if progress.checkpoint is not None:
+        None, with that attempt's upload aborted. With `run_id` (a retried attempt), a checkpoint
+        of that run no heartbeat points at is adopted too."""
+        if progress is not None and progress.checkpoint is not None:
             return await self._verified(progress.checkpoint, progress.checkpoint.parts)
-        if progress.resume is None:
-            return None
+        if progress is None or progress.resume is None:
+            return await self._unannounced(run_id) if run_id is not None else None
         kept = await self._load(progress.resume)
         if kept is None:
             await self._abort(progress.resume.upload_id)
@@ -138,6 +139,23 @@ class Checkpoints:
         if kept.part_count < pointer.parts:
             return None
         return kept
+
+    async def _unannounced(self, run_id: str) -> Checkpoint | None:
+        """A checkpoint of this run that the last heartbeat does not point at: the attempt
+        before stored parts while its heartbeats did not reach Temporal (Temporal restarting, a
+        network cut) and was then given up on. Without it, that work would be done again."""
+        try:
+            data = await self.run_io(self.store.get_bytes, self.key)
+        except ObjectNotFound:
+            return None
+        kept = decode(data)
+        if kept is None or kept.run_id != run_id:
+            return None  # none, or another run's (a job id started again)
+        if kept.result is not None:
+            return kept
+        if kept.part_count is None:
+            return None
+        return await self._verified(kept, None)
 
     async def _verified(self, checkpoint: Checkpoint, parts: Parts | None) -> Checkpoint | None:
         """`checkpoint` with its parts' ETags, if S3 holds exactly those parts."""

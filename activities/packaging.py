@@ -145,6 +145,8 @@ class _Attempt:
     source_bytes_read: int = 0
     started: float = field(default_factory=time.monotonic)
     prefetcher: Prefetcher | None = None
+    # The workflow run, named in the checkpoints this attempt keeps.
+    run_id: str | None = None
 
     def counters(self) -> dict[str, int]:
         return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
@@ -198,6 +200,7 @@ class _Attempt:
             "missing": list(self.missing),
             "sources": self.named_sources,
             "resolved": resolved,
+            "run_id": self.run_id,
         }
         return lambda **upload: Checkpoint(**fields, **upload)
 
@@ -289,10 +292,15 @@ class DownloadActivities:
     async def _package(self, request: PackageInput, log_entry: AttemptLog) -> PackageResult:
         # Every key is derived here from ids, whatever the input says.
         checkpoints = Checkpoints(self.store, self.settings.archive_key(request.job_id), self._io)
-        progress = last_progress(activity.info().heartbeat_details) or PackageProgress()
+        info = activity.info()
+        progress = last_progress(info.heartbeat_details)
+        # A first attempt has nothing to resume; a retried one may find its predecessor's
+        # checkpoint even if no heartbeat of it reached Temporal.
+        retried_run = info.workflow_run_id if info.attempt > 1 else None
         try:
-            checkpoint = await checkpoints.to_resume(progress)
+            checkpoint = await checkpoints.to_resume(progress, retried_run)
         except StorageError as exc:
+            progress = progress or PackageProgress()
             error, failures = self._storage_error(request, progress.storage_failures, exc)
             # What the next attempt resumes from is kept, with the failure counted.
             activity.heartbeat(progress.model_copy(update={"storage_failures": failures}))
@@ -302,7 +310,8 @@ class DownloadActivities:
                 log.info("archive already complete", archive=checkpoints.archive_key)
                 return checkpoint.result
             checkpoint = None
-        attempt = self._start_or_restore(request, checkpoint, progress)
+        attempt = self._start_or_restore(request, checkpoint, progress or PackageProgress())
+        attempt.run_id = info.workflow_run_id
         log_entry.counters = attempt.counters
         base = self._base_part_size(attempt.sources)
         upload = ArchiveUpload(

@@ -3,7 +3,8 @@
 Over a real network every GET waits a round trip (15-30 ms) before its first byte, so reading one
 source after another leaves the link idle most of the time when sources are small. Here the
 first segment of each coming source is requested while the writer is still on earlier ones, and
-a large source's later segments are requested in parallel ranged GETs once the writer reaches it.
+a large source's later segments are requested in parallel ranged GETs once the writer reaches it
+(`WINDOW` of them at once).
 The first answer also resolves the source: it says how large the object is (or that it is gone),
 so no separate HEAD pass precedes the copy.
 
@@ -34,6 +35,10 @@ SEGMENT = 4 << 20
 FIRST_READ = 1 << 20
 # HEAD requests in flight to learn the sizes of sources beyond the read-ahead.
 STAT_REQUESTS = 4
+# Segments of one large source read at once: the one the writer waits for and two more. The
+# writer cannot go faster than the upload, so reading further ahead would not speed it up; it
+# would only hold more bytes, all read again if the worker is lost before they are stored.
+WINDOW = 3
 
 
 @dataclass
@@ -108,10 +113,12 @@ class Prefetcher:
         buffer_bytes: int = 64 << 20,
         segment: int = SEGMENT,
         first_read: int = FIRST_READ,
+        window: int = WINDOW,
     ) -> None:
         # `None` entries are not read at all (an invalid id, known to have nothing to read).
         self.store, self.sources, self.run_io = store, sources, run_io
         self.segment, self.first_read = segment, min(first_read, segment)
+        self.window = window
         self.budget = ByteBudget(buffer_bytes)
         self.slots = asyncio.Semaphore(requests)
         self.stop = threading.Event()
@@ -290,14 +297,16 @@ class Opened:
 
     def _read_ahead(self, window: deque[tuple[int, asyncio.Task[Segment]]], planned: int) -> int:
         """Start the next segments: the one the writer needs regardless of the bound, more
-        while the bound and free request slots allow."""
+        while the window, the bound and free request slots allow."""
         p = self.prefetcher
         while planned < self.size:
             length = min(p.read_end(planned), self.size) - planned
             if not window:
                 p.budget.force(length)
-            elif p.slots.locked() or not p.budget.try_take(length, ahead_of_waiters=True):
-                break
+            else:
+                full = len(window) >= p.window or p.slots.locked()
+                if full or not p.budget.try_take(length, ahead_of_waiters=True):
+                    break
             window.append((length, p._spawn(self.source.key, planned, length, self.head.etag)))
             planned += length
         return planned

@@ -191,6 +191,38 @@ async def test_resume_from_a_checkpoint_reads_only_what_is_left(
     assert {n: whole.get(n) for n in resumed} == resumed
 
 
+async def test_a_retried_attempt_finds_its_runs_checkpoint_without_a_heartbeat(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """Temporal was away while the first attempt stored parts (none of its heartbeats arrived):
+    the retried attempt resumes from the checkpoint its run left in S3; another run of the same
+    job id (started again) does not."""
+    sizes = {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 3 * MIB, 10_004: 9 * MIB}
+    sources = put_sources(store, settings, sizes)
+    acts = DownloadActivities(store, settings)
+    first = ActivityEnvironment()
+
+    def on_beat(*details: Any) -> None:
+        progress: PackageProgress = details[0]
+        if progress.resume is not None:
+            first.cancel(ActivityCancellationDetails(timed_out=True))
+
+    first.on_heartbeat = on_beat
+    with pytest.raises(asyncio.CancelledError):
+        await first.run(acts.package_archive, _request(settings, sizes))
+    run_id = first.info.workflow_run_id
+
+    checkpoints = Checkpoints(store, settings.archive_key("a"), _in_thread)
+    assert await checkpoints.to_resume(None, "another-run") is None
+
+    retried = ActivityEnvironment()
+    retried.info = dataclasses.replace(retried.info, workflow_run_id=run_id, attempt=2)
+    result = await retried.run(acts.package_archive, _request(settings, sizes))
+    assert result.resumed_from > 0
+    assert result.source_bytes_read < sum(sizes.values())
+    assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+
+
 async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
     settings: Settings, store: ObjectStore
 ) -> None:

@@ -72,6 +72,36 @@ async def test_sources_arrive_whole_and_in_order_within_the_bounds(
     assert peak_buffered <= 96 * KIB + 32 * KIB
 
 
+async def test_a_large_source_is_read_a_window_ahead_of_the_writer(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """Within one large source only `window` segments are read at once, however large the byte
+    bound: the writer waits on the upload anyway, and what is read ahead is lost with a worker."""
+    store = CountingStore(settings)
+    sizes = {10_001: 20 * 32 * KIB}
+    data = put_sources(store, settings, sizes)
+    prefetcher = Prefetcher(
+        store,
+        [Source(10_001, settings.source_key(10_001))],
+        _run_io(),
+        requests=16,
+        buffer_bytes=10_000 * KIB,
+        segment=32 * KIB,
+        first_read=32 * KIB,
+        window=3,
+    )
+    peak_buffered, received = 0, b""
+    async with prefetcher:
+        opened = await prefetcher.open(0)
+        async for chunk in opened.chunks():
+            await asyncio.sleep(0.01)  # a writer slower than the reads
+            received += chunk
+            peak_buffered = max(peak_buffered, prefetcher.budget.used)
+    assert received == data[10_001]
+    assert store.peak <= 3
+    assert peak_buffered <= 3 * 32 * KIB
+
+
 async def test_reads_run_ahead_of_the_writer(settings: Settings, store: ObjectStore) -> None:
     """Many small sources: the reads of later ones are under way while the first is written."""
     store = CountingStore(settings)  # the fixture's bucket, counted

@@ -226,6 +226,9 @@ class Checkpoint(BaseModel):
     resolved: list[FileState] | None = None
     # Set once the archive is complete: what a late attempt of the same run returns.
     result: PackageResult | None = None
+    # The workflow run that wrote it: an attempt whose heartbeat holds no pointer adopts only a
+    # checkpoint of its own run.
+    run_id: str | None = None
 
 
 class ProgressSummary(BaseModel):
