@@ -7,7 +7,6 @@ Each test gets its own bucket and task queue.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -20,12 +19,12 @@ from temporalio.worker import Worker
 from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import (
-    BIN,
     S3Server,
     free_port,
     start_dev_server,
     start_time_skipping_server,
 )
+from tests.helpers import entry_point_env, isolated_settings
 from worker import build_worker
 
 S3_KEY, S3_SECRET = "testaccess", "testsecret123"
@@ -86,26 +85,7 @@ def settings(
     request: pytest.FixtureRequest, s3_endpoint: str, env: WorkflowEnvironment
 ) -> Settings:
     """Settings for one test: its own bucket and task queue, fast retries and heartbeats."""
-    config = request.config
-    target = config.getoption("--temporal-target") or env.client.service_client.config.target_host
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        s3_endpoint=s3_endpoint,
-        s3_access_key_id=config.getoption("--s3-access-key"),
-        s3_secret_access_key=config.getoption("--s3-secret-key"),
-        s3_bucket_name=f"t{uuid.uuid4().hex[:16]}",
-        s3_part_size_mb=5,
-        temporal_address=target,
-        temporal_task_queue=f"tq-{uuid.uuid4()}",
-        heartbeat_timeout_seconds=4,
-        heartbeat_interval_seconds=0.2,
-        retry_initial_interval_seconds=0.5,
-        retry_maximum_interval_seconds=2,
-        worker_metrics_port=0,
-        worker_graceful_shutdown_seconds=2,
-        download_delay_enabled=False,
-        rate_limit_enabled=False,
-    )
+    return isolated_settings(request.config, s3_endpoint, env)
 
 
 @pytest.fixture
@@ -126,25 +106,7 @@ async def worker(
 @pytest.fixture
 def subprocess_env(settings: Settings) -> dict[str, str]:
     """Environment for running the project's own entry points against the test servers."""
-    names = [
-        "s3_endpoint",
-        "s3_access_key_id",
-        "s3_secret_access_key",
-        "s3_bucket_name",
-        "s3_part_size_mb",
-        "temporal_address",
-        "temporal_task_queue",
-        "heartbeat_timeout_seconds",
-        "heartbeat_interval_seconds",
-        "retry_initial_interval_seconds",
-        "retry_maximum_interval_seconds",
-        "worker_metrics_port",
-        "worker_graceful_shutdown_seconds",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "TEMPORAL_"))}
-    env.update({n.upper(): str(getattr(settings, n)) for n in names})
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
+    return entry_point_env(settings)
 
 
 @pytest.fixture(scope="session")

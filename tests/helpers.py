@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import random
 import subprocess
 import threading
@@ -31,6 +32,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
 
 from api.main import create_app
 from core.config import Settings
@@ -42,6 +44,56 @@ from workflows.models import JobState, PackageProgress, PackageResult
 from workflows.names import PACKAGE_ARCHIVE
 
 T = TypeVar("T")
+
+
+def isolated_settings(
+    config: pytest.Config, s3_endpoint: str, env: WorkflowEnvironment
+) -> Settings:
+    """Settings on the test servers with a bucket and task queue of their own, fast retries and
+    heartbeats (the `settings` fixture; a module's own stack uses them too)."""
+    target = config.getoption("--temporal-target") or env.client.service_client.config.target_host
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        s3_endpoint=s3_endpoint,
+        s3_access_key_id=config.getoption("--s3-access-key"),
+        s3_secret_access_key=config.getoption("--s3-secret-key"),
+        s3_bucket_name=f"t{uuid.uuid4().hex[:16]}",
+        s3_part_size_mb=5,
+        temporal_address=target,
+        temporal_task_queue=f"tq-{uuid.uuid4()}",
+        heartbeat_timeout_seconds=4,
+        heartbeat_interval_seconds=0.2,
+        retry_initial_interval_seconds=0.5,
+        retry_maximum_interval_seconds=2,
+        worker_metrics_port=0,
+        worker_graceful_shutdown_seconds=2,
+        download_delay_enabled=False,
+        rate_limit_enabled=False,
+    )
+
+
+def entry_point_env(settings: Settings) -> dict[str, str]:
+    """Environment for running the project's own entry points (`download-api`,
+    `download-worker`) with `settings` (the `subprocess_env` fixture)."""
+    names = [
+        "s3_endpoint",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+        "s3_bucket_name",
+        "s3_part_size_mb",
+        "temporal_address",
+        "temporal_task_queue",
+        "heartbeat_timeout_seconds",
+        "heartbeat_interval_seconds",
+        "retry_initial_interval_seconds",
+        "retry_maximum_interval_seconds",
+        "worker_metrics_port",
+        "worker_graceful_shutdown_seconds",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "TEMPORAL_"))}
+    env.update({n.upper(): str(getattr(settings, n)) for n in names})
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def source_bytes(file_id: int, size: int) -> bytes:

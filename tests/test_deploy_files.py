@@ -1,7 +1,7 @@
 """Checks of the container files: compose.yml, docker/** and .dockerignore.
 
-No Docker engine is needed. Where the validators are installed (`docker-compose`, `nginx`,
-`promtool`, `hadolint`) they run too; otherwise those checks are skipped.
+No Docker engine is needed. Where the validators are installed (`docker compose` or
+`docker-compose`, `nginx`, `promtool`, `hadolint`) they run too; otherwise those checks are skipped.
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import http.client
+import io
 import ipaddress
 import json
+import os
 import re
+import secrets
 import shutil
 import subprocess
 import threading
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dotenv import dotenv_values
 from prometheus_client.metrics import MetricWrapperBase
 from temporalio.common import SearchAttributeKey
 
@@ -36,6 +40,10 @@ yaml = pytest.importorskip("yaml", reason="PyYAML parses compose.yml and the doc
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 COMPOSE = ROOT / "compose.yml"
+COMPOSE_OPERATOR = ROOT / "compose.operator.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+# Where .env.example's compose variables start (its settings come before).
+ENV_EXAMPLE_COMPOSE_SECTION = "\n# --- docker compose"
 DOCKERFILE = DOCKER / "Dockerfile"
 NGINX_CONF = DOCKER / "nginx" / "nginx.conf"
 PROMETHEUS_DIR = DOCKER / "prometheus"
@@ -196,8 +204,12 @@ def directives(block: str) -> set[str]:
 SSE_LOCATION = "location ~ ^/v1/download/(subscribe|progress)/"
 
 
-def run(cmd: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+def run(
+    cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def require(tool: str) -> str:
@@ -354,10 +366,71 @@ def test_search_attributes_match_the_workflow_and_the_local_stack() -> None:
     assert run(["sh", "-n", str(SEARCH_ATTRIBUTES_SCRIPT)]).returncode == 0
 
 
-def test_docker_compose_config() -> None:
-    tool = require("docker-compose")
-    result = run([tool, "-f", str(COMPOSE), "config", "-q"])
-    assert result.returncode == 0, result.stderr
+def compose_variables() -> dict[str, str | None]:
+    """Variables the compose files interpolate: name -> its default (`${NAME:-default}`), or
+    None where compose requires a value (`${NAME:?message}`)."""
+    found: dict[str, str | None] = {}
+    for path in (COMPOSE, COMPOSE_OPERATOR):
+        for name, operator, value in re.findall(
+            r"\$\{(\w+)(?::?([-?])([^}]*))?\}", path.read_text()
+        ):
+            found[name] = None if operator == "?" else value
+    return found
+
+
+def test_env_example_lists_every_compose_variable() -> None:
+    variables = compose_variables()
+    assert {"MINIO_ROOT_PASSWORD", "STREAM_TICKET_SECRET"} <= set(variables)
+    example = {name: value or "" for name, value in dotenv_values(ENV_EXAMPLE).items()}
+    assert set(variables) <= set(example), sorted(set(variables) - set(example))
+    for name, default in variables.items():
+        if default is not None:
+            assert example[name] == default, f"{name}: not compose's default"
+    # Its compose section lists compose's own variables (the settings it shares come before).
+    section = ENV_EXAMPLE.read_text().split(ENV_EXAMPLE_COMPOSE_SECTION, 1)[1]
+    assert set(dotenv_values(stream=io.StringIO(section))) == set(variables) - SETTING_NAMES
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (the CLI plugin), else the standalone `docker-compose`."""
+    docker = shutil.which("docker")
+    if docker is not None and run([docker, "compose", "version"]).returncode == 0:
+        return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    return [standalone]
+
+
+def test_docker_compose_config(tmp_path: Path) -> None:
+    """An operator's `.env` is .env.example with the secrets it leaves empty chosen: compose
+    reads it as meant and accepts the files (the operators' override too); it refuses
+    .env.example as it is."""
+    command = compose_command()
+    text = ENV_EXAMPLE.read_text()
+    chosen: dict[str, str] = {}
+    for name, default in compose_variables().items():
+        if default is None and re.search(rf"^{name}=(\s|$)", text, re.M):
+            chosen[name] = secrets.token_hex(32)
+            text = re.sub(rf"^{name}=", f"{name}={chosen[name]}", text, flags=re.M)
+    assert {"MINIO_ROOT_PASSWORD", "STREAM_TICKET_SECRET"} <= set(chosen)
+    operator_env = tmp_path / ".env"
+    operator_env.write_text(text)
+    # Nothing from this shell: compose gives its variables precedence over the env file.
+    env = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME")}
+    compose = [*command, "--env-file", str(operator_env), "-f", str(COMPOSE)]
+    result = run([*compose, "-f", str(COMPOSE_OPERATOR), "config", "-q"], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run([*compose, "config"], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    api = environment(yaml.safe_load(result.stdout)["services"]["api"])
+    assert api["S3_ACCESS_KEY_ID"] == chosen["MINIO_ROOT_USER"]
+    assert api["S3_PUBLIC_ENDPOINT"] == "http://localhost", "a comment read as part of a value"
+    refused = run(
+        [*command, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"], env=env
+    )
+    assert refused.returncode != 0
+    assert any(f"set {name}" in refused.stderr for name in chosen), refused.stderr
 
 
 # --- Dockerfile and .dockerignore ---
