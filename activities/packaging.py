@@ -493,11 +493,26 @@ class DownloadActivities:
             upload.write(attempt.writer.finish())
             if upload.upload_id is not None:
                 await self._store_part(attempt, upload, checkpoints)
-        await upload.complete()
-        if upload.upload_id is not None:
-            _, writer_state = attempt.writer.checkpoint()
-            final = attempt.position(writer_state)(upload_id=upload.upload_id, parts=[])
+        if upload.upload_id is None:
+            await upload.complete()
+            return
+        _, writer_state = attempt.writer.checkpoint()
+        final = attempt.position(writer_state)(upload_id=upload.upload_id, parts=[])
+
+        async def complete() -> None:
+            await upload.complete()
             await checkpoints.complete(final, attempt.result(upload.key))
+
+        # S3 completes the upload even if this attempt is cancelled meanwhile (a lost worker
+        # learns it on its next heartbeat): the checkpoint must then still come to hold the
+        # result, else the next attempt finds the upload gone and packages everything again.
+        finishing = asyncio.ensure_future(complete())
+        try:
+            await asyncio.shield(finishing)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await finishing
+            raise
 
     async def _archive_stored(self, result: PackageResult) -> bool:
         info = await self._io(self.store.stat_or_none, result.archive_key)

@@ -26,7 +26,9 @@ server had answered. For HTTP/1.1 without pipelining (urllib3, minio) that is on
 
 The proxy keeps listening while the upstream is down or restarting: a connection that cannot
 reach the upstream is reset at once (as close to "connection refused" as an accepted
-connection gets), and the next one tries again.
+connection gets), and the next one tries again. `cut()` makes the upstream unreachable that
+way on purpose (open connections reset too) until `restore()`: an outage as the clients see
+it, while the server behind keeps its state.
 """
 
 from __future__ import annotations
@@ -77,8 +79,23 @@ class NetProxy:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.is_cut = False
 
     # ------------------------------------------------------------------ control (any thread)
+    def cut(self) -> None:
+        """Reset every open connection and every new one until `restore()`."""
+        self.is_cut = True
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._reset_all)
+
+    def restore(self) -> None:
+        self.is_cut = False
+
+    def _reset_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
     def start(self) -> NetProxy:
         if self._thread is not None:
             raise RuntimeError("NetProxy already started")
@@ -153,6 +170,9 @@ class NetProxy:
         assert task is not None
         self._tasks.add(task)
         try:
+            if self.is_cut:
+                client_w.transport.abort()
+                return
             try:
                 up_r, up_w = await asyncio.wait_for(
                     asyncio.open_connection(self.upstream_host, self.upstream_port, limit=CHUNK),

@@ -9,8 +9,10 @@ contents from `--seed`. While they run, on two timelines side by side (seeded):
 - 2-5 s after the jobs started, then 3-6 s after each other, in a seeded order, once each: a
   deploy hand-over (a replacement is started and one worker stopped with SIGTERM); a restart of
   the Temporal dev server (SQLite file: stopped, started again 2 s later on the same port and
-  database); an outage of the S3 server (stopped for 4-6 s, started again on the same port and
-  directory).
+  database); an outage of S3 for 4-6 s: the proxy in front of it resets every connection of the
+  workers, as a real S3 or MinIO that is away looks to them (`--s3-outage restart` stops the
+  S3 server instead; rclone keeps multipart uploads in memory, so that also loses every upload
+  in progress, which a real S3 or MinIO keeps across a restart).
 
 Chaos stops when every job has ended. Workers reach S3 through `bench.netproxy`, which counts
 the bytes S3 sent them; the API and this process reach S3 directly.
@@ -22,6 +24,7 @@ chaos event happened while jobs were still running. Exits 1 otherwise. Logs of t
 are kept (path printed) when it fails.
 
     uv run python -m bench.soak [--jobs 40] [--seed 1] [--workers 3] [--slots 4] [--kills 10]
+        [--s3-outage network|restart]
 """
 
 from __future__ import annotations
@@ -269,12 +272,15 @@ class Chaos:
         s3: S3Server,
         workers: list[subprocess.Popen[bytes]],
         kills: int,
+        proxy: NetProxy,
+        outage: str = "network",
     ) -> None:
         # One generator per timeline: each one's schedule depends on the seed alone.
         self.kill_rng = random.Random(f"soak-kills-{seed}")
         self.event_rng = random.Random(f"soak-events-{seed}")
         self.clock, self.start_worker = clock, start_worker
         self.temporal, self.s3 = temporal, s3
+        self.proxy, self.outage = proxy, outage
         self.kills_planned = kills
         self.kills = 0
         self.handovers = 0
@@ -392,9 +398,18 @@ class Chaos:
         self.clock.log("Temporal dev server: started again (same port, same SQLite file)")
 
     async def s3_outage(self) -> None:
-        """S3 away for 4-6 s (seeded), counted from SIGTERM: rclone may take a moment to exit
-        while connections are open, which is part of the outage."""
+        """S3 away for 4-6 s (seeded): cut at the proxy, or the server stopped (counted from
+        SIGTERM: rclone may take a moment to exit while connections are open)."""
         down = self.event_rng.uniform(4, 6)
+        if self.outage == "network":
+            self.clock.log(f"S3 unreachable for the workers for {down:.1f} s (connections reset)")
+            began = time.monotonic()
+            self.proxy.cut()
+            await asyncio.sleep(down)
+            self.proxy.restore()
+            self.s3_outages.append(time.monotonic() - began)
+            self.clock.log(f"S3 reachable again after {self.s3_outages[-1]:.1f} s")
+            return
         self.clock.log(f"S3 server: stopping for {down:.1f} s (port {self.s3.port})")
         began = time.monotonic()
         await asyncio.to_thread(self.s3.stop)
@@ -584,7 +599,17 @@ async def soak(args: argparse.Namespace, logs: Path) -> bool:
             await submit(http, jobs)
             clock.log(f"{len(jobs)} jobs started through the API")
 
-            chaos = Chaos(args.seed, clock, start_worker, temporal, s3, workers, args.kills)
+            chaos = Chaos(
+                args.seed,
+                clock,
+                start_worker,
+                temporal,
+                s3,
+                workers,
+                args.kills,
+                proxy,
+                args.s3_outage,
+            )
             done = asyncio.Event()
             chaos_task = asyncio.create_task(chaos.run(done))
             try:
@@ -675,6 +700,12 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4, help="concurrent jobs per worker")
     parser.add_argument("--kills", type=int, default=10, help="SIGKILLs at most")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for every job to end")
+    parser.add_argument(
+        "--s3-outage",
+        choices=("network", "restart"),
+        default="network",
+        help="cut the workers off S3 at the proxy, or stop the S3 server",
+    )
     args = parser.parse_args()
     if args.jobs < 1 or args.workers < 1 or args.slots < 1 or args.kills < 0:
         parser.error("--jobs, --workers and --slots must be at least 1, --kills at least 0")

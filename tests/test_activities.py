@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,6 +133,42 @@ async def test_a_late_attempt_returns_the_archive_an_earlier_one_completed(
     )
     assert await late.run(acts.package_archive, _request(settings, sizes)) == done
     assert s3_operations("upload_part") == uploads
+    assert store.stat("archives/a.zip") == archive
+
+
+class _SlowCompletion(ObjectStore):
+    """The real store; completing an upload first calls `during` (and waits a little)."""
+
+    during: Callable[[], None] = staticmethod(lambda: None)
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        self.during()
+        time.sleep(0.2)
+        super().complete_upload(key, upload_id, parts)
+
+
+async def test_an_attempt_cancelled_while_completing_leaves_its_result(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """The worker learns it was given up on just as it completes the upload (S3 completes it
+    anyway): the checkpoint still comes to hold the result, and the retried attempt returns it
+    without reading a source again."""
+    sizes = {10_001: 7 * MIB, 10_002: 4 * MIB}
+    put_sources(store, settings, sizes)
+    slow = _SlowCompletion(settings)
+    acts = DownloadActivities(slow, settings)
+    first = ActivityEnvironment()
+    slow.during = lambda: first.cancel(ActivityCancellationDetails(not_found=True))
+    with pytest.raises(asyncio.CancelledError):
+        await first.run(acts.package_archive, _request(settings, sizes))
+    archive = store.stat("archives/a.zip")
+
+    for file_id in sizes:
+        store.delete(settings.source_key(file_id))  # nothing left to package again
+    retried = ActivityEnvironment()
+    retried.info = dataclasses.replace(retried.info, attempt=2)
+    result = await retried.run(acts.package_archive, _request(settings, sizes))
+    assert result.archive_size == archive.size and result.files_packaged == 2
     assert store.stat("archives/a.zip") == archive
 
 
