@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.exceptions import TimeoutError as TemporalTimeout
 
 from core.storage import AccessDenied, ObjectNotFound, StorageError
-
-if TYPE_CHECKING:
-    from workflows.models import FileState
 
 
 class ErrorType(StrEnum):
@@ -86,8 +83,9 @@ def final(kind: ErrorType, message: str, *details: object) -> ApplicationError:
     return ApplicationError(message, *details, type=kind.value, non_retryable=True)
 
 
-def nothing_to_package(files: Sequence[FileState] | None = None) -> ApplicationError:
-    """The job's final error when no file is available; `files` gives the per-file reasons."""
+def nothing_to_package(files: Sequence[BaseModel] | None = None) -> ApplicationError:
+    """The job's final error when no file is available; `files` (`FileState`s: typed loosely,
+    as the models import this module) gives the per-file reasons."""
     reasons = [[f.model_dump(mode="json") for f in files]] if files else []
     return final(
         ErrorType.nothing_to_package, public_message(ErrorType.nothing_to_package), *reasons
