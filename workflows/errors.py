@@ -1,8 +1,9 @@
 """Every failure type a job can end with, and the `ApplicationError`s that carry them.
 
 `ErrorType` values travel as `ApplicationError.type` through Temporal into the job state, the API
-and callbacks, so clients and tests match on the type, never on the message. Storage errors are
-mapped to these types here, once.
+and callbacks, so clients and tests match on the type, never on the message. Part of the
+Temporal contract: it imports temporalio and pydantic only (storage errors are mapped to these
+types on the activity side, `activities.storageerrors`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pydantic import BaseModel
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.exceptions import TimeoutError as TemporalTimeout
-
-from core.storage import AccessDenied, ObjectNotFound, StorageError
 
 
 class ErrorType(StrEnum):
@@ -98,41 +97,12 @@ def invalid_request(details: str) -> ApplicationError:
     return final(ErrorType.invalid_request, f"{message}: {details}")
 
 
-def storage_failure(exc: StorageError) -> ApplicationError:
-    """Typed activity error: not found and access denied are final, outages are retried."""
-    if isinstance(exc, ObjectNotFound):
-        kind = ErrorType.file_not_found
-    elif isinstance(exc, AccessDenied):
-        kind = ErrorType.access_denied
-    else:
-        kind = ErrorType.storage_unavailable
-    return ApplicationError(str(exc), type=kind.value, non_retryable=not exc.retryable)
-
-
 def source_changed(exc: Exception) -> ApplicationError:
     return final(ErrorType.source_changed, f"source changed while packaging: {exc}")
 
 
-def storage_retry(exc: StorageError, delay: timedelta | None) -> ApplicationError:
-    """A storage failure counted against the job's storage attempts: retried after `delay`, or
-    final when they are used up (`delay` None)."""
-    if delay is None:
-        return final(ErrorType.storage_unavailable, str(exc))
-    return ApplicationError(
-        str(exc), type=ErrorType.storage_unavailable.value, next_retry_delay=delay
-    )
-
-
 # A deploy hand-over is retried at once; the next attempt, on any worker, resumes.
 HANDOVER_DELAY = timedelta(seconds=1)
-
-
-def upload_gone(exc: StorageError) -> ApplicationError:
-    """The upload was completed or aborted under the attempt: retried at once, and the next
-    attempt returns the completed archive or starts over."""
-    return ApplicationError(
-        str(exc), type=ErrorType.storage_unavailable.value, next_retry_delay=HANDOVER_DELAY
-    )
 
 
 def worker_shutdown() -> ApplicationError:
