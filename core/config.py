@@ -15,8 +15,6 @@ from typing import Annotated, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from workflows.names import DEFAULT_TASK_QUEUE
-
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -95,7 +93,7 @@ class Settings(BaseSettings):
     # --- temporal ---
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
-    temporal_task_queue: str = DEFAULT_TASK_QUEUE
+    temporal_task_queue: str = "downloads"
     temporal_ui_url: str = "http://localhost:8233"
     # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1); owners
     # as jobs name them: `key:<name>` for API keys, `jwt:<sub>` for tokens.
