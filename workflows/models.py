@@ -19,9 +19,13 @@ MIN_FILE_ID = 10_000
 MAX_FILE_ID = 100_000_000
 MAX_FILES_PER_JOB = 1000
 # A job id is its workflow id, and it names the archive: no path separator, bounded length.
+# The API's path pattern and URL convertor build on it too.
 JOB_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
+JOB_ID_PATTERN = f"^{JOB_ID}$"
 # Owners are opaque names: printable, no control characters, bounded length.
 OWNER_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"
+# The owner of jobs started without credentials (authentication off) and of older inputs.
+ANONYMOUS_OWNER = "anonymous"
 
 FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
 
@@ -84,8 +88,8 @@ class DownloadRequest(BaseModel):
     every key from the job id and file ids with its own templates.
     """
 
-    job_id: str = Field(pattern=f"^{JOB_ID}$")
-    owner: str = Field(default="anonymous", pattern=OWNER_PATTERN)
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    owner: str = Field(default=ANONYMOUS_OWNER, pattern=OWNER_PATTERN)
     file_ids: list[FileId] = Field(min_length=1, max_length=MAX_FILES_PER_JOB)
     callback_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
     options: JobOptions = Field(default_factory=JobOptions)
@@ -118,7 +122,7 @@ class JobState(BaseModel):
     """What the workflow query returns and what the memo holds after each phase change."""
 
     job_id: str
-    owner: str = "anonymous"
+    owner: str = ANONYMOUS_OWNER
     status: JobStatus = JobStatus.queued
     files: list[FileState] = Field(default_factory=list)
     total_bytes: int = 0
@@ -187,7 +191,7 @@ def available_sources(files: list[FileState]) -> list[SourceFile]:
 
 class PackageInput(BaseModel):
     # The archive's key is derived from it by the worker (S3_ARCHIVE_KEY_TEMPLATE).
-    job_id: str = Field(pattern=f"^{JOB_ID}$")
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
     sources: list[SourceFile] = Field(default_factory=list)
     # Set instead of `sources` for short id lists: the packaging attempt resolves them itself.
     file_ids: list[int] | None = None
@@ -279,8 +283,8 @@ class PackageResult(BaseModel):
 class CallbackNotice(BaseModel):
     url: str
     payload: dict[str, Any]
-    # Whose key signs it (notices scheduled by older workflow code default to "anonymous").
-    owner: str = "anonymous"
+    # Whose key signs it (notices scheduled by older workflow code have none: anonymous).
+    owner: str = ANONYMOUS_OWNER
     # The same for every retry of one notice, so receivers drop duplicates and replays.
     delivery_id: str | None = None
 
