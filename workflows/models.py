@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from temporalio.common import RetryPolicy
 
+from core import bounds
 from workflows.errors import NON_RETRYABLE_ERRORS, invalid_request
 
 MIN_FILE_ID = 10_000
@@ -55,10 +56,10 @@ class RetryOptions(BaseModel):
     Bounded, like every option a job carries: anyone who reaches Temporal can start a workflow.
     """
 
-    maximum_attempts: int = Field(default=3, ge=1, le=20)
-    initial_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
-    backoff_coefficient: float = Field(default=2.0, ge=1, le=10)
-    maximum_interval_seconds: float = Field(default=20.0, gt=0, le=86_400)
+    maximum_attempts: bounds.MaxAttempts = bounds.MAX_ATTEMPTS
+    initial_interval_seconds: bounds.InitialIntervalSeconds = bounds.INITIAL_INTERVAL_SECONDS
+    backoff_coefficient: bounds.BackoffCoefficient = bounds.BACKOFF_COEFFICIENT
+    maximum_interval_seconds: bounds.MaxIntervalSeconds = bounds.MAX_INTERVAL_SECONDS
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -73,12 +74,16 @@ class RetryOptions(BaseModel):
 class JobOptions(BaseModel):
     compression: Literal["stored", "deflate"] = "stored"
     retry: RetryOptions = Field(default_factory=RetryOptions)
-    heartbeat_timeout_seconds: float = Field(default=30.0, ge=1, le=3600)
+    heartbeat_timeout_seconds: bounds.HeartbeatTimeoutSeconds = bounds.HEARTBEAT_TIMEOUT_SECONDS
     # Upper bound for one attempt of the packaging activity; heartbeats detect a lost worker sooner.
     package_timeout_seconds: float = Field(default=6 * 3600.0, ge=10, le=7 * 86_400)
     # The whole job's packaging, every attempt and wait included: lost workers and deploys are
     # retried as often as they happen until then.
-    deadline_seconds: float = Field(default=6 * 3600.0, ge=60, le=7 * 86_400)
+    deadline_seconds: float = Field(
+        default=bounds.DEADLINE_MINUTES * 60.0,
+        ge=bounds.MIN_DEADLINE_MINUTES * 60,
+        le=bounds.MAX_DEADLINE_MINUTES * 60,
+    )
 
 
 class DownloadRequest(BaseModel):
