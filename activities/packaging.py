@@ -36,7 +36,8 @@ from activities.storageerrors import storage_failure, storage_retry, upload_gone
 from activities.upload import ArchiveUpload
 from activities.zipstream import ResumableZipWriter, WriterState
 from core.config import Settings
-from core.observability import BYTES_PACKAGED, FILES_PACKAGED, get_logger
+from core.metrics import BYTES_PACKAGED, FILES_PACKAGED
+from core.observability import get_logger
 from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, StorageError, UploadGone
 from workflows.errors import ErrorType, nothing_to_package, source_changed, worker_shutdown
 from workflows.models import (

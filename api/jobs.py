@@ -35,7 +35,8 @@ from api.errors import ApiError
 from api.schemas import JobList, JobSummary, JobView
 from api.views import JobRecord, PendingActivity, job_view
 from core.config import Settings
-from core.observability import DOWNLOAD_JOBS, STATUS_DESCRIBES, get_logger
+from core.metrics import DOWNLOAD_JOBS, STATUS_DESCRIBES
+from core.observability import get_logger
 from core.storage import ObjectStore
 from workflows import names
 from workflows.client import new_request, start_download

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from temporalio.common import SearchAttributeKey
 
-import core.observability as observability
+import core.metrics as metrics
 import workflows.names
 from core.config import Settings
 from devstack.cli import stack_environment
@@ -115,7 +115,7 @@ def seconds(duration: str) -> float:
 
 
 def our_metric_names() -> set[str]:
-    """Sample names of every metric defined in core/observability.py."""
+    """Sample names of every metric defined in core/metrics.py."""
     suffixes = {
         "counter": ("_total", "_created"),
         "gauge": ("",),
@@ -124,7 +124,7 @@ def our_metric_names() -> set[str]:
         "info": ("_info",),
     }
     names: set[str] = set()
-    for value in vars(observability).values():
+    for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names.update(family.name + s for s in suffixes.get(family.type, ("",)))

@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from core import jobmetrics
     from workflows.errors import (
         NON_RETRYABLE_ERRORS,
         ErrorType,
@@ -204,13 +205,12 @@ class DownloadWorkflow:
         # is still needed when a callback keeps the run open after the job is decided.
         self._publish(memo=status is not JobStatus.completed or state.callback_url is not None)
         # The SDK meter is replay-safe; the worker exports it with its Prometheus metrics.
-        meter = workflow.metric_meter()
-        meter.create_counter("download_jobs", "Download jobs by terminal status").add(
-            1, {"status": status.value}
+        meter, labels = workflow.metric_meter(), {jobmetrics.STATUS_LABEL: status.value}
+        jobs, duration = jobmetrics.DOWNLOAD_JOBS, jobmetrics.DOWNLOAD_JOB_DURATION
+        meter.create_counter(jobs.name, jobs.description).add(1, labels)
+        meter.create_histogram_float(duration.name, duration.description, duration.unit).record(
+            (state.completed_at - state.created_at).total_seconds(), labels
         )
-        meter.create_histogram_float(
-            "download_job_duration_seconds", "Job creation to terminal state", "s"
-        ).record((state.completed_at - state.created_at).total_seconds(), {"status": status.value})
 
     def _publish(self, *, memo: bool = True) -> None:
         """Make the state visible without a worker: memo for the API, search attribute for lists."""
