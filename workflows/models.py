@@ -2,6 +2,8 @@
 
 They cross the Temporal boundary with the pydantic data converter, so they are plain pydantic
 models; `JobState` is also kept in the workflow memo so a job's state is readable with no worker.
+Part of the Temporal contract: besides temporalio and pydantic they import only the option bounds
+the settings share (`core.bounds`).
 """
 
 from __future__ import annotations
