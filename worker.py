@@ -19,10 +19,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.callbacks import CallbackActivities
+from activities.errorreports import ErrorTrackingInterceptor
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
 from core.config import Settings, load_settings
-from core.errortracking import ErrorTrackingInterceptor, close_error_tracking, setup_error_tracking
+from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing, worker_runtime
 from core.storage import ObjectStore
 from workflows.cleanup import ArchiveCleanupWorkflow

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 
+from activities.storageerrors import storage_failure
 from core.config import Settings
 from core.observability import get_logger
 from core.storage import ObjectStore, StorageError
-from workflows.errors import storage_failure
 from workflows.models import CleanupResult
 from workflows.names import DELETE_EXPIRED_ARCHIVES
 

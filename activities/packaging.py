@@ -32,20 +32,14 @@ from temporalio.exceptions import ApplicationError
 from activities.checkpoints import Checkpoints, last_progress
 from activities.joblog import AttemptLog, attempt_log
 from activities.prefetch import Prefetcher, Source
+from activities.storageerrors import storage_failure, storage_retry, upload_gone
 from activities.upload import ArchiveUpload
 from activities.zipstream import ResumableZipWriter, WriterState
 from core.config import Settings
-from core.observability import BYTES_PACKAGED, FILES_PACKAGED, get_logger
+from core.metrics import BYTES_PACKAGED, FILES_PACKAGED
+from core.observability import get_logger
 from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, StorageError, UploadGone
-from workflows.errors import (
-    ErrorType,
-    nothing_to_package,
-    source_changed,
-    storage_failure,
-    storage_retry,
-    upload_gone,
-    worker_shutdown,
-)
+from workflows.errors import ErrorType, nothing_to_package, source_changed, worker_shutdown
 from workflows.models import (
     MAX_FILE_ID,
     MIN_FILE_ID,

@@ -19,8 +19,8 @@ import jwt
 
 from api.errors import ApiError
 from core.config import Settings
+from workflows.models import ANONYMOUS_OWNER
 
-ANONYMOUS = "anonymous"
 JWT_PREFIX, KEY_PREFIX = "jwt:", "key:"
 MISSING_CREDENTIALS = "authentication required: send a bearer token or an API key"
 # Printable ASCII, 1-128 characters, no surrounding spaces: safe in search attributes, logs
@@ -88,7 +88,7 @@ class Authenticator:
     def owner(self, *credentials: str | None) -> str:
         """The first credential given names the owner; none (with auth on) is 401."""
         if not self.enabled:
-            return ANONYMOUS
+            return ANONYMOUS_OWNER
         token = next((c for c in credentials if c), None)
         if token is None:
             raise unauthorized(MISSING_CREDENTIALS)

@@ -10,14 +10,14 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.datastructures import Headers, State
 from temporalio.client import Client
 
-from api.auth import ANONYMOUS, Authenticator, unauthorized
+from api.auth import Authenticator, unauthorized
 from api.jobs import JobService
-from api.schemas import JOB_ID_PATTERN
 from api.sse import JobWatchers
 from api.tickets import StreamTickets
 from core.config import Settings
 from core.observability import job_id_var
 from core.storage import ObjectStore
+from workflows.models import ANONYMOUS_OWNER, JOB_ID_PATTERN
 
 bearer = HTTPBearer(auto_error=False, description="a JWT (owner `jwt:<sub>`) or an API key")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -93,7 +93,7 @@ def stream_owner(
     A bearer token in the URL (`?access_token=`) is refused, never read."""
     auth: Authenticator = state.auth
     if not auth.enabled:
-        return ANONYMOUS
+        return ANONYMOUS_OWNER
     if ticket is not None:
         tickets: StreamTickets = state.tickets
         return tickets.owner(ticket, job_id)

@@ -35,11 +35,19 @@ from api.errors import ApiError
 from api.schemas import JobList, JobSummary, JobView
 from api.views import JobRecord, PendingActivity, job_view
 from core.config import Settings
-from core.observability import DOWNLOAD_JOBS, STATUS_DESCRIBES, get_logger
+from core.metrics import DOWNLOAD_JOBS, STATUS_DESCRIBES
+from core.observability import get_logger
 from core.storage import ObjectStore
 from workflows import names
 from workflows.client import new_request, start_download
-from workflows.models import DownloadRequest, FileStatus, JobState, JobStatus, ProgressSummary
+from workflows.models import (
+    ANONYMOUS_OWNER,
+    DownloadRequest,
+    FileStatus,
+    JobState,
+    JobStatus,
+    ProgressSummary,
+)
 
 log = get_logger("api.jobs")
 
@@ -330,7 +338,7 @@ async def _memo_state(desc: WorkflowExecutionDescription, job_id: str) -> JobSta
     except KeyError:
         # Started without our memo (e.g. by hand with the CLI): nothing known yet but the id.
         started = desc.start_time
-        owner = desc.typed_search_attributes.get(names.OWNER) or "anonymous"
+        owner = desc.typed_search_attributes.get(names.OWNER) or ANONYMOUS_OWNER
         state = JobState(job_id=job_id, owner=owner, created_at=started, updated_at=started)
     return state
 

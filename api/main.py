@@ -24,6 +24,7 @@ from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, redact_span_query, setup_logging, setup_tracing
 from core.storage import ObjectStore
 from workflows.client import connect
+from workflows.models import ANONYMOUS_OWNER
 
 log = get_logger("api")
 
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.streams_per_owner, settings.streams_per_client
         )
         if not settings.auth_enabled:
-            log.warning("authentication is off: every caller acts as 'anonymous'")
+            log.warning(f"authentication is off: every caller acts as '{ANONYMOUS_OWNER}'")
         try:
             yield
         finally:

@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response, internal_error_body
 from core.config import Settings
-from core.observability import HTTP_DURATION, HTTP_REQUESTS, get_logger, job_id_var, request_id_var
+from core.metrics import HTTP_DURATION, HTTP_REQUESTS
+from core.observability import get_logger, job_id_var, request_id_var
 
 log = get_logger("api.access")
 

@@ -14,9 +14,6 @@ from pydantic.alias_generators import to_camel
 from workflows.models import MAX_FILE_ID, MAX_FILES_PER_JOB, MIN_FILE_ID, FileStatus, JobStatus
 
 FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
-# A job id is a workflow id: the path pattern (deps) and the URL convertor (routes) build on this.
-JOB_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
-JOB_ID_PATTERN = f"^{JOB_ID}$"
 
 
 class CamelModel(BaseModel):

@@ -27,7 +27,8 @@ from api.errors import ApiError
 from api.jobs import JobService
 from api.schemas import JobView, ProgressEvent
 from api.views import JobRecord
-from core.observability import ACTIVE_SSE, get_logger
+from core.metrics import ACTIVE_SSE
+from core.observability import get_logger
 from workflows.models import JobStatus
 
 log = get_logger("api.sse")

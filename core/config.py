@@ -15,7 +15,7 @@ from typing import Annotated, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from workflows.names import DEFAULT_TASK_QUEUE
+from core import bounds
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # --- temporal ---
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
-    temporal_task_queue: str = DEFAULT_TASK_QUEUE
+    temporal_task_queue: str = "downloads"
     temporal_ui_url: str = "http://localhost:8233"
     # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1); owners
     # as jobs name them: `key:<name>` for API keys, `jwt:<sub>` for tokens.
@@ -106,16 +106,18 @@ class Settings(BaseSettings):
     worker_max_concurrent_workflow_tasks: int = Field(100, ge=1)
     worker_metrics_port: int = Field(9464, ge=0, le=65535)
     worker_graceful_shutdown_seconds: float = Field(10.0, ge=0)
-    # Bounded as a job's options are (workflows.models.JobOptions): workers refuse others.
-    heartbeat_timeout_seconds: float = Field(30.0, ge=1, le=3600)
+    # Bounded as a job's options are (core.bounds): workers refuse others.
+    heartbeat_timeout_seconds: bounds.HeartbeatTimeoutSeconds = bounds.HEARTBEAT_TIMEOUT_SECONDS
     heartbeat_interval_seconds: float = Field(0.5, gt=0, le=5)
-    activity_max_attempts: int = Field(3, ge=1, le=20)
-    retry_initial_interval_seconds: float = Field(5.0, gt=0, le=3600)
-    retry_backoff_coefficient: float = Field(2.0, ge=1, le=10)
-    retry_maximum_interval_seconds: float = Field(20.0, gt=0, le=86_400)
+    activity_max_attempts: bounds.MaxAttempts = bounds.MAX_ATTEMPTS
+    retry_initial_interval_seconds: bounds.InitialIntervalSeconds = bounds.INITIAL_INTERVAL_SECONDS
+    retry_backoff_coefficient: bounds.BackoffCoefficient = bounds.BACKOFF_COEFFICIENT
+    retry_maximum_interval_seconds: bounds.MaxIntervalSeconds = bounds.MAX_INTERVAL_SECONDS
     # A job's packaging, every attempt and wait included; lost workers and deploy hand-overs
     # are retried until then, however often they happen.
-    job_deadline_minutes: int = Field(360, ge=1, le=7 * 24 * 60)
+    job_deadline_minutes: int = Field(
+        bounds.DEADLINE_MINUTES, ge=bounds.MIN_DEADLINE_MINUTES, le=bounds.MAX_DEADLINE_MINUTES
+    )
 
     # --- simulated slow origin (existing service's names) ---
     download_delay_enabled: bool = False

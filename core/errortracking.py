@@ -2,37 +2,31 @@
 traceId and requestId. Without SENTRY_DSN nothing is set up: no SDK, no network, no log line.
 
 Reported: an API request that ended in a 500, and an activity that failed for good for a system
-reason (storage unavailable after its last attempt, an unexpected exception). Not reported: a
-user's error (file not found, nothing to package, ...), an attempt Temporal will retry, a worker
-handing its job over on shutdown, a cancellation. Events are queued for the SDK's background
-transport, so a slow or unreachable Sentry never delays a request or a job.
+reason (storage unavailable after its last attempt, an unexpected exception; which ones is
+decided beside the activities, `activities.errorreports`). Not reported: a user's error (file not
+found, nothing to package, ...), an attempt Temporal will retry, a worker handing its job over on
+shutdown, a cancellation. Events are queued for the SDK's background transport, so a slow or
+unreachable Sentry never delays a request or a job.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from core.config import Settings
 from core.observability import job_id_var, request_id_var
-from workflows.errors import ErrorType, is_cancellation, will_retry
-from workflows.models import PackageInput, ResolveInput
-from workflows.names import DOWNLOAD_WORKFLOW, SEND_CALLBACK
 
 if TYPE_CHECKING:
     from sentry_sdk.client import BaseClient
     from sentry_sdk.types import Event, Hint
 
 DISTRIBUTION = "temporal-downloads"
-# Failure types that are the service's fault; every other type is the request's, or a hand-over.
-SYSTEM_FAILURES = frozenset({ErrorType.storage_unavailable.value, ErrorType.unknown.value})
 FLUSH_SECONDS = 2.0
 # Request parts that may carry tokens or user data; only the method and the bare URL stay.
 _REQUEST_FIELDS_DROPPED = ("data", "cookies", "headers", "query_string", "env")
@@ -149,52 +143,4 @@ def report_failure(
         event.setdefault("contexts", {})["temporal"] = context
     sentry_sdk.capture_event(
         event, hint=hint, tags={k: v for k, v in tags.items() if v is not None}
-    )
-
-
-def is_final_system_failure(exc: BaseException, info: activity.Info) -> bool:
-    """Whether a failed activity attempt ends its job for a reason that is the service's fault."""
-    # A callback's failure never fails the job and is most often the receiver's own.
-    if info.activity_type == SEND_CALLBACK or is_cancellation(exc):
-        return False
-    kind = exc.type if isinstance(exc, ApplicationError) else None
-    if (kind or ErrorType.unknown.value) not in SYSTEM_FAILURES:
-        return False
-    return not will_retry(exc, info.attempt, info.retry_policy)
-
-
-class ErrorTrackingInterceptor(Interceptor):
-    """Reports an activity's final system failure; a no-op while error tracking is off."""
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _ReportFinalFailures(next)
-
-
-class _ReportFinalFailures(ActivityInboundInterceptor):
-    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        try:
-            return await super().execute_activity(input)
-        except Exception as exc:
-            if active_client() is not None:
-                _report_activity_failure(exc, input)
-            raise
-
-
-def _report_activity_failure(exc: Exception, input: ExecuteActivityInput) -> None:
-    info = activity.info()
-    if not is_final_system_failure(exc, info):
-        return
-    arg = input.args[0] if input.args else None
-    report_failure(
-        exc,
-        # A job id is its workflow id.
-        job_id=info.workflow_id if info.workflow_type == DOWNLOAD_WORKFLOW else None,
-        request_id=arg.request_id if isinstance(arg, PackageInput | ResolveInput) else None,
-        context={
-            "activity": info.activity_type,
-            "attempt": info.attempt,
-            "workflowId": info.workflow_id,
-            "workflowType": info.workflow_type,
-            "taskQueue": info.task_queue,
-        },
     )

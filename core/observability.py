@@ -1,4 +1,5 @@
-"""Logs (JSON lines), Prometheus metrics and OpenTelemetry tracing shared by the API and the worker."""
+"""Logs (JSON lines), OpenTelemetry tracing and the worker's metrics endpoint (our metrics,
+declared in `core.metrics`, and the Temporal SDK's) shared by the API and the worker."""
 
 from __future__ import annotations
 
@@ -18,38 +19,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from core.config import Settings
+from core.metrics import DOWNLOAD_JOB_DURATION, DOWNLOAD_JOBS
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
-
-# --- metrics (names kept from the existing service, plus packaging) ---
-HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
-HTTP_DURATION = Histogram(
-    "http_request_duration_seconds", "HTTP request duration", ["method", "route"]
-)
-DOWNLOAD_JOBS = Counter("download_jobs_total", "Download jobs by final or start status", ["status"])
-DOWNLOAD_JOB_DURATION = Histogram(
-    "download_job_duration_seconds",
-    "Time from job creation to a terminal state",
-    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
-)
-DOWNLOAD_QUEUE_SIZE = Gauge("download_queue_size", "Jobs queued or processing (visibility count)")
-S3_OPERATIONS = Counter("s3_operations_total", "S3 operations", ["operation", "status"])
-S3_DURATION = Histogram("s3_operation_duration_seconds", "S3 operation duration", ["operation"])
-ACTIVE_SSE = Gauge("active_sse_connections", "Open Server-Sent Events streams")
-STATUS_DESCRIBES = Counter(
-    "download_status_describes_total", "describe() calls made to answer status and event streams"
-)
-ACTIVE_WEBSOCKETS = Gauge("active_websocket_connections", "Open WebSocket event streams")
-BYTES_PACKAGED = Counter("download_bytes_packaged_total", "Source bytes written into archives")
-FILES_PACKAGED = Counter("download_files_packaged_total", "Files written into archives")
 
 
 def _add_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from opentelemetry import trace
 
 from core.config import Settings
-from core.observability import S3_DURATION, S3_OPERATIONS, get_logger
+from core.metrics import S3_DURATION, S3_OPERATIONS
+from core.observability import get_logger
 
 T = TypeVar("T")
 Headers = dict[str, str | list[str] | tuple[str]]

@@ -29,7 +29,7 @@ from dotenv import dotenv_values
 from prometheus_client.metrics import MetricWrapperBase
 from temporalio.common import SearchAttributeKey
 
-import core.observability as observability
+import core.metrics as metrics
 import workflows.names
 from core.config import Settings
 from devstack.cli import stack_environment
@@ -123,7 +123,7 @@ def seconds(duration: str) -> float:
 
 
 def our_metric_names() -> set[str]:
-    """Sample names of every metric defined in core/observability.py."""
+    """Sample names of every metric defined in core/metrics.py."""
     suffixes = {
         "counter": ("_total", "_created"),
         "gauge": ("",),
@@ -132,7 +132,7 @@ def our_metric_names() -> set[str]:
         "info": ("_info",),
     }
     names: set[str] = set()
-    for value in vars(observability).values():
+    for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names.update(family.name + s for s in suffixes.get(family.type, ("",)))

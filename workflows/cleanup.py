@@ -8,18 +8,19 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.expiry import ArchiveExpiry
     from workflows.models import CleanupResult
-    from workflows.names import CLEANUP_WORKFLOW
+    from workflows.names import CLEANUP_WORKFLOW, DELETE_EXPIRED_ARCHIVES
 
 
 @workflow.defn(name=CLEANUP_WORKFLOW)
 class ArchiveCleanupWorkflow:
     @workflow.run
     async def run(self) -> CleanupResult:
-        return await workflow.execute_activity_method(
-            ArchiveExpiry.delete_expired_archives,
+        result: CleanupResult = await workflow.execute_activity(
+            DELETE_EXPIRED_ARCHIVES,
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=5)),
+            result_type=CleanupResult,
         )
+        return result

@@ -30,6 +30,7 @@ from temporalio.service import RPCError
 from core.config import Settings
 from core.observability import get_logger
 from workflows.models import (
+    ANONYMOUS_OWNER,
     DownloadRequest,
     JobOptions,
     JobState,
@@ -97,7 +98,7 @@ def new_request(
     job_id: str,
     file_ids: list[int],
     *,
-    owner: str = "anonymous",
+    owner: str = ANONYMOUS_OWNER,
     callback_url: str | None = None,
     request_id: str | None = None,
     compression: str | None = None,

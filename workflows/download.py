@@ -1,7 +1,9 @@
 """`DownloadWorkflow`: resolve the requested files, package them into one archive, notify.
 
-Orchestration only; every side effect is an activity. The job state is kept in the memo (readable
-with no worker running) and in the `DownloadStatus` search attribute (for visibility queries).
+Orchestration only; every side effect is an activity, called by its name in the contract
+(`workflows.names`), so no activity code is imported here. The job state is kept in the memo
+(readable with no worker running) and in the `DownloadStatus` search attribute (for visibility
+queries).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.callbacks import CallbackActivities
-    from activities.packaging import DownloadActivities
+    from core import jobmetrics
     from workflows.errors import (
         NON_RETRYABLE_ERRORS,
         ErrorType,
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         PackageInput,
         PackageResult,
         ResolveInput,
+        ResolveResult,
         RetryOptions,
         SourceFile,
         available_sources,
@@ -42,6 +44,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.names import (
         DOWNLOAD_STATUS,
         DOWNLOAD_WORKFLOW,
+        PACKAGE_ARCHIVE,
+        RESOLVE_FILES,
+        SEND_CALLBACK,
         STATE_MEMO_KEY,
         STATUS_QUERY,
         callback_task_queue,
@@ -100,8 +105,8 @@ class DownloadWorkflow:
             else:
                 sources = await self._resolve(request, retry)
                 file_ids = None
-            result = await workflow.execute_activity_method(
-                DownloadActivities.package_archive,
+            result: PackageResult = await workflow.execute_activity(
+                PACKAGE_ARCHIVE,
                 PackageInput(
                     job_id=request.job_id,
                     sources=sources,
@@ -118,6 +123,7 @@ class DownloadWorkflow:
                 retry_policy=interruptions_policy(request.options.retry),
                 # Wait for the activity to abort its upload before the job reports cancelled.
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                result_type=PackageResult,
             )
             if result.files_packaged == 0:
                 # Every source vanished between resolving and packaging.
@@ -144,14 +150,15 @@ class DownloadWorkflow:
     async def _resolve(self, request: DownloadRequest, retry: RetryPolicy) -> list[SourceFile]:
         """Resolve a long id list in its own heartbeating activity, then publish the result."""
         state = self._require_state()
-        resolved = await workflow.execute_activity_method(
-            DownloadActivities.resolve_files,
+        resolved: ResolveResult = await workflow.execute_activity(
+            RESOLVE_FILES,
             ResolveInput(
                 job_id=request.job_id, file_ids=request.file_ids, request_id=request.request_id
             ),
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
             retry_policy=retry,
+            result_type=ResolveResult,
         )
         state.files = resolved.files
         sources = available_sources(resolved.files)
@@ -198,13 +205,12 @@ class DownloadWorkflow:
         # is still needed when a callback keeps the run open after the job is decided.
         self._publish(memo=status is not JobStatus.completed or state.callback_url is not None)
         # The SDK meter is replay-safe; the worker exports it with its Prometheus metrics.
-        meter = workflow.metric_meter()
-        meter.create_counter("download_jobs", "Download jobs by terminal status").add(
-            1, {"status": status.value}
+        meter, labels = workflow.metric_meter(), {jobmetrics.STATUS_LABEL: status.value}
+        jobs, duration = jobmetrics.DOWNLOAD_JOBS, jobmetrics.DOWNLOAD_JOB_DURATION
+        meter.create_counter(jobs.name, jobs.description).add(1, labels)
+        meter.create_histogram_float(duration.name, duration.description, duration.unit).record(
+            (state.completed_at - state.created_at).total_seconds(), labels
         )
-        meter.create_histogram_float(
-            "download_job_duration_seconds", "Job creation to terminal state", "s"
-        ).record((state.completed_at - state.created_at).total_seconds(), {"status": status.value})
 
     def _publish(self, *, memo: bool = True) -> None:
         """Make the state visible without a worker: memo for the API, search attribute for lists."""
@@ -236,8 +242,8 @@ class DownloadWorkflow:
         try:
             # Shielded: a cancelled job still reports that it was cancelled.
             await asyncio.shield(
-                workflow.execute_activity_method(
-                    CallbackActivities.send_callback,
+                workflow.execute_activity(
+                    SEND_CALLBACK,
                     notice,
                     task_queue=callback_task_queue(workflow.info().task_queue),
                     start_to_close_timeout=timedelta(seconds=30),
@@ -246,6 +252,7 @@ class DownloadWorkflow:
                         initial_interval=timedelta(seconds=2),
                         non_retryable_error_types=[ErrorType.callback_refused.value],
                     ),
+                    result_type=int,
                 )
             )
         except ActivityError as err:

@@ -1,8 +1,9 @@
 """Every failure type a job can end with, and the `ApplicationError`s that carry them.
 
 `ErrorType` values travel as `ApplicationError.type` through Temporal into the job state, the API
-and callbacks, so clients and tests match on the type, never on the message. Storage errors are
-mapped to these types here, once.
+and callbacks, so clients and tests match on the type, never on the message. Part of the
+Temporal contract: it imports temporalio and pydantic only (storage errors are mapped to these
+types on the activity side, `activities.storageerrors`).
 """
 
 from __future__ import annotations
@@ -10,16 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.exceptions import TimeoutError as TemporalTimeout
-
-from core.storage import AccessDenied, ObjectNotFound, StorageError
-
-if TYPE_CHECKING:
-    from workflows.models import FileState
 
 
 class ErrorType(StrEnum):
@@ -86,8 +82,9 @@ def final(kind: ErrorType, message: str, *details: object) -> ApplicationError:
     return ApplicationError(message, *details, type=kind.value, non_retryable=True)
 
 
-def nothing_to_package(files: Sequence[FileState] | None = None) -> ApplicationError:
-    """The job's final error when no file is available; `files` gives the per-file reasons."""
+def nothing_to_package(files: Sequence[BaseModel] | None = None) -> ApplicationError:
+    """The job's final error when no file is available; `files` (`FileState`s: typed loosely,
+    as the models import this module) gives the per-file reasons."""
     reasons = [[f.model_dump(mode="json") for f in files]] if files else []
     return final(
         ErrorType.nothing_to_package, public_message(ErrorType.nothing_to_package), *reasons
@@ -100,41 +97,12 @@ def invalid_request(details: str) -> ApplicationError:
     return final(ErrorType.invalid_request, f"{message}: {details}")
 
 
-def storage_failure(exc: StorageError) -> ApplicationError:
-    """Typed activity error: not found and access denied are final, outages are retried."""
-    if isinstance(exc, ObjectNotFound):
-        kind = ErrorType.file_not_found
-    elif isinstance(exc, AccessDenied):
-        kind = ErrorType.access_denied
-    else:
-        kind = ErrorType.storage_unavailable
-    return ApplicationError(str(exc), type=kind.value, non_retryable=not exc.retryable)
-
-
 def source_changed(exc: Exception) -> ApplicationError:
     return final(ErrorType.source_changed, f"source changed while packaging: {exc}")
 
 
-def storage_retry(exc: StorageError, delay: timedelta | None) -> ApplicationError:
-    """A storage failure counted against the job's storage attempts: retried after `delay`, or
-    final when they are used up (`delay` None)."""
-    if delay is None:
-        return final(ErrorType.storage_unavailable, str(exc))
-    return ApplicationError(
-        str(exc), type=ErrorType.storage_unavailable.value, next_retry_delay=delay
-    )
-
-
 # A deploy hand-over is retried at once; the next attempt, on any worker, resumes.
 HANDOVER_DELAY = timedelta(seconds=1)
-
-
-def upload_gone(exc: StorageError) -> ApplicationError:
-    """The upload was completed or aborted under the attempt: retried at once, and the next
-    attempt returns the completed archive or starts over."""
-    return ApplicationError(
-        str(exc), type=ErrorType.storage_unavailable.value, next_retry_delay=HANDOVER_DELAY
-    )
 
 
 def worker_shutdown() -> ApplicationError:

@@ -2,6 +2,8 @@
 
 They cross the Temporal boundary with the pydantic data converter, so they are plain pydantic
 models; `JobState` is also kept in the workflow memo so a job's state is readable with no worker.
+Part of the Temporal contract: besides temporalio and pydantic they import only the option bounds
+the settings share (`core.bounds`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from temporalio.common import RetryPolicy
 
+from core import bounds
 from workflows.errors import NON_RETRYABLE_ERRORS, invalid_request
 
 MIN_FILE_ID = 10_000
 MAX_FILE_ID = 100_000_000
 MAX_FILES_PER_JOB = 1000
 # A job id is its workflow id, and it names the archive: no path separator, bounded length.
+# The API's path pattern and URL convertor build on it too.
 JOB_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
+JOB_ID_PATTERN = f"^{JOB_ID}$"
 # Owners are opaque names: printable, no control characters, bounded length.
 OWNER_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"
+# The owner of jobs started without credentials (authentication off) and of older inputs.
+ANONYMOUS_OWNER = "anonymous"
 
 FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
 
@@ -51,10 +58,10 @@ class RetryOptions(BaseModel):
     Bounded, like every option a job carries: anyone who reaches Temporal can start a workflow.
     """
 
-    maximum_attempts: int = Field(default=3, ge=1, le=20)
-    initial_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
-    backoff_coefficient: float = Field(default=2.0, ge=1, le=10)
-    maximum_interval_seconds: float = Field(default=20.0, gt=0, le=86_400)
+    maximum_attempts: bounds.MaxAttempts = bounds.MAX_ATTEMPTS
+    initial_interval_seconds: bounds.InitialIntervalSeconds = bounds.INITIAL_INTERVAL_SECONDS
+    backoff_coefficient: bounds.BackoffCoefficient = bounds.BACKOFF_COEFFICIENT
+    maximum_interval_seconds: bounds.MaxIntervalSeconds = bounds.MAX_INTERVAL_SECONDS
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -69,12 +76,16 @@ class RetryOptions(BaseModel):
 class JobOptions(BaseModel):
     compression: Literal["stored", "deflate"] = "stored"
     retry: RetryOptions = Field(default_factory=RetryOptions)
-    heartbeat_timeout_seconds: float = Field(default=30.0, ge=1, le=3600)
+    heartbeat_timeout_seconds: bounds.HeartbeatTimeoutSeconds = bounds.HEARTBEAT_TIMEOUT_SECONDS
     # Upper bound for one attempt of the packaging activity; heartbeats detect a lost worker sooner.
     package_timeout_seconds: float = Field(default=6 * 3600.0, ge=10, le=7 * 86_400)
     # The whole job's packaging, every attempt and wait included: lost workers and deploys are
     # retried as often as they happen until then.
-    deadline_seconds: float = Field(default=6 * 3600.0, ge=60, le=7 * 86_400)
+    deadline_seconds: float = Field(
+        default=bounds.DEADLINE_MINUTES * 60.0,
+        ge=bounds.MIN_DEADLINE_MINUTES * 60,
+        le=bounds.MAX_DEADLINE_MINUTES * 60,
+    )
 
 
 class DownloadRequest(BaseModel):
@@ -84,8 +95,8 @@ class DownloadRequest(BaseModel):
     every key from the job id and file ids with its own templates.
     """
 
-    job_id: str = Field(pattern=f"^{JOB_ID}$")
-    owner: str = Field(default="anonymous", pattern=OWNER_PATTERN)
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    owner: str = Field(default=ANONYMOUS_OWNER, pattern=OWNER_PATTERN)
     file_ids: list[FileId] = Field(min_length=1, max_length=MAX_FILES_PER_JOB)
     callback_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
     options: JobOptions = Field(default_factory=JobOptions)
@@ -118,7 +129,7 @@ class JobState(BaseModel):
     """What the workflow query returns and what the memo holds after each phase change."""
 
     job_id: str
-    owner: str = "anonymous"
+    owner: str = ANONYMOUS_OWNER
     status: JobStatus = JobStatus.queued
     files: list[FileState] = Field(default_factory=list)
     total_bytes: int = 0
@@ -187,7 +198,7 @@ def available_sources(files: list[FileState]) -> list[SourceFile]:
 
 class PackageInput(BaseModel):
     # The archive's key is derived from it by the worker (S3_ARCHIVE_KEY_TEMPLATE).
-    job_id: str = Field(pattern=f"^{JOB_ID}$")
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
     sources: list[SourceFile] = Field(default_factory=list)
     # Set instead of `sources` for short id lists: the packaging attempt resolves them itself.
     file_ids: list[int] | None = None
@@ -282,8 +293,8 @@ class PackageResult(BaseModel):
 class CallbackNotice(BaseModel):
     url: str
     payload: dict[str, Any]
-    # Whose key signs it (notices scheduled by older workflow code default to "anonymous").
-    owner: str = "anonymous"
+    # Whose key signs it (notices scheduled by older workflow code have none: anonymous).
+    owner: str = ANONYMOUS_OWNER
     # The same for every retry of one notice, so receivers drop duplicates and replays.
     delivery_id: str | None = None
 

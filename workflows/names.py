@@ -22,8 +22,6 @@ STATUS_QUERY = "status"
 # Memo key of the job state, readable through `describe()` with no worker running.
 STATE_MEMO_KEY = "state"
 
-DEFAULT_TASK_QUEUE = "downloads"
-
 
 def callback_task_queue(task_queue: str) -> str:
     """Callbacks run on a queue of their own, so slow targets never hold packaging slots."""

@@ -3,7 +3,7 @@ route is declared."""
 
 from starlette.convertors import Convertor, register_url_convertor
 
-from api.schemas import JOB_ID
+from workflows.models import JOB_ID
 
 
 class JobIdConvertor(Convertor[str]):

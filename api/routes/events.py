@@ -36,7 +36,8 @@ from api.sse import (
     snapshots,
 )
 from api.views import JobRecord
-from core.observability import ACTIVE_WEBSOCKETS, job_id_var
+from core.metrics import ACTIVE_WEBSOCKETS
+from core.observability import job_id_var
 
 router = APIRouter(tags=["downloads"])
 

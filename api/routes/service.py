@@ -18,7 +18,7 @@ from api.caches import Snapshots
 from api.deps import SettingsDep
 from api.jobs import JobService
 from api.schemas import Check, HealthResponse, Liveness, ServiceInfo
-from core.observability import DOWNLOAD_QUEUE_SIZE
+from core.metrics import DOWNLOAD_QUEUE_SIZE
 from core.storage import ObjectStore, StorageError
 
 router = APIRouter(tags=["service"])
