@@ -101,6 +101,11 @@ class Checkpoints:
         with contextlib.suppress(StorageError):
             await self.run_io(self.store.put_bytes, self.key, encode(done), "application/zlib")
 
+    async def drop(self, upload_id: str) -> None:
+        """Give up a checkpoint that cannot be resumed: its upload and the object itself."""
+        await self._abort(upload_id)
+        await self.discard()
+
     async def discard(self) -> None:
         """Forget the checkpoint (the archive is complete, or will never be)."""
         with contextlib.suppress(StorageError):
@@ -136,8 +141,8 @@ class Checkpoints:
         if kept is None or kept.upload_id != pointer.upload_id or kept.part_count is None:
             log.warning("checkpoint object does not match the heartbeat", archive=self.archive_key)
             return None
-        if kept.part_count < pointer.parts:
-            return None
+        # Older than the pointer (a late write of an attempt given up on) is still a resume
+        # point: its parts are stored, and the digest checks them.
         return kept
 
     async def _unannounced(self, run_id: str) -> Checkpoint | None:

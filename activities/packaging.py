@@ -32,13 +32,25 @@ from temporalio.exceptions import ApplicationError
 from activities.checkpoints import Checkpoints, last_progress
 from activities.joblog import AttemptLog, attempt_log
 from activities.prefetch import Prefetcher, Source
-from activities.storageerrors import storage_failure, storage_retry, upload_gone
+from activities.storageerrors import (
+    storage_failure,
+    storage_retry,
+    unexpected_failure,
+    upload_gone,
+)
 from activities.upload import ArchiveUpload
 from activities.zipstream import ResumableZipWriter, WriterState
 from core.config import Settings
 from core.metrics import BYTES_PACKAGED, FILES_PACKAGED
 from core.observability import get_logger
-from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, StorageError, UploadGone
+from core.storage import (
+    ObjectChanged,
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    StorageUnavailable,
+    UploadGone,
+)
 from workflows.errors import ErrorType, nothing_to_package, source_changed, worker_shutdown
 from workflows.models import (
     MAX_FILE_ID,
@@ -91,6 +103,14 @@ def part_size(base: int, number: int) -> int:
     return min(size, MAX_PART_SIZE)
 
 
+def _backoff(budget: RetryOptions, failures: int) -> timedelta | None:
+    """How long before the next attempt after `failures` counted failures; None: no more."""
+    if failures >= budget.maximum_attempts:
+        return None
+    delay = budget.initial_interval_seconds * budget.backoff_coefficient ** (failures - 1)
+    return timedelta(seconds=min(delay, budget.maximum_interval_seconds))
+
+
 def invalid_id(file_id: int) -> FileState:
     return FileState(
         file_id=file_id,
@@ -141,6 +161,8 @@ class _Attempt:
     prefetcher: Prefetcher | None = None
     # The workflow run, named in the checkpoints this attempt keeps.
     run_id: str | None = None
+    # The bucket answered since this attempt began (see `_bucket_answers`).
+    bucket_answered: bool = False
 
     def counters(self) -> dict[str, int]:
         return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
@@ -160,7 +182,7 @@ class _Attempt:
             before = sum(f.size or 0 for f in ok)
         else:
             before = sum(s.size or 0 for s in self.sources[: self.file_index] if s is not None)
-        return before + self.prefetcher.expected_bytes()
+        return before + self.prefetcher.expected_bytes(self.file_index)
 
     def details(self) -> PackageProgress:
         """Heartbeat details: live progress, where to resume, the storage failures so far."""
@@ -293,18 +315,26 @@ class DownloadActivities:
         retried_run = info.workflow_run_id if info.attempt > 1 else None
         try:
             checkpoint = await checkpoints.to_resume(progress, retried_run)
+            if checkpoint is not None and checkpoint.result is not None:
+                if await self._archive_stored(checkpoint.result):
+                    log.info("archive already complete", archive=checkpoints.archive_key)
+                    return checkpoint.result
+                checkpoint = None
         except StorageError as exc:
             progress = progress or PackageProgress()
             error, failures = self._storage_error(request, progress.storage_failures, exc)
             # What the next attempt resumes from is kept, with the failure counted.
             activity.heartbeat(progress.model_copy(update={"storage_failures": failures}))
             raise error from exc
-        if checkpoint is not None and checkpoint.result is not None:
-            if await self._archive_stored(checkpoint.result):
-                log.info("archive already complete", archive=checkpoints.archive_key)
-                return checkpoint.result
+        try:
+            attempt = self._start_or_restore(request, checkpoint, progress or PackageProgress())
+        except ValueError as exc:  # a writer state this version cannot continue
+            if checkpoint is None:
+                raise
+            log.warning("checkpoint not resumable, starting over", error=str(exc))
+            await checkpoints.drop(checkpoint.upload_id)
             checkpoint = None
-        attempt = self._start_or_restore(request, checkpoint, progress or PackageProgress())
+            attempt = self._start_or_restore(request, None, progress or PackageProgress())
         attempt.run_id = info.workflow_run_id
         log_entry.counters = attempt.counters
         base = self._base_part_size(attempt.sources)
@@ -314,7 +344,6 @@ class DownloadActivities:
         if checkpoint is not None:
             upload.restore(checkpoint.upload_id, checkpoint.parts)
             log_entry.resumed(attempt.resumed_from)
-        stored_before = len(upload.parts)
         prefetcher = Prefetcher(
             self.store,
             [s if i >= attempt.file_index else None for i, s in enumerate(attempt.sources)],
@@ -344,9 +373,8 @@ class DownloadActivities:
                 raise upload_gone(exc) from exc
             except StorageError as exc:
                 await upload.settle(quiet=True)
-                # An attempt that stored parts made headway: the storage budget starts again.
-                before = 0 if len(upload.parts) > stored_before else attempt.storage_failures
-                error, attempt.storage_failures = self._storage_error(request, before, exc)
+                failures = attempt.storage_failures
+                error, attempt.storage_failures = self._storage_error(request, failures, exc)
                 activity.heartbeat(attempt.details())
                 raise error from exc
             except asyncio.CancelledError:
@@ -356,7 +384,19 @@ class DownloadActivities:
                     await upload.abort()
                     await asyncio.shield(checkpoints.discard())
                     log.info("archive cancelled, upload aborted", archive=upload.key)
+                else:
+                    # The part on its way must not write a checkpoint after this attempt ended:
+                    # it could land over a newer one of the attempt that resumes.
+                    upload.cancel_in_flight()
                 raise
+            except ApplicationError:
+                raise
+            except Exception as exc:
+                await upload.settle(quiet=True)
+                failures = attempt.storage_failures
+                error, attempt.storage_failures = self._counted(request, failures, exc)
+                activity.heartbeat(attempt.details())
+                raise error from exc
         return attempt.result(upload.key)
 
     def _start_or_restore(
@@ -440,6 +480,7 @@ class DownloadActivities:
         except ObjectNotFound as exc:
             if writer.in_entry:
                 raise ObjectChanged(f"{source.key}: removed while being packaged") from exc
+            await self._bucket_answers(attempt)
             # Gone (or removed since it was resolved): the archive goes on without it.
             attempt.skip(not_found(source.file_id, source.key))
             return
@@ -474,6 +515,8 @@ class DownloadActivities:
             checkpoint = resume_point(upload_id=upload_id, parts=parts)
             attempt.pointer = await checkpoints.save(checkpoint)
             attempt.legacy = None
+            # Headway: the storage attempts of the job start again.
+            attempt.storage_failures = 0
             activity.heartbeat(attempt.details())
 
         await upload.flush(stored)
@@ -508,6 +551,17 @@ class DownloadActivities:
                 await finishing
             raise
 
+    async def _bucket_answers(self, attempt: _Attempt) -> None:
+        """Before the first source of an attempt is taken for gone: a storage server going down
+        may answer "not found" for everything, so the bucket must answer as it should."""
+        if attempt.bucket_answered:
+            return
+        try:
+            await self._io(self.store.ping)
+        except ObjectNotFound as exc:
+            raise StorageUnavailable(f"{self.store.bucket}: bucket not found") from exc
+        attempt.bucket_answered = True
+
     async def _archive_stored(self, result: PackageResult) -> bool:
         info = await self._io(self.store.stat_or_none, result.archive_key)
         return info is not None and info.size == result.archive_size
@@ -527,15 +581,20 @@ class DownloadActivities:
         forbidden objects; else retried after the job's storage backoff until its storage
         attempts are used up."""
         error = storage_failure(exc)
-        budget: RetryOptions | None = request.storage_retry
-        if budget is None or error.non_retryable:
+        if request.storage_retry is None or error.non_retryable:
             return error, failures
         failures += 1
-        if failures >= budget.maximum_attempts:
-            return storage_retry(exc, None), failures
-        delay = budget.initial_interval_seconds * budget.backoff_coefficient ** (failures - 1)
-        wait = timedelta(seconds=min(delay, budget.maximum_interval_seconds))
-        return storage_retry(exc, wait), failures
+        return storage_retry(exc, _backoff(request.storage_retry, failures)), failures
+
+    def _counted(
+        self, request: PackageInput, failures: int, exc: Exception
+    ) -> tuple[ApplicationError, int]:
+        """An unforeseen error, counted against the same attempts as storage errors."""
+        if request.storage_retry is None:
+            return unexpected_failure(exc), failures  # Temporal's policy counts the attempts
+        failures += 1
+        wait = _backoff(request.storage_retry, failures)
+        return unexpected_failure(exc, wait, last=wait is None), failures
 
     async def _origin_delay(self) -> None:
         """The existing service's simulated slow origin; heartbeats continue while it waits."""

@@ -162,14 +162,15 @@ class Prefetcher:
         running = [*self._heads.values(), *self._tasks]
         return sum(1 for task in running if not task.done())
 
-    def expected_bytes(self) -> int:
-        """The bytes of every source still to come: known sizes, the rest estimated by the
-        mean of the known ones (0 until one is known)."""
-        known = [size for size in self.sizes.values() if size is not None]
-        readable = sum(1 for s in self.sources if s is not None)
-        unknown = readable - len(self.sizes)
-        mean = sum(known) / len(known) if known else 0
-        return sum(known) + round(unknown * mean)
+    def expected_bytes(self, start: int = 0) -> int:
+        """The bytes of the sources from index `start` on: known sizes, the rest estimated by
+        the mean of all known ones (0 until one is known)."""
+        every = [size for size in self.sizes.values() if size is not None]
+        mean = sum(every) / len(every) if every else 0
+        ahead = [i for i, s in enumerate(self.sources) if s is not None and i >= start]
+        known = [self.sizes[i] for i in ahead if i in self.sizes]
+        unknown = len(ahead) - len(known)
+        return sum(size for size in known if size is not None) + round(unknown * mean)
 
     # ------------------------------------------------------------------ read-ahead
     async def _schedule(self) -> None:

@@ -36,6 +36,18 @@ def storage_retry(exc: StorageError, delay: timedelta | None) -> ApplicationErro
     )
 
 
+def unexpected_failure(
+    exc: Exception, delay: timedelta | None = None, *, last: bool = False
+) -> ApplicationError:
+    """An error no one foresaw (a defect, an answer of an unknown shape): it counts against the
+    job's storage attempts too, so it ends the job (`last`) instead of being retried until the
+    job's deadline."""
+    message = f"{type(exc).__name__}: {exc}"
+    if last:
+        return final(ErrorType.unknown, message)
+    return ApplicationError(message, type=ErrorType.unknown.value, next_retry_delay=delay)
+
+
 def upload_gone(exc: StorageError) -> ApplicationError:
     """The upload was completed or aborted under the attempt: retried at once, and the next
     attempt returns the completed archive or starts over."""

@@ -83,6 +83,12 @@ class ArchiveUpload:
         else:
             await task
 
+    def cancel_in_flight(self) -> None:
+        """Stop waiting for the part on its way (it may still be stored; nothing follows)."""
+        task, self.in_flight = self.in_flight, None
+        if task is not None:
+            task.cancel()
+
     async def complete(self) -> None:
         """Store the archive: one PUT if no part was sent, else complete the multipart upload."""
         if self.upload_id is None:

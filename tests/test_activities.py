@@ -25,7 +25,7 @@ from activities.packaging import DownloadActivities, _Attempt
 from activities.prefetch import Source
 from activities.zipstream import ResumableZipWriter
 from core.config import Settings
-from core.storage import ObjectStore, UploadGone
+from core.storage import ObjectNotFound, ObjectStore, UploadGone
 from tests.helpers import (
     assert_archive_matches,
     put_sources,
@@ -429,3 +429,81 @@ async def test_storage_failures_count_against_their_own_budget(settings: Setting
             assert not raised.value.non_retryable
     assert raised.value.non_retryable
     assert delays == [timedelta(seconds=5), timedelta(seconds=10), None]
+
+
+class _Broken(ObjectStore):
+    """The real store (the fixture's bucket), whose reads fail with `read`; `bucket` False: the
+    bucket is not found either."""
+
+    def __init__(self, settings: Settings, read: Exception, bucket: bool = True) -> None:
+        super().__init__(settings)
+        self.error, self.bucket_answers = read, bucket
+
+    def read_segment(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    def ping(self) -> None:
+        if not self.bucket_answers:
+            raise ObjectNotFound("bucket not found")
+        super().ping()
+
+
+async def test_an_unforeseen_error_counts_against_the_storage_attempts(
+    settings: Settings,
+) -> None:
+    """A defect is not retried until the job's deadline: three attempts, as storage errors."""
+    acts = DownloadActivities(_Broken(settings, RuntimeError("a defect")), settings)
+    request = PackageInput(job_id="b", file_ids=[10_001], storage_retry=RetryOptions())
+    details: list[Any] = []
+    delays = []
+    for attempt in (1, 2, 3):
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, heartbeat_details=details[-1:], attempt=attempt)
+        env.on_heartbeat = lambda *d: details.append(d[0].model_dump(mode="json"))
+        with pytest.raises(ApplicationError) as raised:
+            await env.run(acts.package_archive, request)
+        assert raised.value.type == ErrorType.unknown
+        assert "RuntimeError: a defect" in str(raised.value)
+        delays.append(raised.value.next_retry_delay)
+    assert raised.value.non_retryable
+    assert delays == [timedelta(seconds=5), timedelta(seconds=10), None]
+
+
+async def test_not_found_is_believed_only_once_the_bucket_answers(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """A storage server going down may answer "not found" for everything: the attempt fails
+    and is retried, instead of packaging nothing and calling every source missing."""
+    store = _Broken(settings, ObjectNotFound("downloads/10001.zip: not found"), bucket=False)
+    acts = DownloadActivities(store, settings)
+    request = PackageInput(job_id="b", file_ids=[10_001, 10_002], storage_retry=RetryOptions())
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(acts.package_archive, request)
+    assert raised.value.type == ErrorType.storage_unavailable
+    assert not raised.value.non_retryable
+
+    store.bucket_answers = True  # the bucket answers: the sources really are gone
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(acts.package_archive, request)
+    assert raised.value.type == ErrorType.nothing_to_package
+
+
+async def test_a_stored_part_gives_the_storage_attempts_back(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """Two storage failures counted, then an attempt stores parts: the count starts again."""
+    sizes = {10_001: 7 * MIB, 10_002: 4 * MIB}
+    put_sources(store, settings, sizes)
+    acts = DownloadActivities(store, settings)
+    beats: list[PackageProgress] = []
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info,
+        heartbeat_details=[PackageProgress(storage_failures=2).model_dump(mode="json")],
+        attempt=3,
+    )
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+    request = _request(settings, sizes).model_copy(update={"storage_retry": RetryOptions()})
+    await env.run(acts.package_archive, request)
+    stored = [b for b in beats if b.resume is not None]
+    assert stored and all(b.storage_failures == 0 for b in stored)

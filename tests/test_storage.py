@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import urllib3
@@ -81,7 +82,16 @@ def test_list_parts_reads_every_page(store: ObjectStore) -> None:
     etags = {
         n: store.upload_part("archives/many.zip", upload, n, b"p%d" % n) for n in range(1, 1006)
     }
+    pages = []
+    list_page = store.client._list_parts
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        pages.append(kwargs.get("part_number_marker"))
+        return list_page(*args, **kwargs)
+
+    store.client._list_parts = counted  # type: ignore[method-assign]
     assert store.list_parts("archives/many.zip", upload) == etags
+    assert len(pages) == 2  # a second page, from the marker the first one gave
     store.abort_upload("archives/many.zip", upload)
 
 
