@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import threading
 import time
@@ -18,6 +19,7 @@ from minio import Minio
 from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
 from opentelemetry import trace
+from prometheus_client import Counter, Histogram
 
 from core.config import Settings
 from core.metrics import S3_DURATION, S3_OPERATIONS
@@ -118,6 +120,18 @@ def _invalid_range(exc: S3Error | InvalidResponseError) -> bool:
     return "InvalidRange" in str(exc)
 
 
+def _body(resp: urllib3.BaseHTTPResponse, key: str, stop: threading.Event | None) -> bytes:
+    """A GET answer's body; a large one in pieces, giving `stop` a chance between them."""
+    if int(resp.headers.get("Content-Length") or _SEGMENT_READ + 1) <= _SEGMENT_READ:
+        return bytes(resp.read())  # most sources, when there are many: one read
+    data = bytearray()
+    for chunk in resp.stream(_SEGMENT_READ):
+        if stop is not None and stop.is_set():
+            raise StorageUnavailable(f"{key}: read stopped")
+        data += chunk
+    return bytes(data)
+
+
 def _etag(headers: Mapping[str, str]) -> str | None:
     value = headers.get("ETag")
     return value.strip('"') if value else None
@@ -149,6 +163,16 @@ def _classify(exc: Exception, key: str) -> StorageError:
     return StorageUnavailable(f"{key}: storage unreachable ({type(exc).__name__})")
 
 
+@functools.cache
+def _metrics(operation: str) -> tuple[Counter, Counter, Histogram]:
+    """An operation's metric children, looked up once (`labels()` takes a lock each time)."""
+    return (
+        S3_OPERATIONS.labels(operation, "success"),
+        S3_OPERATIONS.labels(operation, "error"),
+        S3_DURATION.labels(operation),
+    )
+
+
 class ObjectStore:
     """Blocking S3 client wrapper (minio); async callers run it in a thread."""
 
@@ -172,18 +196,26 @@ class ObjectStore:
         self.public_client = _client(public, settings, None, signer)
 
     def _call(self, operation: str, key: str, fn: Callable[[], T]) -> T:
-        start = time.perf_counter()
+        """Run one S3 call: typed errors, its metrics, and a span when the caller's is recorded
+        (a packaging attempt makes a thousand calls a second; unrecorded spans cost for nothing)."""
+        if not trace.get_current_span().is_recording():
+            return self._measured(operation, key, fn)
         with tracer.start_as_current_span(f"s3.{operation}", attributes={"s3.key": key}):
-            try:
-                result = fn()
-            except Exception as exc:
-                S3_OPERATIONS.labels(operation, "error").inc()
-                S3_DURATION.labels(operation).observe(time.perf_counter() - start)
-                if isinstance(exc, StorageError):
-                    raise  # already typed by the call itself
-                raise _classify(exc, key) from exc
-        S3_OPERATIONS.labels(operation, "success").inc()
-        S3_DURATION.labels(operation).observe(time.perf_counter() - start)
+            return self._measured(operation, key, fn)
+
+    def _measured(self, operation: str, key: str, fn: Callable[[], T]) -> T:
+        succeeded, failed, duration = _metrics(operation)
+        start = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            failed.inc()
+            duration.observe(time.perf_counter() - start)
+            if isinstance(exc, StorageError):
+                raise  # already typed by the call itself
+            raise _classify(exc, key) from exc
+        succeeded.inc()
+        duration.observe(time.perf_counter() - start)
         return result
 
     # --- objects ---
@@ -205,7 +237,7 @@ class ObjectStore:
         try:
             yield from resp.stream(chunk_size)
         except urllib3.exceptions.HTTPError as exc:
-            S3_OPERATIONS.labels("get", "error").inc()
+            _metrics("get")[1].inc()
             raise StorageUnavailable(f"{key}: read interrupted ({type(exc).__name__})") from exc
         finally:
             resp.close()
@@ -241,13 +273,9 @@ class ObjectStore:
                 # A ranged read of an empty object: there is nothing to read.
                 return Segment(b"", 0, self.client.stat_object(self.bucket, key).etag)
             try:
-                data = bytearray()
-                for chunk in resp.stream(_SEGMENT_READ):
-                    if stop is not None and stop.is_set():
-                        raise StorageUnavailable(f"{key}: read stopped")
-                    data += chunk
+                data = _body(resp, key, stop)
                 return Segment(
-                    bytes(data), _object_size(resp.headers, offset, len(data)), _etag(resp.headers)
+                    data, _object_size(resp.headers, offset, len(data)), _etag(resp.headers)
                 )
             finally:
                 resp.close()

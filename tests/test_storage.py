@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 import urllib3
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from core import storage
 from core.config import Settings
 from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, StorageUnavailable
 
@@ -107,3 +111,19 @@ def test_a_segment_read_tells_the_object_size(store: ObjectStore) -> None:
         store.read_segment("downloads/10003.zip", 0, 4)
     with pytest.raises(ObjectChanged):
         store.read_segment("downloads/10001.zip", 50, 4)  # past the end: it shrank
+
+
+def test_calls_are_traced_under_a_recorded_span_only(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a recorded span each call has its own; with nothing recorded, none is made."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    monkeypatch.setattr(storage, "tracer", provider.get_tracer("test"))
+    store.put_bytes("downloads/10001.zip", b"hello")
+    assert spans.get_finished_spans() == ()
+    with provider.get_tracer("test").start_as_current_span("packaging"):
+        store.read_segment("downloads/10001.zip", 0, 4)
+    names = [span.name for span in spans.get_finished_spans()]
+    assert names == ["s3.get", "packaging"]
