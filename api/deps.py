@@ -12,8 +12,8 @@ from temporalio.client import Client
 
 from api.auth import Authenticator, unauthorized
 from api.jobs import JobService
-from api.sse import JobWatchers
 from api.tickets import StreamTickets
+from api.watchers import JobWatchers
 from core.config import Settings
 from core.observability import job_id_var
 from core.storage import ObjectStore

@@ -17,8 +17,8 @@ from api.middleware import install_middleware
 from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
 from api.routes.service import STATIC, queue_size, readiness
-from api.sse import JobWatchers, StreamSlots
 from api.tickets import StreamTickets
+from api.watchers import JobWatchers, StreamSlots
 from core.config import Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, redact_span_query, setup_logging, setup_tracing

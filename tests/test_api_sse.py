@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
 from api.jobs import JobService
-from api.sse import JobWatchers, parse_event_id
+from api.watchers import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for

@@ -11,7 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from api.sse import JobWatchers, parse_event_id
+from api.watchers import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for

@@ -26,7 +26,8 @@ from starlette.status import (
 from api.deps import JobIdDep, StreamOwnerDep, WatchersDep, socket_owner
 from api.errors import ApiError, error_responses
 from api.middleware import client_address
-from api.sse import (
+from api.views import JobRecord
+from api.watchers import (
     EventKey,
     JobWatchers,
     StreamSlots,
@@ -35,7 +36,6 @@ from api.sse import (
     parse_event_id,
     snapshots,
 )
-from api.views import JobRecord
 from core.metrics import ACTIVE_WEBSOCKETS
 from core.observability import job_id_var
 

@@ -1,9 +1,10 @@
-"""Live job progress for event streams: Server-Sent Events and WebSocket alike.
+"""Job watchers: the live progress that feeds Server-Sent Events and WebSocket streams alike.
 
 One watcher task per job per API process polls `describe()` while the job has subscribers and
 shares each new snapshot with all of them, so Temporal is asked once per job, not per subscriber
 or per transport. Subscribers only ever need the newest snapshot, so a slow one skips stale
 progress instead of queueing it. A snapshot is encoded once per transport and sent as is.
+`StreamSlots` caps the open streams of both transports per owner and per client address.
 
 Event ids are ordered keys derived from the job's state (run, terminal, bytes, files, status):
 a client resuming with `Last-Event-ID` (SSE) or `lastEventId` (WebSocket) gets only newer events,
@@ -31,7 +32,7 @@ from core.metrics import ACTIVE_SSE
 from core.observability import get_logger
 from workflows.models import JobStatus
 
-log = get_logger("api.sse")
+log = get_logger("api.watchers")
 
 POLL_SECONDS = 0.25
 # A job that does not move (queued, or waiting on a slow origin) is asked less and less often.
