@@ -1,4 +1,4 @@
-"""Every Temporal read and write for jobs, in one object the app keeps on `app.state.jobs`.
+"""Every Temporal read and write for jobs, in one object of the API's services (`api.services`).
 
 Routes and the SSE watchers go through `JobService`, so how a job is found (workflow type, owner,
 memo, completed result, pending activities), started, retried, cancelled and listed is decided

@@ -111,7 +111,7 @@ async def test_status_readers_of_one_job_share_one_describe(
     async with serve(settings) as (client, app):
         resp = await client.post("/v1/download/initiate", json={"file_ids": [10_001]})
         job_id = resp.json()["jobId"]
-        jobs: JobService = app.state.jobs
+        jobs: JobService = app.state.services.jobs
         await asyncio.sleep(0.3)  # the snapshot taken at start has expired
         before = jobs.snapshots.fetches
 

@@ -24,12 +24,12 @@ MIB = 1024 * 1024
 
 
 def watchers(app: FastAPI) -> JobWatchers:
-    found: JobWatchers = app.state.watchers
+    found: JobWatchers = app.state.services.watchers
     return found
 
 
 def jobs(app: FastAPI) -> JobService:
-    found: JobService = app.state.jobs
+    found: JobService = app.state.services.jobs
     return found
 
 

@@ -45,7 +45,7 @@ async def test_events_match_the_sse_stream_and_resume(
             client.stream("GET", f"/v1/download/subscribe/{job_id}") as sse,
         ):
             # Both transports are fed by one watcher of the job.
-            watching: JobWatchers = app.state.watchers
+            watching: JobWatchers = app.state.services.watchers
 
             async def one_watcher() -> bool:
                 return watching.watched_jobs == 1
