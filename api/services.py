@@ -11,7 +11,9 @@ from temporalio.client import Client
 
 from api.auth import Authenticator
 from api.caches import Snapshots
-from api.jobs import JobService
+from api.jobs.commands import JobCommands
+from api.jobs.listing import JobListing
+from api.jobs.reads import JobReads
 from api.schemas import Check, HealthResponse
 from api.tickets import StreamTickets
 from api.watchers import JobWatchers, StreamSlots
@@ -39,7 +41,9 @@ class Services:
     temporal: Client
     auth: Authenticator
     tickets: StreamTickets
-    jobs: JobService
+    reads: JobReads
+    commands: JobCommands
+    listing: JobListing
     readiness: Snapshots[HealthResponse]
     queue_size: Snapshots[int]
     watchers: JobWatchers
@@ -57,17 +61,20 @@ async def build_services(settings: Settings) -> Services:
     tickets = StreamTickets(settings)
     if settings.auth_enabled and tickets.per_process:
         log.warning("STREAM_TICKET_SECRET is unset: tickets hold for this API process only")
-    jobs = JobService(client, settings, store)
+    reads = JobReads(client, settings, store)
+    listing = JobListing(client)
     services = Services(
         settings=settings,
         store=store,
         temporal=client,
         auth=auth,
         tickets=tickets,
-        jobs=jobs,
+        reads=reads,
+        commands=JobCommands(client, settings, reads),
+        listing=listing,
         readiness=readiness(store, client),
-        queue_size=queue_size(jobs),
-        watchers=JobWatchers(jobs, budget=settings.stream_polls_per_second),
+        queue_size=queue_size(listing),
+        watchers=JobWatchers(reads, budget=settings.stream_polls_per_second),
         stream_slots=StreamSlots(settings.streams_per_owner, settings.streams_per_client),
     )
     if not settings.auth_enabled:
@@ -104,10 +111,10 @@ async def _check_temporal(client: Client) -> Check:
     return "ok" if ok else "error"
 
 
-def queue_size(jobs: JobService) -> Snapshots[int]:
+def queue_size(listing: JobListing) -> Snapshots[int]:
     """The jobs waiting or running, counted at most once per QUEUE_SIZE_SECONDS."""
 
     async def count(_: str) -> int:
-        return await jobs.count_running(rpc_timeout=timedelta(seconds=2))
+        return await listing.count_running(rpc_timeout=timedelta(seconds=2))
 
     return Snapshots(count, max_age=QUEUE_SIZE_SECONDS)

@@ -25,7 +25,7 @@ from aiolimiter import AsyncLimiter
 from sse_starlette import ServerSentEvent
 
 from api.errors import ApiError
-from api.jobs import JobService
+from api.jobs.reads import JobReads
 from api.schemas import JobView, ProgressEvent
 from api.views import JobRecord
 from core.metrics import ACTIVE_SSE
@@ -164,8 +164,8 @@ class JobWatchers:
     their turn for the budget; idle ones (queued) back off and yield it to them.
     """
 
-    def __init__(self, jobs: JobService, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
-        self.jobs, self.poll_seconds = jobs, poll_seconds
+    def __init__(self, reads: JobReads, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
+        self.reads, self.poll_seconds = reads, poll_seconds
         # Metered in slices of a tenth of a second (or of one call, for small budgets): a full
         # bucket lets at most one slice through at once, not a whole second's worth.
         capacity = max(1.0, budget / BUDGET_SLICES)
@@ -175,7 +175,7 @@ class JobWatchers:
         self._watches: dict[str, _Watch] = {}
 
     def snapshot(self, record: JobRecord) -> Snapshot:
-        return snapshot(record, self.jobs.with_download(record))
+        return snapshot(record, self.reads.with_download(record))
 
     @property
     def watched_jobs(self) -> int:
@@ -187,7 +187,7 @@ class JobWatchers:
         if (record := self.watched(job_id, owner)) is not None:
             return record
         await self.budget.acquire()
-        return await self.jobs.describe(job_id, owner)
+        return await self.reads.describe(job_id, owner)
 
     def watched(self, job_id: str, owner: str) -> JobRecord | None:
         """The job's last polled record when a watcher runs, saving a `describe()` per subscriber."""
@@ -230,7 +230,7 @@ class JobWatchers:
                 continue
             await self.budget.acquire()
             try:
-                record = await self.jobs.describe(job_id, owner)
+                record = await self.reads.describe(job_id, owner)
             except ApiError:
                 log.info("watched job disappeared", jobId=job_id)
                 watch.close()

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
 
+from api.caches import Pace
 from api.deps import JobIdDep, OwnerDep, ServicesDep
 from api.errors import ApiError, error_responses
-from api.jobs import JobService
 from api.schemas import (
     CancelResponse,
     InitiateRequest,
@@ -39,17 +39,17 @@ async def initiate(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> InitiateResponse:
     """Returns at once; the job runs as a workflow. Repeats with one `Idempotency-Key` get one job."""
-    record = await services.jobs.start(
+    record = await services.commands.start(
         owner=owner,
         file_ids=list(body.file_ids),
         callback_url=str(body.callback_url) if body.callback_url else None,
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
     )
-    return _started(record, services.jobs, total_file_ids=len(body.file_ids))
+    return _started(record, services.reads.pace, total_file_ids=len(body.file_ids))
 
 
-def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> InitiateResponse:
+def _started(record: JobRecord, pace: Pace, total_file_ids: int) -> InitiateResponse:
     view = record.view
     return InitiateResponse(
         job_id=view.job_id,
@@ -57,7 +57,7 @@ def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> Initia
         total_files=view.total_files,
         total_file_ids=total_file_ids,
         created_at=view.created_at,
-        estimated_time_ms=jobs.pace.estimate_ms(view.total_files),
+        estimated_time_ms=pace.estimate_ms(view.total_files),
         **job_links(view.job_id),
     )
 
@@ -70,8 +70,8 @@ def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> Initia
 )
 async def status(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> Response:
     # Polled by many clients: the snapshot's answer is rendered once, not once per request.
-    record = await services.jobs.describe(job_id, owner)
-    return Response(services.jobs.status_json(record), media_type="application/json")
+    record = await services.reads.describe(job_id, owner)
+    return Response(services.reads.status_json(record), media_type="application/json")
 
 
 @router.get(
@@ -81,7 +81,7 @@ async def status(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> Re
     summary="A job's details, with a fresh download URL when completed",
 )
 async def details(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> JobView:
-    return await services.jobs.details(job_id, owner)
+    return await services.reads.details(job_id, owner)
 
 
 @router.get(
@@ -95,7 +95,7 @@ async def details(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> J
     summary="Redirect to the archive",
 )
 async def file(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> RedirectResponse:
-    view = await services.jobs.details(job_id, owner)
+    view = await services.reads.details(job_id, owner)
     if view.download_url is None:
         raise ApiError.conflict(f"the job is {view.status.value}; there is no archive")
     return RedirectResponse(view.download_url, status_code=302)
@@ -108,7 +108,7 @@ async def file(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> Redi
     summary="Cancel a job",
 )
 async def cancel(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> CancelResponse:
-    record = await services.jobs.cancel(job_id, owner)
+    record = await services.commands.cancel(job_id, owner)
     return CancelResponse(job_id=job_id, cancelled=True, status=record.view.status)
 
 
@@ -119,8 +119,8 @@ async def cancel(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> Ca
     summary="Run a failed or cancelled job again under the same id",
 )
 async def retry(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> InitiateResponse:
-    record = await services.jobs.retry(job_id, owner)
-    return _started(record, services.jobs, total_file_ids=record.view.total_files)
+    record = await services.commands.retry(job_id, owner)
+    return _started(record, services.reads.pace, total_file_ids=record.view.total_files)
 
 
 @router.post(
@@ -134,7 +134,7 @@ async def ticket(
 ) -> StreamTicket:
     """Pass it as `?ticket=` to the job's SSE or WebSocket route, where `EventSource` cannot
     send headers; it is valid for STREAM_TICKET_TTL_SECONDS and for this job only."""
-    await services.jobs.describe(job_id, owner)
+    await services.reads.describe(job_id, owner)
     response.headers["Cache-Control"] = "no-store"
     return services.tickets.issue(owner, job_id)
 
@@ -152,4 +152,4 @@ async def downloads(
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
     page_token: Annotated[str | None, Query(alias="pageToken", max_length=4096)] = None,
 ) -> JobList:
-    return await services.jobs.list_jobs(owner, status, page_size, page_token)
+    return await services.listing.list_jobs(owner, status, page_size, page_token)

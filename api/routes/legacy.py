@@ -63,11 +63,10 @@ async def start(
 ) -> LegacyStartResponse | JSONResponse:
     """Runs as a job; answers with the old shape when it finishes in time, else 202 and the job."""
     began = time.monotonic()
-    jobs = services.jobs
     timeout = services.settings.request_timeout_ms / 1000
     # Leave room to answer before the request timeout cuts the connection.
     budget = timeout - min(2.0, timeout * 0.2) - 0.2
-    record = await jobs.start(
+    record = await services.commands.start(
         owner=owner,
         file_ids=[body.file_id],
         callback_url=None,
@@ -77,7 +76,7 @@ async def start(
     job_id = record.view.job_id
     if not record.view.status.terminal:
         remaining = max(0.0, budget - (time.monotonic() - began))
-        record = await jobs.wait_for_result(job_id, owner, remaining) or record
+        record = await services.reads.wait_for_result(job_id, owner, remaining) or record
     view = record.view
     if not view.status.terminal:
         accepted = StartAccepted(
@@ -92,7 +91,7 @@ async def start(
             status_code=202,
             headers={"Location": accepted.status_url},
         )
-    view = jobs.with_download(record)
+    view = services.reads.with_download(record)
     completed = view.status is JobStatus.completed
     file_error = next((f.error for f in view.files if f.error), None)
     return LegacyStartResponse(
