@@ -39,7 +39,6 @@ from activities.storageerrors import (
     upload_gone,
 )
 from activities.upload import ArchiveUpload
-from activities.zipstream import ResumableZipWriter, WriterState
 from core.config import Settings
 from core.metrics import BYTES_PACKAGED, FILES_PACKAGED
 from core.observability import get_logger
@@ -51,6 +50,7 @@ from core.storage import (
     StorageUnavailable,
     UploadGone,
 )
+from core.zipstream import ResumableZipWriter, WriterState
 from workflows.errors import ErrorType, nothing_to_package, source_changed, worker_shutdown
 from workflows.models import (
     MAX_FILE_ID,

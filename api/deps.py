@@ -7,16 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Path, Request, WebSocket
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
-from starlette.datastructures import Headers, State
-from temporalio.client import Client
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 
-from api.auth import Authenticator, unauthorized
-from api.jobs import JobService
-from api.sse import JobWatchers
-from api.tickets import StreamTickets
-from core.config import Settings
+from api.auth import unauthorized
+from api.services import Services
 from core.observability import job_id_var
-from core.storage import ObjectStore
 from workflows.models import ANONYMOUS_OWNER, JOB_ID_PATTERN
 
 bearer = HTTPBearer(auto_error=False, description="a JWT (owner `jwt:<sub>`) or an API key")
@@ -30,34 +26,10 @@ ticket_query = APIKeyQuery(
 NOT_IN_URLS = "bearer tokens are not accepted in URLs: pass ?ticket= from POST .../ticket"
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_temporal(request: Request) -> Client:
-    client: Client = request.app.state.temporal
-    return client
-
-
-async def get_store(request: Request) -> ObjectStore:
-    store: ObjectStore = request.app.state.store
-    return store
-
-
-async def get_jobs(request: Request) -> JobService:
-    jobs: JobService = request.app.state.jobs
-    return jobs
-
-
-async def get_watchers(request: Request) -> JobWatchers:
-    watchers: JobWatchers = request.app.state.watchers
-    return watchers
-
-
-def _authenticator(request: Request) -> Authenticator:
-    auth: Authenticator = request.app.state.auth
-    return auth
+async def get_services(connection: HTTPConnection) -> Services:
+    """The API's services, built once when the app starts (`api.services.build_services`)."""
+    services: Services = connection.app.state.services
+    return services
 
 
 def header_credentials(headers: Headers) -> tuple[str | None, str | None]:
@@ -73,16 +45,12 @@ async def get_owner(request: Request) -> str:
     The schema documents its routes with `bearer` and `api_key_header` (`document_caller_security`
     in `api.routes.docs`)."""
     api_key, token = header_credentials(request.headers)
-    return _authenticator(request).owner(api_key, token)
-
-
-async def get_tickets(request: Request) -> StreamTickets:
-    tickets: StreamTickets = request.app.state.tickets
-    return tickets
+    services = await get_services(request)
+    return services.auth.owner(api_key, token)
 
 
 def stream_owner(
-    state: State,
+    services: Services,
     job_id: str,
     ticket: str | None,
     token_in_url: bool,
@@ -91,15 +59,13 @@ def stream_owner(
 ) -> str:
     """A stream's owner: from a ticket for this job when one is given, else as for every route.
     A bearer token in the URL (`?access_token=`) is refused, never read."""
-    auth: Authenticator = state.auth
-    if not auth.enabled:
+    if not services.auth.enabled:
         return ANONYMOUS_OWNER
     if ticket is not None:
-        tickets: StreamTickets = state.tickets
-        return tickets.owner(ticket, job_id)
+        return services.tickets.owner(ticket, job_id)
     if token_in_url and not (api_key or token):
         raise unauthorized(NOT_IN_URLS)
-    return auth.owner(api_key, token)
+    return services.auth.owner(api_key, token)
 
 
 async def get_stream_owner(
@@ -109,7 +75,7 @@ async def get_stream_owner(
     ticket: Annotated[str | None, Depends(ticket_query)],
 ) -> str:
     return stream_owner(
-        request.app.state,
+        await get_services(request),
         str(request.path_params["jobId"]),
         ticket,
         "access_token" in request.query_params,
@@ -118,11 +84,11 @@ async def get_stream_owner(
     )
 
 
-def socket_owner(websocket: WebSocket) -> str:
+def socket_owner(websocket: WebSocket, services: Services) -> str:
     """The owner named by a WebSocket handshake: a ticket for this job, or the usual headers."""
     api_key, token = header_credentials(websocket.headers)
     return stream_owner(
-        websocket.app.state,
+        services,
         str(websocket.path_params["jobId"]),
         websocket.query_params.get("ticket") or None,
         "access_token" in websocket.query_params,
@@ -140,12 +106,7 @@ async def get_job_id(
     return job_id
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-TemporalDep = Annotated[Client, Depends(get_temporal)]
-StoreDep = Annotated[ObjectStore, Depends(get_store)]
-JobsDep = Annotated[JobService, Depends(get_jobs)]
-WatchersDep = Annotated[JobWatchers, Depends(get_watchers)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 StreamOwnerDep = Annotated[str, Depends(get_stream_owner)]
-TicketsDep = Annotated[StreamTickets, Depends(get_tickets)]
 JobIdDep = Annotated[str, Depends(get_job_id)]

@@ -10,23 +10,15 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from api.auth import Authenticator
 from api.errors import install_error_handlers
-from api.jobs import JobService
 from api.middleware import install_middleware
 from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
-from api.routes.service import STATIC, queue_size, readiness
-from api.sse import JobWatchers, StreamSlots
-from api.tickets import StreamTickets
+from api.routes.service import STATIC
+from api.services import build_services
 from core.config import Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
-from core.observability import get_logger, redact_span_query, setup_logging, setup_tracing
-from core.storage import ObjectStore
-from workflows.client import connect
-from workflows.models import ANONYMOUS_OWNER
-
-log = get_logger("api")
+from core.observability import redact_span_query, setup_logging, setup_tracing
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,29 +26,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = ObjectStore(settings)
-        # Lazy: the API starts (and answers 503) while Temporal is still coming up or down.
-        client = await connect(settings, lazy=True)
-        app.state.settings = settings
-        app.state.store = store
-        app.state.temporal = client
-        app.state.auth = Authenticator(settings)
-        app.state.tickets = tickets = StreamTickets(settings)
-        if settings.auth_enabled and tickets.per_process:
-            log.warning("STREAM_TICKET_SECRET is unset: tickets hold for this API process only")
-        app.state.jobs = jobs = JobService(client, settings, store)
-        app.state.readiness = readiness(store, client)
-        app.state.queue_size = queue_size(jobs)
-        app.state.watchers = JobWatchers(jobs, budget=settings.stream_polls_per_second)
-        app.state.stream_slots = StreamSlots(
-            settings.streams_per_owner, settings.streams_per_client
-        )
-        if not settings.auth_enabled:
-            log.warning(f"authentication is off: every caller acts as '{ANONYMOUS_OWNER}'")
+        app.state.services = services = await build_services(settings)
         try:
             yield
         finally:
-            await app.state.watchers.close()
+            await services.aclose()
 
     app = FastAPI(
         title="Download service",

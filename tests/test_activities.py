@@ -23,9 +23,9 @@ from activities.checkpoints import Checkpoints, decode
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities, _Attempt
 from activities.prefetch import Source
-from activities.zipstream import ResumableZipWriter
 from core.config import Settings
 from core.storage import ObjectNotFound, ObjectStore, UploadGone
+from core.zipstream import ResumableZipWriter
 from tests.helpers import (
     assert_archive_matches,
     put_sources,

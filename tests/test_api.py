@@ -289,7 +289,7 @@ async def test_scrapes_count_the_queue_at_most_once_per_interval(
         scrapes += [await api.get("/metrics") for _ in range(10)]
         assert {s.status_code for s in scrapes} == {200}
         assert all("download_queue_size " in s.text for s in scrapes)
-        assert apps[0].state.queue_size.fetches == 1
+        assert apps[0].state.services.queue_size.fetches == 1
 
 
 # --- initiate and status ---

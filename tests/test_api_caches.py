@@ -9,7 +9,8 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 
 from api.caches import CompletedStates, PresignedLinks, Snapshots
-from api.jobs import SNAPSHOT_MAX_AGE, JobService
+from api.jobs.commands import JobCommands
+from api.jobs.reads import SNAPSHOT_MAX_AGE, JobReads
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import put_sources, serve, slow_origin, wait_for
@@ -111,7 +112,7 @@ async def test_status_readers_of_one_job_share_one_describe(
     async with serve(settings) as (client, app):
         resp = await client.post("/v1/download/initiate", json={"file_ids": [10_001]})
         job_id = resp.json()["jobId"]
-        jobs: JobService = app.state.jobs
+        jobs: JobReads = app.state.services.reads
         await asyncio.sleep(0.3)  # the snapshot taken at start has expired
         before = jobs.snapshots.fetches
 
@@ -164,11 +165,13 @@ async def test_reads_name_the_open_run_and_find_a_retry_made_elsewhere(
     cancelled and retried the job meanwhile, the new run is found, not the closed one."""
     slow = slow_origin(settings, 60_000)
     put_sources(store, settings, {10_001: 10})
-    here = JobService(env.client, slow, store)
-    elsewhere = JobService(env.client, slow, store)
+    here = JobReads(env.client, slow, store)
+    elsewhere = JobReads(env.client, slow, store)
+    commands_here = JobCommands(env.client, slow, here)
+    commands_elsewhere = JobCommands(env.client, slow, elsewhere)
     owner = "anonymous"
     async with build_worker(env.client, slow, store):
-        started = await here.start(
+        started = await commands_here.start(
             owner=owner, file_ids=[10_001], callback_url=None, request_id=None, idempotency_key=None
         )
         job_id = started.view.job_id
@@ -180,11 +183,11 @@ async def test_reads_name_the_open_run_and_find_a_retry_made_elsewhere(
             return record.view.status is JobStatus.processing
 
         await wait_for(processing_elsewhere)
-        await elsewhere.cancel(job_id, owner)
-        await elsewhere.retry(job_id, owner)
+        await commands_elsewhere.cancel(job_id, owner)
+        await commands_elsewhere.retry(job_id, owner)
         await asyncio.sleep(SNAPSHOT_MAX_AGE + 0.05)
         again = await here.describe(job_id, owner)
         assert again.view.status in (JobStatus.queued, JobStatus.processing)
         assert again.run_started > first.run_started
         assert here.open_runs[job_id] not in (None, first_run)
-        await elsewhere.cancel(job_id, owner)
+        await commands_elsewhere.cancel(job_id, owner)

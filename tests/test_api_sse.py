@@ -12,8 +12,8 @@ import pytest
 from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
 
-from api.jobs import JobService
-from api.sse import JobWatchers, parse_event_id
+from api.jobs.reads import JobReads
+from api.watchers import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for
@@ -24,12 +24,12 @@ MIB = 1024 * 1024
 
 
 def watchers(app: FastAPI) -> JobWatchers:
-    found: JobWatchers = app.state.watchers
+    found: JobWatchers = app.state.services.watchers
     return found
 
 
-def jobs(app: FastAPI) -> JobService:
-    found: JobService = app.state.jobs
+def jobs(app: FastAPI) -> JobReads:
+    found: JobReads = app.state.services.reads
     return found
 
 
@@ -260,7 +260,7 @@ async def test_watchers_ask_temporal_within_their_budget(
 async def test_the_budget_never_comes_in_one_burst(budget: float) -> None:
     """A full bucket lets through a tenth of a second's worth (at least one call), not a second's:
     a thousand watchers waking together do not hit Temporal all at once."""
-    watchers = JobWatchers(cast(JobService, None), budget=budget)
+    watchers = JobWatchers(cast(JobReads, None), budget=budget)
     at_once = 0
     while watchers.budget.has_capacity():
         await watchers.budget.acquire()

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from api.sse import event_key, format_event_id, parse_event_id
 from api.views import JobRecord, PendingActivity, job_view
+from api.watchers import event_key, format_event_id, parse_event_id
 from workflows import names
 from workflows.models import FileState, FileStatus, JobState, JobStatus, PackageProgress
 

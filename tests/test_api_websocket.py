@@ -11,7 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from api.sse import JobWatchers, parse_event_id
+from api.watchers import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for
@@ -45,7 +45,7 @@ async def test_events_match_the_sse_stream_and_resume(
             client.stream("GET", f"/v1/download/subscribe/{job_id}") as sse,
         ):
             # Both transports are fed by one watcher of the job.
-            watching: JobWatchers = app.state.watchers
+            watching: JobWatchers = app.state.services.watchers
 
             async def one_watcher() -> bool:
                 return watching.watched_jobs == 1

@@ -271,7 +271,7 @@ async def test_tickets_open_only_their_own_jobs_streams(
         assert first["data"]["jobId"] == job_id
 
         # Refused: for another job, expired, tampered, or not a ticket at all.
-        tickets: StreamTickets = app.state.tickets
+        tickets: StreamTickets = app.state.services.tickets
         expired = tickets.issue("key:alice", job_id, now=time.time() - 600).ticket
         refusals = [
             (other_id, ticket, "ticket is for another job"),

@@ -1,6 +1,7 @@
 """Imports run one way, as pyproject.toml's `[tool.importlinter]` contracts say: the Temporal
-contract imports no other project code, `core` no workflow, activity or API code, workflows no
-activity code, the API no activity code; no package's modules import each other in a cycle.
+contract imports no other project code, nor does the zip format, `core` no workflow, activity or
+API code, workflows no activity code, the API no activity code; no package's modules import each
+other in a cycle.
 And the workflows load no more of our code than their sandbox lets through."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from api.sse import parse_event_id
+from api.watchers import parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import BIND, Nginx, free_port

@@ -1,4 +1,4 @@
-"""Tests for activities.zipstream: archives are checked with zipfile and, when present, unzip -t."""
+"""Tests for core.zipstream: archives are checked with zipfile and, when present, unzip -t."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.zipstream import ZIP64_LIMIT, ResumableZipWriter
+from core.zipstream import ZIP64_LIMIT, ResumableZipWriter
 
 MTIME = datetime(2024, 5, 1, 12, 30, 44, tzinfo=UTC)
 NON_ASCII = "données/été ✓ 日本.txt"

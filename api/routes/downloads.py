@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
 
-from api.deps import JobIdDep, JobsDep, OwnerDep, TicketsDep
+from api.caches import Pace
+from api.deps import JobIdDep, OwnerDep, ServicesDep
 from api.errors import ApiError, error_responses
-from api.jobs import JobService
 from api.schemas import (
     CancelResponse,
     InitiateRequest,
@@ -35,21 +35,21 @@ router = APIRouter(tags=["downloads"])
 async def initiate(
     body: InitiateRequest,
     owner: OwnerDep,
-    jobs: JobsDep,
+    services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> InitiateResponse:
     """Returns at once; the job runs as a workflow. Repeats with one `Idempotency-Key` get one job."""
-    record = await jobs.start(
+    record = await services.commands.start(
         owner=owner,
         file_ids=list(body.file_ids),
         callback_url=str(body.callback_url) if body.callback_url else None,
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
     )
-    return _started(record, jobs, total_file_ids=len(body.file_ids))
+    return _started(record, services.reads.pace, total_file_ids=len(body.file_ids))
 
 
-def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> InitiateResponse:
+def _started(record: JobRecord, pace: Pace, total_file_ids: int) -> InitiateResponse:
     view = record.view
     return InitiateResponse(
         job_id=view.job_id,
@@ -57,7 +57,7 @@ def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> Initia
         total_files=view.total_files,
         total_file_ids=total_file_ids,
         created_at=view.created_at,
-        estimated_time_ms=jobs.pace.estimate_ms(view.total_files),
+        estimated_time_ms=pace.estimate_ms(view.total_files),
         **job_links(view.job_id),
     )
 
@@ -68,10 +68,10 @@ def _started(record: JobRecord, jobs: JobService, total_file_ids: int) -> Initia
     responses=error_responses(401, 404),
     summary="A job's status and progress",
 )
-async def status(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> Response:
+async def status(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> Response:
     # Polled by many clients: the snapshot's answer is rendered once, not once per request.
-    record = await jobs.describe(job_id, owner)
-    return Response(jobs.status_json(record), media_type="application/json")
+    record = await services.reads.describe(job_id, owner)
+    return Response(services.reads.status_json(record), media_type="application/json")
 
 
 @router.get(
@@ -80,8 +80,8 @@ async def status(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> Response:
     responses=error_responses(401, 404, 410),
     summary="A job's details, with a fresh download URL when completed",
 )
-async def details(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> JobView:
-    return await jobs.details(job_id, owner)
+async def details(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> JobView:
+    return await services.reads.details(job_id, owner)
 
 
 @router.get(
@@ -94,8 +94,8 @@ async def details(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> JobView:
     },
     summary="Redirect to the archive",
 )
-async def file(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> RedirectResponse:
-    view = await jobs.details(job_id, owner)
+async def file(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> RedirectResponse:
+    view = await services.reads.details(job_id, owner)
     if view.download_url is None:
         raise ApiError.conflict(f"the job is {view.status.value}; there is no archive")
     return RedirectResponse(view.download_url, status_code=302)
@@ -107,8 +107,8 @@ async def file(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> RedirectResp
     responses=error_responses(401, 404, 409),
     summary="Cancel a job",
 )
-async def cancel(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> CancelResponse:
-    record = await jobs.cancel(job_id, owner)
+async def cancel(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> CancelResponse:
+    record = await services.commands.cancel(job_id, owner)
     return CancelResponse(job_id=job_id, cancelled=True, status=record.view.status)
 
 
@@ -118,9 +118,9 @@ async def cancel(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> CancelResp
     responses=error_responses(401, 404, 409),
     summary="Run a failed or cancelled job again under the same id",
 )
-async def retry(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> InitiateResponse:
-    record = await jobs.retry(job_id, owner)
-    return _started(record, jobs, total_file_ids=record.view.total_files)
+async def retry(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> InitiateResponse:
+    record = await services.commands.retry(job_id, owner)
+    return _started(record, services.reads.pace, total_file_ids=record.view.total_files)
 
 
 @router.post(
@@ -130,13 +130,13 @@ async def retry(job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep) -> InitiateRes
     summary="A short-lived ticket for this job's event streams (browsers)",
 )
 async def ticket(
-    job_id: JobIdDep, owner: OwnerDep, jobs: JobsDep, tickets: TicketsDep, response: Response
+    job_id: JobIdDep, owner: OwnerDep, services: ServicesDep, response: Response
 ) -> StreamTicket:
     """Pass it as `?ticket=` to the job's SSE or WebSocket route, where `EventSource` cannot
     send headers; it is valid for STREAM_TICKET_TTL_SECONDS and for this job only."""
-    await jobs.describe(job_id, owner)
+    await services.reads.describe(job_id, owner)
     response.headers["Cache-Control"] = "no-store"
-    return tickets.issue(owner, job_id)
+    return services.tickets.issue(owner, job_id)
 
 
 @router.get(
@@ -147,9 +147,9 @@ async def ticket(
 )
 async def downloads(
     owner: OwnerDep,
-    jobs: JobsDep,
+    services: ServicesDep,
     status: JobStatus | None = None,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=100)] = 20,
     page_token: Annotated[str | None, Query(alias="pageToken", max_length=4096)] = None,
 ) -> JobList:
-    return await jobs.list_jobs(owner, status, page_size, page_token)
+    return await services.listing.list_jobs(owner, status, page_size, page_token)

@@ -23,19 +23,18 @@ from starlette.status import (
     WS_1013_TRY_AGAIN_LATER,
 )
 
-from api.deps import JobIdDep, StreamOwnerDep, WatchersDep, socket_owner
+from api.deps import JobIdDep, ServicesDep, StreamOwnerDep, socket_owner
 from api.errors import ApiError, error_responses
 from api.middleware import client_address
-from api.sse import (
+from api.views import JobRecord
+from api.watchers import (
     EventKey,
     JobWatchers,
-    StreamSlots,
     event_key,
     job_events,
     parse_event_id,
     snapshots,
 )
-from api.views import JobRecord
 from core.metrics import ACTIVE_WEBSOCKETS
 from core.observability import job_id_var
 
@@ -70,17 +69,17 @@ async def subscribe(
     request: Request,
     job_id: JobIdDep,
     owner: StreamOwnerDep,
-    watchers: WatchersDep,
+    services: ServicesDep,
     last_event_id: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Ends after the terminal event; `Last-Event-ID` resumes without repeating events."""
+    watchers = services.watchers
     record = await watchers.first_record(job_id, owner)
     last = parse_event_id(last_event_id)
     if record.view.status.terminal and last is not None and last >= event_key(record):
         # 204 tells EventSource not to reconnect: the client has the final event already.
         return Response(status_code=204)
-    slots: StreamSlots = request.app.state.stream_slots
-    slot = slots.take(owner, request.state.client_ip)
+    slot = services.stream_slots.take(owner, request.state.client_ip)
     events = job_events(watchers, record, last, slot)
     return EventSourceResponse(
         events,
@@ -92,19 +91,17 @@ async def subscribe(
 
 
 @router.websocket("/v1/download/stream/{jobId:job_id}")
-async def stream(websocket: WebSocket) -> None:
+async def stream(websocket: WebSocket, services: ServicesDep) -> None:
     """The SSE events as WebSocket messages `{"id", "event", "data"}`; closes normally (1000)
     after the terminal event, with 1008 for missing credentials or an unknown or foreign job."""
     job_id = str(websocket.path_params["jobId"])
     job_id_var.set(job_id)
-    state = websocket.app.state
-    watchers: JobWatchers = state.watchers
-    slots: StreamSlots = state.stream_slots
+    watchers = services.watchers
     await websocket.accept()
     try:
-        owner = socket_owner(websocket)
+        owner = socket_owner(websocket, services)
         record = await watchers.first_record(job_id, owner)
-        slot = slots.take(owner, client_address(websocket.scope, state.settings))
+        slot = services.stream_slots.take(owner, client_address(websocket.scope, services.settings))
     except ApiError as exc:
         # Past the stream caps: 1013, try again later; anything else is not this client's job.
         code = WS_1013_TRY_AGAIN_LATER if exc.status == 429 else WS_1008_POLICY_VIOLATION

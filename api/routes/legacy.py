@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
 
-from api.deps import JobsDep, OwnerDep, SettingsDep, StoreDep, get_owner
+from api.deps import OwnerDep, ServicesDep, get_owner
 from api.errors import error_responses
 from api.schemas import (
     CheckResponse,
@@ -34,9 +34,10 @@ router = APIRouter(tags=["legacy"])
     dependencies=[Depends(get_owner)],
     summary="Is a source file available?",
 )
-async def check(body: FileRequest, store: StoreDep, settings: SettingsDep) -> CheckResponse:
+async def check(body: FileRequest, services: ServicesDep) -> CheckResponse:
     """`s3Key` stays in the body for today's clients but is always null: keys are internal."""
-    info = await asyncio.to_thread(store.stat_or_none, settings.source_key(body.file_id))
+    key = services.settings.source_key(body.file_id)
+    info = await asyncio.to_thread(services.store.stat_or_none, key)
     return CheckResponse(
         file_id=body.file_id,
         available=info is not None,
@@ -57,16 +58,15 @@ async def check(body: FileRequest, store: StoreDep, settings: SettingsDep) -> Ch
 async def start(
     body: FileRequest,
     owner: OwnerDep,
-    jobs: JobsDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> LegacyStartResponse | JSONResponse:
     """Runs as a job; answers with the old shape when it finishes in time, else 202 and the job."""
     began = time.monotonic()
-    timeout = settings.request_timeout_ms / 1000
+    timeout = services.settings.request_timeout_ms / 1000
     # Leave room to answer before the request timeout cuts the connection.
     budget = timeout - min(2.0, timeout * 0.2) - 0.2
-    record = await jobs.start(
+    record = await services.commands.start(
         owner=owner,
         file_ids=[body.file_id],
         callback_url=None,
@@ -76,7 +76,7 @@ async def start(
     job_id = record.view.job_id
     if not record.view.status.terminal:
         remaining = max(0.0, budget - (time.monotonic() - began))
-        record = await jobs.wait_for_result(job_id, owner, remaining) or record
+        record = await services.reads.wait_for_result(job_id, owner, remaining) or record
     view = record.view
     if not view.status.terminal:
         accepted = StartAccepted(
@@ -91,7 +91,7 @@ async def start(
             status_code=202,
             headers={"Location": accepted.status_url},
         )
-    view = jobs.with_download(record)
+    view = services.reads.with_download(record)
     completed = view.status is JobStatus.completed
     file_error = next((f.error for f in view.files if f.error), None)
     return LegacyStartResponse(

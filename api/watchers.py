@@ -1,9 +1,10 @@
-"""Live job progress for event streams: Server-Sent Events and WebSocket alike.
+"""Job watchers: the live progress that feeds Server-Sent Events and WebSocket streams alike.
 
 One watcher task per job per API process polls `describe()` while the job has subscribers and
 shares each new snapshot with all of them, so Temporal is asked once per job, not per subscriber
 or per transport. Subscribers only ever need the newest snapshot, so a slow one skips stale
 progress instead of queueing it. A snapshot is encoded once per transport and sent as is.
+`StreamSlots` caps the open streams of both transports per owner and per client address.
 
 Event ids are ordered keys derived from the job's state (run, terminal, bytes, files, status):
 a client resuming with `Last-Event-ID` (SSE) or `lastEventId` (WebSocket) gets only newer events,
@@ -24,14 +25,14 @@ from aiolimiter import AsyncLimiter
 from sse_starlette import ServerSentEvent
 
 from api.errors import ApiError
-from api.jobs import JobService
+from api.jobs.reads import JobReads
 from api.schemas import JobView, ProgressEvent
 from api.views import JobRecord
 from core.metrics import ACTIVE_SSE
 from core.observability import get_logger
 from workflows.models import JobStatus
 
-log = get_logger("api.sse")
+log = get_logger("api.watchers")
 
 POLL_SECONDS = 0.25
 # A job that does not move (queued, or waiting on a slow origin) is asked less and less often.
@@ -163,8 +164,8 @@ class JobWatchers:
     their turn for the budget; idle ones (queued) back off and yield it to them.
     """
 
-    def __init__(self, jobs: JobService, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
-        self.jobs, self.poll_seconds = jobs, poll_seconds
+    def __init__(self, reads: JobReads, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
+        self.reads, self.poll_seconds = reads, poll_seconds
         # Metered in slices of a tenth of a second (or of one call, for small budgets): a full
         # bucket lets at most one slice through at once, not a whole second's worth.
         capacity = max(1.0, budget / BUDGET_SLICES)
@@ -174,7 +175,7 @@ class JobWatchers:
         self._watches: dict[str, _Watch] = {}
 
     def snapshot(self, record: JobRecord) -> Snapshot:
-        return snapshot(record, self.jobs.with_download(record))
+        return snapshot(record, self.reads.with_download(record))
 
     @property
     def watched_jobs(self) -> int:
@@ -186,7 +187,7 @@ class JobWatchers:
         if (record := self.watched(job_id, owner)) is not None:
             return record
         await self.budget.acquire()
-        return await self.jobs.describe(job_id, owner)
+        return await self.reads.describe(job_id, owner)
 
     def watched(self, job_id: str, owner: str) -> JobRecord | None:
         """The job's last polled record when a watcher runs, saving a `describe()` per subscriber."""
@@ -229,7 +230,7 @@ class JobWatchers:
                 continue
             await self.budget.acquire()
             try:
-                record = await self.jobs.describe(job_id, owner)
+                record = await self.reads.describe(job_id, owner)
             except ApiError:
                 log.info("watched job disappeared", jobId=job_id)
                 watch.close()
