@@ -350,6 +350,7 @@ class DownloadActivities:
             self._io,
             requests=self.settings.prefetch_requests,
             buffer_bytes=self.settings.prefetch_buffer_bytes,
+            executor=self.io,
         )
         attempt.prefetcher = prefetcher
         deflate = request.compression == "deflate"

@@ -4,9 +4,14 @@ Over a real network every GET waits a round trip (15-30 ms) before its first byt
 source after another leaves the link idle most of the time when sources are small. Here the
 first segment of each coming source is requested while the writer is still on earlier ones, and
 a large source's later segments are requested in parallel ranged GETs once the writer reaches it
-(`WINDOW` of them at once).
-The first answer also resolves the source: it says how large the object is (or that it is gone),
-so no separate HEAD pass precedes the copy.
+(`WINDOW` of them at once). The first answer also resolves the source: it says how large the
+object is (or that it is gone), so no separate HEAD pass precedes the copy.
+
+On a fast network the cost is CPU, not waiting: each GET is a few hundred microseconds of Python
+in its thread, and every time a thread hands a result to the event loop the two take turns on
+the interpreter. So first reads are submitted to the threads directly and their answers reach
+the loop in batches: one wake-up collects every read finished since the last, and the writer is
+only woken for the source it waits for.
 
 Bounds, per job: at most `requests` GETs in flight and at most `buffer_bytes` read but not yet
 written. The segment the writer waits for is always allowed, so the writer never waits behind
@@ -21,9 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,16 +122,31 @@ class Prefetcher:
         segment: int = SEGMENT,
         first_read: int = FIRST_READ,
         window: int = WINDOW,
+        executor: Executor | None = None,
     ) -> None:
         # `None` entries are not read at all (an invalid id, known to have nothing to read).
+        # First reads run on `executor` (threads of their own when none is given); the rest
+        # through `run_io`.
         self.store, self.sources, self.run_io = store, sources, run_io
         self.segment, self.first_read = segment, min(first_read, segment)
         self.window = window
+        self.requests = requests
         self.budget = ByteBudget(buffer_bytes)
         self.slots = asyncio.Semaphore(requests)
         self.stop = threading.Event()
-        self._heads: dict[int, asyncio.Task[Segment]] = {}
-        self._scheduled = asyncio.Event()
+        self._executor, self._own_executor = executor, executor is None
+        # The caller's context (its trace), for the reads made in threads.
+        self._context = contextvars.copy_context()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # First reads: submitted and not yet collected (with the bytes reserved for each), and
+        # their answers (a segment, or the error), collected on the loop.
+        self._reads: dict[int, tuple[Future[Segment], int]] = {}
+        self._answers: dict[int, Segment | BaseException] = {}
+        # First reads finished in threads, handed to the loop in batches (see `_arrive`).
+        self._arrived: deque[int] = deque()
+        self._arrival_lock = threading.Lock()
+        self._collect_pending = False
+        self._waiter: tuple[int, asyncio.Future[None]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._scheduler: asyncio.Task[None] | None = None
         self._stats: asyncio.Task[None] | None = None
@@ -141,6 +164,9 @@ class Prefetcher:
         return offset + self.segment - (offset - self.first_read) % self.segment
 
     async def __aenter__(self) -> Prefetcher:
+        self._loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.requests, thread_name_prefix="read-ahead")
         self._scheduler = asyncio.create_task(self._schedule())
         return self
 
@@ -150,17 +176,22 @@ class Prefetcher:
     async def close(self) -> None:
         """Stop every read: queued ones never start, running ones drop their connection."""
         self.stop.set()
-        tasks: list[asyncio.Task[Any]] = [*self._heads.values(), *self._tasks]
+        for future, _ in self._reads.values():
+            future.cancel()  # not started yet: it never will; running: it sees `stop`
+        self._reads.clear()
+        tasks: list[asyncio.Task[Any]] = [*self._tasks]
         tasks += [t for t in (self._scheduler, self._stats) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._own_executor and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def in_flight(self) -> int:
         """Reads started and not finished (for tests and the attempt log)."""
-        running = [*self._heads.values(), *self._tasks]
-        return sum(1 for task in running if not task.done())
+        first = sum(1 for future, _ in self._reads.values() if not future.done())
+        return first + sum(1 for task in self._tasks if not task.done())
 
     def expected_bytes(self, start: int = 0) -> int:
         """The bytes of the sources from index `start` on: known sizes, the rest estimated by
@@ -185,26 +216,70 @@ class Prefetcher:
                 self._learn_sizes_from(index)
                 await self.budget.take(want)
             await self.slots.acquire()
-            self._heads[index] = asyncio.create_task(self._head(index, source, want))
-            self._scheduled.set()
+            self._first_read(index, source, want)
 
-    async def _head(self, index: int, source: Source, want: int) -> Segment:
-        try:
-            if source.size is not None and source.offset >= source.size:
-                return Segment(b"", source.size, None)  # a resumed entry with all bytes written
-            segment = await self._read(source.key, source.offset, max(want, 1))
-        except ObjectNotFound:
-            self.sizes[index] = None
-            self.budget.give(want)
-            raise
-        except BaseException:
-            self.budget.give(want)
-            raise
-        finally:
+    def _first_read(self, index: int, source: Source, want: int) -> None:
+        """Start source `index`'s first read in a thread. Its answer reaches the loop with
+        others that finished meanwhile (`_arrive`, `_collect`): with many small sources, the
+        loop is woken once for many reads rather than several times for each."""
+        if source.size is not None and source.offset >= source.size:
+            self.slots.release()  # a resumed entry with all bytes written: nothing to read
+            self._answer(index, Segment(b"", source.size, None))
+            return
+        assert self._executor is not None
+        future = self._executor.submit(
+            self._context.copy().run,
+            self.store.read_segment,
+            source.key,
+            source.offset,
+            max(want, 1),
+            None,
+            self.stop,
+        )
+        self._reads[index] = (future, want)
+        future.add_done_callback(functools.partial(self._arrive, index))
+
+    def _arrive(self, index: int, _: Future[Segment]) -> None:
+        """A first read finished (in its thread): wake the loop, unless a wake is pending."""
+        with self._arrival_lock:
+            self._arrived.append(index)
+            if self._collect_pending:
+                return
+            self._collect_pending = True
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._collect)
+
+    def _collect(self) -> None:
+        """On the loop: take in every first read that finished, give back what it did not use
+        of its reservation and its request slot."""
+        with self._arrival_lock:
+            arrived = list(self._arrived)
+            self._arrived.clear()
+            self._collect_pending = False
+        for index in arrived:
+            read = self._reads.pop(index, None)
+            if read is None or read[0].cancelled():
+                continue
+            future, want = read
             self.slots.release()
-        self.sizes[index] = segment.size
-        self.budget.give(want - len(segment.data))
-        return segment
+            error = future.exception()
+            if error is None:
+                segment = future.result()
+                self.sizes[index] = segment.size
+                self.budget.give(want - len(segment.data))
+                self._answer(index, segment)
+            else:
+                if isinstance(error, ObjectNotFound):
+                    self.sizes[index] = None
+                self.budget.give(want)
+                self._answer(index, error)
+
+    def _answer(self, index: int, answer: Segment | BaseException) -> None:
+        self._answers[index] = answer
+        if self._waiter is not None and self._waiter[0] == index:
+            with contextlib.suppress(asyncio.InvalidStateError):
+                self._waiter[1].set_result(None)
 
     async def _read(self, key: str, offset: int, length: int, etag: str | None = None) -> Segment:
         result: Segment = await self.run_io(
@@ -238,11 +313,17 @@ class Prefetcher:
     # ------------------------------------------------------------------ the writer's side
     async def open(self, index: int) -> Opened:
         """Source `index`'s first answer: raises `ObjectNotFound` if it is gone."""
-        while index not in self._heads:
-            self._scheduled.clear()
-            await self._scheduled.wait()
-        task = self._heads.pop(index)
-        return Opened(self, index, await task)
+        while index not in self._answers:
+            waiting = asyncio.get_running_loop().create_future()
+            self._waiter = (index, waiting)
+            try:
+                await waiting
+            finally:
+                self._waiter = None
+        answer = self._answers.pop(index)
+        if isinstance(answer, BaseException):
+            raise answer
+        return Opened(self, index, answer)
 
     def _spawn(self, key: str, offset: int, length: int, etag: str | None) -> asyncio.Task[Segment]:
         async def read() -> Segment:
