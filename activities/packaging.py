@@ -372,12 +372,6 @@ class DownloadActivities:
                 # up on), or expired: not a storage failure. The next attempt finds out which.
                 await upload.settle(quiet=True)
                 raise upload_gone(exc) from exc
-            except StorageError as exc:
-                await upload.settle(quiet=True)
-                failures = attempt.storage_failures
-                error, attempt.storage_failures = self._storage_error(request, failures, exc)
-                activity.heartbeat(attempt.details())
-                raise error from exc
             except asyncio.CancelledError:
                 details = activity.cancellation_details()
                 # Only a user's cancel discards the upload; a lost or stopping worker keeps it.
@@ -392,10 +386,14 @@ class DownloadActivities:
                 raise
             except ApplicationError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # storage errors, and errors no one foresaw
                 await upload.settle(quiet=True)
                 failures = attempt.storage_failures
-                error, attempt.storage_failures = self._counted(request, failures, exc)
+                if isinstance(exc, StorageError):
+                    error, failures = self._storage_error(request, failures, exc)
+                else:
+                    error, failures = self._counted(request, failures, exc)
+                attempt.storage_failures = failures
                 activity.heartbeat(attempt.details())
                 raise error from exc
         return attempt.result(upload.key)

@@ -412,23 +412,33 @@ def test_heartbeat_stays_small_at_9000_parts_and_1000_files(settings: Settings) 
 async def test_storage_failures_count_against_their_own_budget(settings: Settings) -> None:
     """Each attempt that fails on storage says so in its heartbeat; the third is final."""
     down = settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
-    acts = DownloadActivities(ObjectStore(down), down)
+    errors, details = await _three_attempts(DownloadActivities(ObjectStore(down), down))
+    assert [e.type for e in errors] == [ErrorType.storage_unavailable] * 3
+    assert [d["storage_failures"] for d in details] == [1, 2, 3]
+    assert [e.non_retryable for e in errors] == [False, False, True]
+    assert [e.next_retry_delay for e in errors] == [
+        timedelta(seconds=5),
+        timedelta(seconds=10),
+        None,
+    ]
+
+
+async def _three_attempts(acts: DownloadActivities) -> tuple[list[ApplicationError], list[Any]]:
+    """Three failing attempts of one job with the seeds' storage budget, each given the last
+    heartbeat of the one before: their errors and last heartbeats."""
     request = PackageInput(job_id="b", file_ids=[10_001], storage_retry=RetryOptions())
+    errors: list[ApplicationError] = []
     details: list[Any] = []
-    delays = []
     for attempt in (1, 2, 3):
         env = ActivityEnvironment()
         env.info = dataclasses.replace(env.info, heartbeat_details=details[-1:], attempt=attempt)
-        env.on_heartbeat = lambda *d: details.append(d[0].model_dump(mode="json"))
+        beats: list[Any] = []
+        env.on_heartbeat = beats.append
         with pytest.raises(ApplicationError) as raised:
             await env.run(acts.package_archive, request)
-        assert raised.value.type == ErrorType.storage_unavailable
-        assert details[-1]["storage_failures"] == attempt
-        delays.append(raised.value.next_retry_delay)
-        if attempt < 3:
-            assert not raised.value.non_retryable
-    assert raised.value.non_retryable
-    assert delays == [timedelta(seconds=5), timedelta(seconds=10), None]
+        errors.append(raised.value)
+        details.append(beats[-1].model_dump(mode="json"))
+    return errors, details
 
 
 class _Broken(ObjectStore):
@@ -453,20 +463,16 @@ async def test_an_unforeseen_error_counts_against_the_storage_attempts(
 ) -> None:
     """A defect is not retried until the job's deadline: three attempts, as storage errors."""
     acts = DownloadActivities(_Broken(settings, RuntimeError("a defect")), settings)
-    request = PackageInput(job_id="b", file_ids=[10_001], storage_retry=RetryOptions())
-    details: list[Any] = []
-    delays = []
-    for attempt in (1, 2, 3):
-        env = ActivityEnvironment()
-        env.info = dataclasses.replace(env.info, heartbeat_details=details[-1:], attempt=attempt)
-        env.on_heartbeat = lambda *d: details.append(d[0].model_dump(mode="json"))
-        with pytest.raises(ApplicationError) as raised:
-            await env.run(acts.package_archive, request)
-        assert raised.value.type == ErrorType.unknown
-        assert "RuntimeError: a defect" in str(raised.value)
-        delays.append(raised.value.next_retry_delay)
-    assert raised.value.non_retryable
-    assert delays == [timedelta(seconds=5), timedelta(seconds=10), None]
+    errors, details = await _three_attempts(acts)
+    assert [e.type for e in errors] == [ErrorType.unknown] * 3
+    assert all("RuntimeError: a defect" in str(e) for e in errors)
+    assert [d["storage_failures"] for d in details] == [1, 2, 3]
+    assert [e.non_retryable for e in errors] == [False, False, True]
+    assert [e.next_retry_delay for e in errors] == [
+        timedelta(seconds=5),
+        timedelta(seconds=10),
+        None,
+    ]
 
 
 async def test_not_found_is_believed_only_once_the_bucket_answers(
