@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import threading
 import time
@@ -33,17 +34,29 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from api.main import create_app
 from core.config import Settings
 from core.storage import ObjectStore
-from devstack.servers import BIN, free_port
+from devstack.servers import BIN, free_port, wait_for_port
 from workflows.client import new_request, start_download
 from workflows.errors import ErrorType
 from workflows.models import JobState, PackageProgress, PackageResult
 from workflows.names import PACKAGE_ARCHIVE
 
 T = TypeVar("T")
+Json = dict[str, Any]
+# The peer address the in-process app sees for a request (`api_client`).
+PEER = ("127.0.0.1", 50123)
+# WebSocket close codes the event stream ends with.
+NORMAL, POLICY_VIOLATION = 1000, 1008
+# Counter stores for the rate limits: binary and arguments of a throwaway server.
+COUNTER_STORES = {
+    "redis": ("redis-server", ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
+    "memcached": ("memcached", ["-l", "127.0.0.1", "-U", "0", "-u", "nobody"]),
+}
 
 
 def isolated_settings(
@@ -309,3 +322,95 @@ def http_receiver(status: int = 200) -> Iterator[tuple[str, list[tuple[dict[str,
 def socket_url(client: httpx.AsyncClient, job_id: str, query: str = "") -> str:
     base = str(client.base_url).replace("http://", "ws://", 1).rstrip("/")
     return f"{base}/v1/download/stream/{job_id}{query}"
+
+
+@asynccontextmanager
+async def api_client(
+    settings: Settings,
+    *,
+    peer: tuple[str, int] = PEER,
+    customize: Callable[[FastAPI], None] | None = None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan run, reached in process through httpx."""
+    app = create_app(settings)
+    if customize is not None:
+        customize(app)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=peer)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api.test", follow_redirects=False
+        ) as client:
+            yield client
+
+
+def with_keys(settings: Settings, **owners: str) -> Settings:
+    """Settings with auth on: one API key per owner (key = owner name + '-key')."""
+    pairs = ",".join(f"{owner}-key={owner}" for owner in owners.values())
+    return settings.model_copy(update={"auth_api_keys": pairs})
+
+
+async def initiate(api: httpx.AsyncClient, file_ids: list[int], **kwargs: Any) -> Json:
+    """Start a job through the API (it must be accepted); returns the response body."""
+    resp = await api.post("/v1/download/initiate", json={"file_ids": file_ids}, **kwargs)
+    assert resp.status_code == 200, resp.text
+    body: Json = resp.json()
+    return body
+
+
+def assert_error(resp: httpx.Response, status: int, error: str | None = None) -> Json:
+    assert resp.status_code == status, resp.text
+    body: Json = resp.json()
+    assert set(body) >= {"error", "message", "requestId"}
+    assert body["requestId"] == resp.headers["x-request-id"]
+    assert "Traceback" not in resp.text
+    if error is not None:
+        assert body["error"] == error
+    return body
+
+
+async def read_events(resp: httpx.Response, comments: list[str] | None = None) -> list[Any]:
+    """Parse the stream until it ends; events as dicts with id, event and decoded data."""
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    async for line in resp.aiter_lines():
+        if not line:
+            if "data" in current:
+                current["data"] = json.loads(current["data"])
+                events.append(current)
+            current = {}
+        elif line.startswith(":"):
+            if comments is not None:
+                comments.append(line)
+        else:
+            name, _, value = line.partition(":")
+            current[name] = value.removeprefix(" ")
+    return events
+
+
+async def receive_all(socket: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:
+    """Every message until the server closes; returns them and the close code."""
+    messages = []
+    try:
+        async for text in socket:
+            messages.append(json.loads(text))
+    except ConnectionClosed:
+        pass
+    return messages, socket.close_code
+
+
+@contextmanager
+def counter_store(kind: str) -> Iterator[str]:
+    """A real Redis or Memcached on a free port; yields its URI for RATE_LIMIT_STORAGE_URI."""
+    binary, args = COUNTER_STORES[kind]
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed")
+    port = free_port()
+    port_flag = ["--port", str(port)] if kind == "redis" else ["-p", str(port)]
+    proc = subprocess.Popen([path, *port_flag, *args], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"{kind}://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

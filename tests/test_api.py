@@ -12,8 +12,7 @@ import json
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -24,56 +23,29 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from temporalio.testing import WorkflowEnvironment
 
-from api.main import create_app
 from core.config import Environment, Settings
 from core.observability import setup_tracing
 from core.storage import ObjectStore
 from devstack.servers import free_port
-from tests.helpers import put_sources, slow_origin, wait_for
+from tests.helpers import (
+    Json,
+    api_client,
+    assert_error,
+    initiate,
+    put_sources,
+    slow_origin,
+    wait_for,
+    with_keys,
+)
 from worker import build_worker
 from workflows.models import JobState
 from workflows.names import STATE_MEMO_KEY
-
-Json = dict[str, Any]
-PEER = ("127.0.0.1", 50123)
-
-
-@asynccontextmanager
-async def api_client(
-    settings: Settings,
-    *,
-    peer: tuple[str, int] = PEER,
-    customize: Callable[[FastAPI], None] | None = None,
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan run, reached in process through httpx."""
-    app = create_app(settings)
-    if customize is not None:
-        customize(app)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=peer)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://api.test", follow_redirects=False
-        ) as client:
-            yield client
 
 
 @pytest.fixture
 async def api(settings: Settings, store: ObjectStore) -> AsyncIterator[httpx.AsyncClient]:
     async with api_client(settings) as client:
         yield client
-
-
-def with_keys(settings: Settings, **owners: str) -> Settings:
-    """Settings with auth on: one API key per owner (key = owner name + '-key')."""
-    pairs = ",".join(f"{owner}-key={owner}" for owner in owners.values())
-    return settings.model_copy(update={"auth_api_keys": pairs})
-
-
-async def initiate(api: httpx.AsyncClient, file_ids: list[int], **kwargs: Any) -> Json:
-    resp = await api.post("/v1/download/initiate", json={"file_ids": file_ids}, **kwargs)
-    assert resp.status_code == 200, resp.text
-    body: Json = resp.json()
-    return body
 
 
 async def wait_status(
@@ -88,17 +60,6 @@ async def wait_status(
         return body if body["status"] in wanted else None
 
     return await wait_for(probe, timeout=timeout, interval=0.1)
-
-
-def assert_error(resp: httpx.Response, status: int, error: str | None = None) -> Json:
-    assert resp.status_code == status, resp.text
-    body: Json = resp.json()
-    assert set(body) >= {"error", "message", "requestId"}
-    assert body["requestId"] == resp.headers["x-request-id"]
-    assert "Traceback" not in resp.text
-    if error is not None:
-        assert body["error"] == error
-    return body
 
 
 # --- service endpoints and cross-cutting behaviour ---

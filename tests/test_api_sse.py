@@ -16,7 +16,7 @@ from api.jobs.reads import JobReads
 from api.watchers import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for
+from tests.helpers import put_sources, read_events, serve, slow_origin, socket_url, wait_for
 from worker import build_worker
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -31,25 +31,6 @@ def watchers(app: FastAPI) -> JobWatchers:
 def jobs(app: FastAPI) -> JobReads:
     found: JobReads = app.state.services.reads
     return found
-
-
-async def read_events(resp: httpx.Response, comments: list[str] | None = None) -> list[Any]:
-    """Parse the stream until it ends; events as dicts with id, event and decoded data."""
-    events: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
-    async for line in resp.aiter_lines():
-        if not line:
-            if "data" in current:
-                current["data"] = json.loads(current["data"])
-                events.append(current)
-            current = {}
-        elif line.startswith(":"):
-            if comments is not None:
-                comments.append(line)
-        else:
-            name, _, value = line.partition(":")
-            current[name] = value.removeprefix(" ")
-    return events
 
 
 async def initiate(client: httpx.AsyncClient, file_ids: list[int], **kw: Any) -> str:

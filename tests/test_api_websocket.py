@@ -4,33 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import websockets
 from temporalio.testing import WorkflowEnvironment
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
 from api.watchers import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import put_sources, serve, slow_origin, socket_url, wait_for
-from tests.test_api_sse import initiate, read_events
+from tests.helpers import (
+    NORMAL,
+    POLICY_VIOLATION,
+    initiate,
+    put_sources,
+    read_events,
+    receive_all,
+    serve,
+    slow_origin,
+    socket_url,
+    wait_for,
+)
 from worker import build_worker
 
 MIB = 1024 * 1024
-NORMAL, POLICY_VIOLATION = 1000, 1008
-
-
-async def receive_all(socket: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:
-    """Every message until the server closes; returns them and the close code."""
-    messages = []
-    try:
-        async for text in socket:
-            messages.append(json.loads(text))
-    except ConnectionClosed:
-        pass
-    return messages, socket.close_code
 
 
 async def test_events_match_the_sse_stream_and_resume(
@@ -39,7 +34,7 @@ async def test_events_match_the_sse_stream_and_resume(
     slow = slow_origin(settings, 400)
     put_sources(store, settings, {10_001 + i: MIB for i in range(3)})
     async with serve(slow) as (client, app), build_worker(env.client, slow, store):
-        job_id = await initiate(client, [10_001, 10_002, 10_003, 10_009])
+        job_id = (await initiate(client, [10_001, 10_002, 10_003, 10_009]))["jobId"]
         async with (
             websockets.connect(socket_url(client, job_id)) as socket,
             client.stream("GET", f"/v1/download/subscribe/{job_id}") as sse,
@@ -85,7 +80,7 @@ async def test_unknown_foreign_or_anonymous_streams_are_refused(
 ) -> None:
     keyed = settings.model_copy(update={"auth_api_keys": "alice-key=alice,bob-key=bob"})
     async with serve(keyed) as (client, _):
-        job_id = await initiate(client, [10_001], headers={"X-API-Key": "alice-key"})
+        job_id = (await initiate(client, [10_001], headers={"X-API-Key": "alice-key"}))["jobId"]
         for headers, query in (
             ({"X-API-Key": "alice-key"}, "missing-job"),
             ({"X-API-Key": "bob-key"}, job_id),

@@ -31,9 +31,18 @@ from core.config import Settings
 from core.observability import redact_span_query
 from core.storage import ObjectStore
 from devstack.servers import BIN, free_port
-from tests.helpers import put_sources, serve, socket_url, wait_for
-from tests.test_api import api_client, assert_error, initiate, with_keys
-from tests.test_api_websocket import POLICY_VIOLATION, receive_all
+from tests.helpers import (
+    POLICY_VIOLATION,
+    api_client,
+    assert_error,
+    initiate,
+    put_sources,
+    receive_all,
+    serve,
+    socket_url,
+    wait_for,
+    with_keys,
+)
 
 SECRET = "test-secret-with-enough-length-for-hs256"
 ISSUER, AUDIENCE = "https://id.example.test", "downloads"

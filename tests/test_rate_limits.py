@@ -3,40 +3,12 @@ Memcached (real servers, started here), and requests still served when that stor
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 
 from core.config import Settings
 from core.storage import ObjectStore
-from devstack.servers import free_port, wait_for_port
-from tests.helpers import serve
-
-SERVERS = {
-    "redis": ("redis-server", ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
-    "memcached": ("memcached", ["-l", "127.0.0.1", "-U", "0", "-u", "nobody"]),
-}
-
-
-@contextmanager
-def counter_store(kind: str) -> Iterator[str]:
-    """A real Redis or Memcached on a free port; yields its URI for RATE_LIMIT_STORAGE_URI."""
-    binary, args = SERVERS[kind]
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} is not installed")
-    port = free_port()
-    port_flag = ["--port", str(port)] if kind == "redis" else ["-p", str(port)]
-    proc = subprocess.Popen([path, *port_flag, *args], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield f"{kind}://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+from devstack.servers import free_port
+from tests.helpers import COUNTER_STORES, counter_store, serve
 
 
 def limited(settings: Settings, storage: str) -> Settings:
@@ -50,7 +22,7 @@ def limited(settings: Settings, storage: str) -> Settings:
     )
 
 
-@pytest.mark.parametrize("kind", sorted(SERVERS))
+@pytest.mark.parametrize("kind", sorted(COUNTER_STORES))
 async def test_two_api_processes_share_one_limit(
     kind: str, settings: Settings, store: ObjectStore
 ) -> None:

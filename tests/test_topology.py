@@ -33,6 +33,7 @@ from core.storage import ObjectStore
 from devstack.servers import BIND, Nginx, free_port
 from tests.helpers import (
     assert_archive_matches,
+    counter_store,
     log_lines,
     package_results,
     put_sources,
@@ -42,7 +43,6 @@ from tests.helpers import (
     wait_for_checkpoint,
     worker_process,
 )
-from tests.test_rate_limits import counter_store
 from workflows.models import JobState, JobStatus
 
 NGINX_DIR = Path(__file__).resolve().parent.parent / "docker" / "nginx"
