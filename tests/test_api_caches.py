@@ -13,7 +13,7 @@ from api.jobs.commands import JobCommands
 from api.jobs.reads import SNAPSHOT_MAX_AGE, JobReads
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import put_sources, serve, slow_origin, wait_for
+from tests.helpers import initiate, put_sources, serve, slow_origin, wait_for
 from worker import build_worker
 from workflows.models import FileState, JobState, JobStatus
 
@@ -110,8 +110,7 @@ async def test_status_readers_of_one_job_share_one_describe(
     settings: Settings, store: ObjectStore
 ) -> None:
     async with serve(settings) as (client, app):
-        resp = await client.post("/v1/download/initiate", json={"file_ids": [10_001]})
-        job_id = resp.json()["jobId"]
+        job_id = (await initiate(client, [10_001]))["jobId"]
         jobs: JobReads = app.state.services.reads
         await asyncio.sleep(0.3)  # the snapshot taken at start has expired
         before = jobs.snapshots.fetches
@@ -131,10 +130,8 @@ async def test_a_shared_snapshot_still_answers_only_its_owner(
     keyed = settings.model_copy(update={"auth_api_keys": "a-key=alice,b-key=bob"})
     async with serve(keyed) as (client, _):
         alice, bob = {"X-API-Key": "a-key"}, {"X-API-Key": "b-key"}
-        resp = await client.post(
-            "/v1/download/initiate", json={"file_ids": [10_001]}, headers=alice
-        )
-        path = f"/v1/download/status/{resp.json()['jobId']}"
+        job_id = (await initiate(client, [10_001], headers=alice))["jobId"]
+        path = f"/v1/download/status/{job_id}"
         assert (await client.get(path, headers=alice)).status_code == 200
         assert (await client.get(path, headers=bob)).status_code == 404
 
@@ -145,8 +142,8 @@ async def test_cancel_answers_from_a_fresh_read(
     slow = slow_origin(settings, 5000)
     put_sources(store, settings, {10_001: 10})
     async with serve(slow) as (client, _), build_worker(env.client, slow, store):
-        resp = await client.post("/v1/download/initiate", json={"file_ids": [10_001]})
-        path = f"/v1/download/status/{resp.json()['jobId']}"
+        job_id = (await initiate(client, [10_001]))["jobId"]
+        path = f"/v1/download/status/{job_id}"
 
         async def processing() -> bool:
             return bool((await client.get(path)).json()["status"] == "processing")

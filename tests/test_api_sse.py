@@ -7,7 +7,6 @@ import json
 import time
 from typing import Any, cast
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from temporalio.testing import WorkflowEnvironment
@@ -16,7 +15,15 @@ from api.jobs.reads import JobReads
 from api.watchers import JobWatchers, parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import put_sources, read_events, serve, slow_origin, socket_url, wait_for
+from tests.helpers import (
+    initiate,
+    put_sources,
+    read_events,
+    serve,
+    slow_origin,
+    socket_url,
+    wait_for,
+)
 from worker import build_worker
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -33,20 +40,13 @@ def jobs(app: FastAPI) -> JobReads:
     return found
 
 
-async def initiate(client: httpx.AsyncClient, file_ids: list[int], **kw: Any) -> str:
-    resp = await client.post("/v1/download/initiate", json={"file_ids": file_ids}, **kw)
-    assert resp.status_code == 200, resp.text
-    job_id: str = resp.json()["jobId"]
-    return job_id
-
-
 async def test_stream_follows_a_job_to_completion_and_resumes(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
     slow = slow_origin(settings, 400)
     put_sources(store, settings, {10_001 + i: MIB for i in range(4)})
     async with serve(slow) as (client, _), build_worker(env.client, slow, store):
-        job_id = await initiate(client, [10_001, 10_002, 10_003, 10_004])
+        job_id = (await initiate(client, [10_001, 10_002, 10_003, 10_004]))["jobId"]
         async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
             assert resp.status_code == 200
             assert resp.headers["content-type"].startswith("text/event-stream")
@@ -100,7 +100,7 @@ async def test_subscribers_share_one_watcher(
             return await describe(*args)
 
         monkeypatch.setattr(jobs(app), "describe", counting)
-        job_id = await initiate(client, [10_001])
+        job_id = (await initiate(client, [10_001]))["jobId"]
 
         async def subscriber(ready: asyncio.Future[Any]) -> list[Any]:
             events: list[Any] = []
@@ -146,12 +146,12 @@ async def test_failed_and_cancelled_jobs_end_their_streams(
     stuck = slow_origin(settings, 60_000)
     put_sources(store, settings, {10_001: 100})
     async with serve(stuck) as (client, _), build_worker(env.client, stuck, store):
-        missing = await initiate(client, [10_009])
+        missing = (await initiate(client, [10_009]))["jobId"]
         events = await read_events(await client.get(f"/v1/download/subscribe/{missing}"))
         assert events[-1]["event"] == "failed"
         assert events[-1]["data"]["error"] == "none of the requested files is available"
 
-        running = await initiate(client, [10_001])
+        running = (await initiate(client, [10_001]))["jobId"]
         async with client.stream("GET", f"/v1/download/subscribe/{running}") as resp:
             lines = resp.aiter_lines()
             async for line in lines:
@@ -169,7 +169,7 @@ async def test_ticket_in_query_and_keepalive_comments(
     keyed = settings.model_copy(update={"auth_api_keys": "k1=frank"})
     async with serve(keyed) as (client, app):
         watchers(app).ping_seconds = 0.3
-        job_id = await initiate(client, [10_001], headers={"X-API-Key": "k1"})
+        job_id = (await initiate(client, [10_001], headers={"X-API-Key": "k1"}))["jobId"]
         denied = await client.get(f"/v1/download/subscribe/{job_id}")
         assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
         wrong = await client.get(f"/v1/download/subscribe/{job_id}?ticket=nope")
@@ -202,7 +202,7 @@ async def test_open_streams_are_capped_per_client_and_per_owner(
 
     capped = settings.model_copy(update={"streams_per_client": 2, "streams_per_owner": 3})
     async with serve(capped) as (client, _):
-        job_id = await initiate(client, [10_001])  # no worker: it stays queued
+        job_id = (await initiate(client, [10_001]))["jobId"]  # no worker: it stays queued
         path = f"/v1/download/subscribe/{job_id}"
         async with client.stream("GET", path) as first, client.stream("GET", path) as second:
             assert first.status_code == second.status_code == 200
@@ -223,7 +223,7 @@ async def test_watchers_ask_temporal_within_their_budget(
 ) -> None:
     frugal = settings.model_copy(update={"stream_polls_per_second": 4.0})
     async with serve(frugal) as (client, app):
-        job_ids = [await initiate(client, [10_001]) for _ in range(10)]
+        job_ids = [(await initiate(client, [10_001]))["jobId"] for _ in range(10)]
         streams = [client.stream("GET", f"/v1/download/subscribe/{j}") for j in job_ids]
         opened = [await s.__aenter__() for s in streams]
         try:
@@ -261,8 +261,10 @@ async def test_open_streams_are_capped_per_owner(settings: Settings, store: Obje
     )
     alice, bob = {"X-API-Key": "a-key"}, {"X-API-Key": "b-key"}
     async with serve(capped) as (client, _):
-        mine = f"/v1/download/subscribe/{await initiate(client, [10_001], headers=alice)}"
-        theirs = f"/v1/download/subscribe/{await initiate(client, [10_001], headers=bob)}"
+        mine_id = (await initiate(client, [10_001], headers=alice))["jobId"]
+        theirs_id = (await initiate(client, [10_001], headers=bob))["jobId"]
+        mine = f"/v1/download/subscribe/{mine_id}"
+        theirs = f"/v1/download/subscribe/{theirs_id}"
         async with client.stream("GET", mine, headers=alice) as open_one:
             assert open_one.status_code == 200
             assert (await client.get(mine, headers=alice)).status_code == 429

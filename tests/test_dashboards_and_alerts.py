@@ -30,6 +30,7 @@ from core.storage import ObjectStore
 from devstack.servers import BIND, free_port, stop_process
 from tests.helpers import (
     entry_point_env,
+    initiate,
     isolated_settings,
     log_lines,
     put_sources,
@@ -211,9 +212,7 @@ def has_value(result: list[dict[str, Any]]) -> bool:
 
 async def run_job(api: httpx.AsyncClient) -> None:
     """A job through the API, to completion."""
-    response = await api.post("/v1/download/initiate", json={"file_ids": list(JOB_FILES)})
-    assert response.status_code == 200, response.text
-    job_id = response.json()["jobId"]
+    job_id = (await initiate(api, list(JOB_FILES)))["jobId"]
 
     async def completed() -> bool:
         status = (await api.get(f"/v1/download/status/{job_id}")).json()["status"]

@@ -34,6 +34,7 @@ from devstack.servers import BIND, Nginx, free_port
 from tests.helpers import (
     assert_archive_matches,
     counter_store,
+    initiate,
     log_lines,
     package_results,
     put_sources,
@@ -147,13 +148,6 @@ def upstream(response: httpx.Response) -> int:
     return int(response.headers["x-upstream-addr"].split(",")[-1].rsplit(":", 1)[1])
 
 
-async def initiate(client: httpx.AsyncClient, file_ids: list[int]) -> str:
-    response = await client.post("/v1/download/initiate", json={"file_ids": file_ids})
-    assert response.status_code == 200, response.text
-    job_id: str = response.json()["jobId"]
-    return job_id
-
-
 async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """Events of a stream as they arrive: id, event and decoded data."""
     current: dict[str, Any] = {}
@@ -176,7 +170,7 @@ async def test_event_stream_resumes_on_the_other_api_process(
     put_sources(store, settings, sizes)
     first: list[dict[str, Any]] = []
     async with topology.client("127.0.0.2") as client:
-        job_id = await initiate(client, list(sizes))
+        job_id = (await initiate(client, list(sizes)))["jobId"]
         url = f"/v1/download/subscribe/{job_id}"
         async with client.stream("GET", url) as response:
             assert response.status_code == 200
@@ -223,7 +217,7 @@ async def test_a_job_outlives_the_worker_running_it(
     sizes = {10_001 + i: 6 * MIB + i for i in range(5)}
     sources = put_sources(store, settings, sizes)
     async with topology.client("127.0.0.3") as client:
-        job_id = await initiate(client, list(sizes))
+        job_id = (await initiate(client, list(sizes)))["jobId"]
         handle = env.client.get_workflow_handle(job_id, result_type=JobState)
         await wait_for_checkpoint(env.client, handle, min_parts=1)
 
