@@ -279,7 +279,12 @@ def worker_process(
 
 def log_lines(log: Path, message: str) -> list[dict[str, Any]]:
     """The JSON log lines of a process whose message is `message`."""
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return json_log_lines(log.read_text(), message)
+
+
+def json_log_lines(text: str, message: str) -> list[dict[str, Any]]:
+    """The JSON log lines in `text` whose message is `message`."""
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     return [line for line in lines if line.get("message") == message]
 
 
