@@ -38,6 +38,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from api.main import create_app
+from api.services import Services
 from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import BIN, free_port, wait_for_port
@@ -419,3 +420,9 @@ def counter_store(kind: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def services(app: FastAPI) -> Services:
+    """The services of an app started with `serve`."""
+    found: Services = app.state.services
+    return found

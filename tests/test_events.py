@@ -1,25 +1,27 @@
-"""Server-Sent Events through a real uvicorn server (streams cannot be buffered like the others)."""
+"""The event routes (`api/routes/events.py`) through a real uvicorn server (streams cannot be
+buffered like the others): Server-Sent Events, and the WebSocket with a real WebSocket client."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from typing import Any, cast
 
 import pytest
-from fastapi import FastAPI
+import websockets
 from temporalio.testing import WorkflowEnvironment
 
-from api.jobs.reads import JobReads
-from api.watchers import JobWatchers, parse_event_id
+from api.watchers import parse_event_id
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import (
+    NORMAL,
+    POLICY_VIOLATION,
     initiate,
     put_sources,
     read_events,
+    receive_all,
     serve,
+    services,
     slow_origin,
     socket_url,
     wait_for,
@@ -28,16 +30,6 @@ from worker import build_worker
 
 TERMINAL = {"completed", "failed", "cancelled"}
 MIB = 1024 * 1024
-
-
-def watchers(app: FastAPI) -> JobWatchers:
-    found: JobWatchers = app.state.services.watchers
-    return found
-
-
-def jobs(app: FastAPI) -> JobReads:
-    found: JobReads = app.state.services.reads
-    return found
 
 
 async def test_stream_follows_a_job_to_completion_and_resumes(
@@ -83,63 +75,6 @@ async def test_stream_follows_a_job_to_completion_and_resumes(
         assert done.status_code == 204
 
 
-async def test_subscribers_share_one_watcher(
-    env: WorkflowEnvironment,
-    settings: Settings,
-    store: ObjectStore,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    describes = 0
-    put_sources(store, settings, {10_001: 1000})
-    async with serve(settings) as (client, app):
-        describe = jobs(app).describe
-
-        async def counting(*args: Any) -> Any:
-            nonlocal describes
-            describes += 1
-            return await describe(*args)
-
-        monkeypatch.setattr(jobs(app), "describe", counting)
-        job_id = (await initiate(client, [10_001]))["jobId"]
-
-        async def subscriber(ready: asyncio.Future[Any]) -> list[Any]:
-            events: list[Any] = []
-            async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        event = json.loads(line.removeprefix("data:"))
-                        events.append(event)
-                        if not ready.done():
-                            ready.set_result(event)
-            return events
-
-        loop = asyncio.get_running_loop()
-        first_events = [loop.create_future() for _ in range(5)]
-        streams = [asyncio.create_task(subscriber(f)) for f in first_events]
-        firsts = await asyncio.wait_for(asyncio.gather(*first_events), 20)
-        assert {e["status"] for e in firsts} == {"queued"}  # no worker yet
-
-        async def five_share_one() -> bool:
-            watches = watchers(app)._watches
-            return len(watches) == 1 and watches[job_id].subscribers == 5
-
-        await wait_for(five_share_one)
-        before = describes
-        await asyncio.sleep(1.0)
-        # One poll every 0.25 s for the job, not one per subscriber (5 would make ~20).
-        assert 0 < describes - before <= 6
-
-        async with build_worker(env.client, settings, store):
-            results = await asyncio.wait_for(asyncio.gather(*streams), 60)
-        for events in results:
-            assert events[-1]["status"] == "completed"
-
-        async def released() -> bool:
-            return watchers(app).watched_jobs == 0
-
-        await wait_for(released)
-
-
 async def test_failed_and_cancelled_jobs_end_their_streams(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
@@ -168,7 +103,7 @@ async def test_ticket_in_query_and_keepalive_comments(
 ) -> None:
     keyed = settings.model_copy(update={"auth_api_keys": "k1=frank"})
     async with serve(keyed) as (client, app):
-        watchers(app).ping_seconds = 0.3
+        services(app).watchers.ping_seconds = 0.3
         job_id = (await initiate(client, [10_001], headers={"X-API-Key": "k1"}))["jobId"]
         denied = await client.get(f"/v1/download/subscribe/{job_id}")
         assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
@@ -190,7 +125,7 @@ async def test_ticket_in_query_and_keepalive_comments(
         assert seen[-1].startswith(": ping")
 
         async def released() -> bool:
-            return watchers(app).watched_jobs == 0
+            return services(app).watchers.watched_jobs == 0
 
         await wait_for(released)
 
@@ -218,43 +153,6 @@ async def test_open_streams_are_capped_per_client_and_per_owner(
             assert again.status_code == 200
 
 
-async def test_watchers_ask_temporal_within_their_budget(
-    settings: Settings, store: ObjectStore
-) -> None:
-    frugal = settings.model_copy(update={"stream_polls_per_second": 4.0})
-    async with serve(frugal) as (client, app):
-        job_ids = [(await initiate(client, [10_001]))["jobId"] for _ in range(10)]
-        streams = [client.stream("GET", f"/v1/download/subscribe/{j}") for j in job_ids]
-        opened = [await s.__aenter__() for s in streams]
-        try:
-            assert {r.status_code for r in opened} == {200}
-            before = jobs(app).snapshots.fetches
-            await asyncio.sleep(3)
-            # Ten watched jobs would ask ~40 times in 3 s on their own; the budget allows ~16.
-            assert 0 < jobs(app).snapshots.fetches - before <= 4 * 3 + 4
-        finally:
-            for s in streams:
-                await s.__aexit__(None, None, None)
-
-
-@pytest.mark.parametrize("budget", [0.5, 4.0, 300.0])
-async def test_the_budget_never_comes_in_one_burst(budget: float) -> None:
-    """A full bucket lets through a tenth of a second's worth (at least one call), not a second's:
-    a thousand watchers waking together do not hit Temporal all at once."""
-    watchers = JobWatchers(cast(JobReads, None), budget=budget)
-    at_once = 0
-    while watchers.budget.has_capacity():
-        await watchers.budget.acquire()
-        at_once += 1
-    assert at_once == max(1, int(budget / 10))
-    began, calls = time.monotonic(), 0
-    while time.monotonic() - began < 1.0:
-        await watchers.budget.acquire()
-        calls += 1
-    # Within the budget over the second that followed (a call may land right at its end).
-    assert calls <= budget * (time.monotonic() - began) + 1
-
-
 async def test_open_streams_are_capped_per_owner(settings: Settings, store: ObjectStore) -> None:
     capped = settings.model_copy(
         update={"streams_per_owner": 1, "auth_api_keys": "a-key=alice,b-key=bob"}
@@ -270,3 +168,87 @@ async def test_open_streams_are_capped_per_owner(settings: Settings, store: Obje
             assert (await client.get(mine, headers=alice)).status_code == 429
             async with client.stream("GET", theirs, headers=bob) as others:
                 assert others.status_code == 200
+
+
+async def test_events_match_the_sse_stream_and_resume(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    slow = slow_origin(settings, 400)
+    put_sources(store, settings, {10_001 + i: MIB for i in range(3)})
+    async with serve(slow) as (client, app), build_worker(env.client, slow, store):
+        job_id = (await initiate(client, [10_001, 10_002, 10_003, 10_009]))["jobId"]
+        async with (
+            websockets.connect(socket_url(client, job_id)) as socket,
+            client.stream("GET", f"/v1/download/subscribe/{job_id}") as sse,
+        ):
+            # Both transports are fed by one watcher of the job.
+            watching = services(app).watchers
+
+            async def one_watcher() -> bool:
+                return watching.watched_jobs == 1
+
+            await wait_for(one_watcher)
+            messages, code = await receive_all(socket)
+            sse_events = await read_events(sse)
+
+        assert code == NORMAL
+        assert all(set(m) == {"id", "event", "data"} for m in messages)
+        kinds = [m["event"] for m in messages]
+        assert kinds[-1] == "completed" and set(kinds[:-1]) <= {"progress"}
+        keys = [parse_event_id(m["id"]) for m in messages]
+        assert None not in keys and keys == sorted(keys)  # type: ignore[type-var]
+        # The terminal event is the very one SSE subscribers got: same id, same data.
+        assert messages[-1]["id"] == sse_events[-1]["id"]
+        assert messages[-1]["data"] == sse_events[-1]["data"]
+        final = messages[-1]["data"]
+        assert final["jobId"] == job_id and final["status"] == "completed"
+        assert [f["file_id"] for f in final["files"]] == [10_001, 10_002, 10_003, 10_009]
+
+        # Resuming: from the query string, or with a first message.
+        async with websockets.connect(
+            socket_url(client, job_id, f"?lastEventId={messages[-1]['id']}")
+        ) as socket:
+            assert await receive_all(socket) == ([], NORMAL)
+        if len(messages) > 1:
+            async with websockets.connect(socket_url(client, job_id)) as socket:
+                await socket.send(json.dumps({"lastEventId": messages[0]["id"]}))
+                again, code = await receive_all(socket)
+            assert code == NORMAL
+            assert [m["id"] for m in again] == [messages[-1]["id"]]
+
+
+async def test_unknown_foreign_or_anonymous_streams_are_refused(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    keyed = settings.model_copy(update={"auth_api_keys": "alice-key=alice,bob-key=bob"})
+    async with serve(keyed) as (client, _):
+        job_id = (await initiate(client, [10_001], headers={"X-API-Key": "alice-key"}))["jobId"]
+        for headers, query in (
+            ({"X-API-Key": "alice-key"}, "missing-job"),
+            ({"X-API-Key": "bob-key"}, job_id),
+            ({}, job_id),
+            ({"Authorization": "Bearer not-a-token"}, job_id),
+        ):
+            async with websockets.connect(
+                socket_url(client, query), additional_headers=headers
+            ) as socket:
+                messages, code = await receive_all(socket)
+            assert (messages, code) == ([], POLICY_VIOLATION), (headers, query)
+
+        # A bearer token (here an API key) in the URL is refused: browsers use tickets.
+        async with websockets.connect(socket_url(client, job_id, "?access_token=alice-key")) as s:
+            assert await receive_all(s) == ([], POLICY_VIOLATION)
+
+        # The owner's credentials as a header, or a ticket of this job in the query, are accepted.
+        async with websockets.connect(
+            socket_url(client, job_id), additional_headers={"X-API-Key": "alice-key"}
+        ) as socket:
+            first = json.loads(await asyncio.wait_for(socket.recv(), 10))
+        assert first["event"] == "progress" and first["data"]["status"] == "queued"
+        issued = await client.post(
+            f"/v1/download/{job_id}/ticket", headers={"X-API-Key": "alice-key"}
+        )
+        ticket = issued.json()["ticket"]
+        async with websockets.connect(socket_url(client, job_id, f"?ticket={ticket}")) as socket:
+            first = json.loads(await asyncio.wait_for(socket.recv(), 10))
+        assert first["data"]["jobId"] == job_id

@@ -1,0 +1,113 @@
+"""Job watchers (`api/watchers.py`): one per job whatever the number of streams, and a budget of
+Temporal calls shared by all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, cast
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from api.jobs.reads import JobReads
+from api.watchers import JobWatchers
+from core.config import Settings
+from core.storage import ObjectStore
+from tests.helpers import initiate, put_sources, serve, services, wait_for
+from worker import build_worker
+
+
+async def test_subscribers_share_one_watcher(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    describes = 0
+    put_sources(store, settings, {10_001: 1000})
+    async with serve(settings) as (client, app):
+        describe = services(app).reads.describe
+
+        async def counting(*args: Any) -> Any:
+            nonlocal describes
+            describes += 1
+            return await describe(*args)
+
+        monkeypatch.setattr(services(app).reads, "describe", counting)
+        job_id = (await initiate(client, [10_001]))["jobId"]
+
+        async def subscriber(ready: asyncio.Future[Any]) -> list[Any]:
+            events: list[Any] = []
+            async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        event = json.loads(line.removeprefix("data:"))
+                        events.append(event)
+                        if not ready.done():
+                            ready.set_result(event)
+            return events
+
+        loop = asyncio.get_running_loop()
+        first_events = [loop.create_future() for _ in range(5)]
+        streams = [asyncio.create_task(subscriber(f)) for f in first_events]
+        firsts = await asyncio.wait_for(asyncio.gather(*first_events), 20)
+        assert {e["status"] for e in firsts} == {"queued"}  # no worker yet
+
+        async def five_share_one() -> bool:
+            watches = services(app).watchers._watches
+            return len(watches) == 1 and watches[job_id].subscribers == 5
+
+        await wait_for(five_share_one)
+        before = describes
+        await asyncio.sleep(1.0)
+        # One poll every 0.25 s for the job, not one per subscriber (5 would make ~20).
+        assert 0 < describes - before <= 6
+
+        async with build_worker(env.client, settings, store):
+            results = await asyncio.wait_for(asyncio.gather(*streams), 60)
+        for events in results:
+            assert events[-1]["status"] == "completed"
+
+        async def released() -> bool:
+            return services(app).watchers.watched_jobs == 0
+
+        await wait_for(released)
+
+
+async def test_watchers_ask_temporal_within_their_budget(
+    settings: Settings, store: ObjectStore
+) -> None:
+    frugal = settings.model_copy(update={"stream_polls_per_second": 4.0})
+    async with serve(frugal) as (client, app):
+        job_ids = [(await initiate(client, [10_001]))["jobId"] for _ in range(10)]
+        streams = [client.stream("GET", f"/v1/download/subscribe/{j}") for j in job_ids]
+        opened = [await s.__aenter__() for s in streams]
+        try:
+            assert {r.status_code for r in opened} == {200}
+            before = services(app).reads.snapshots.fetches
+            await asyncio.sleep(3)
+            # Ten watched jobs would ask ~40 times in 3 s on their own; the budget allows ~16.
+            assert 0 < services(app).reads.snapshots.fetches - before <= 4 * 3 + 4
+        finally:
+            for s in streams:
+                await s.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize("budget", [0.5, 4.0, 300.0])
+async def test_the_budget_never_comes_in_one_burst(budget: float) -> None:
+    """A full bucket lets through a tenth of a second's worth (at least one call), not a second's:
+    a thousand watchers waking together do not hit Temporal all at once."""
+    watchers = JobWatchers(cast(JobReads, None), budget=budget)
+    at_once = 0
+    while watchers.budget.has_capacity():
+        await watchers.budget.acquire()
+        at_once += 1
+    assert at_once == max(1, int(budget / 10))
+    began, calls = time.monotonic(), 0
+    while time.monotonic() - began < 1.0:
+        await watchers.budget.acquire()
+        calls += 1
+    # Within the budget over the second that followed (a call may land right at its end).
+    assert calls <= budget * (time.monotonic() - began) + 1
