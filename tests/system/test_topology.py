@@ -46,7 +46,7 @@ from tests.helpers import (
 )
 from workflows.models import JobState, JobStatus
 
-NGINX_DIR = Path(__file__).resolve().parent.parent / "docker" / "nginx"
+NGINX_DIR = Path(__file__).resolve().parents[2] / "docker" / "nginx"
 MIB = 1024 * 1024
 ORIGIN_DELAY_MS = 700
 # The shipped edge limit (200r/m, burst 100), made small enough to exhaust in a test.
