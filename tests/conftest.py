@@ -89,6 +89,13 @@ def settings(
 
 
 @pytest.fixture
+def plain_settings() -> Settings:
+    """Settings for tests of pure logic (parsing, signing, sizes): the defaults, which name servers
+    no such test talks to, so none is started for it."""
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
 def store(settings: Settings) -> ObjectStore:
     store = ObjectStore(settings)
     store.ensure_bucket()

@@ -384,18 +384,18 @@ async def test_a_checkpoint_past_1000_parts_resumes(settings: Settings, store: O
         store.list_parts(key, upload)
 
 
-def test_heartbeat_stays_small_at_9000_parts_and_1000_files(settings: Settings) -> None:
+def test_heartbeat_stays_small_at_9000_parts_and_1000_files(plain_settings: Settings) -> None:
     ids = list(range(10_000, 11_000))
     for missing in (0, 999):  # the list of unavailable ids is the only part that grows
         resolved = [
-            FileState(file_id=i, key=settings.source_key(i), size=5 << 20)
+            FileState(file_id=i, key=plain_settings.source_key(i), size=5 << 20)
             if n >= missing
             else FileState(file_id=i, status=FileStatus.failed, error="not found")
             for n, i in enumerate(ids[:-1])
         ]
         attempt = _Attempt(
             ids=ids,
-            sources=[Source(i, settings.source_key(i)) for i in ids],
+            sources=[Source(i, plain_settings.source_key(i)) for i in ids],
             writer=ResumableZipWriter(),
             resolved=resolved,
             resolving=True,

@@ -97,8 +97,8 @@ def test_completed_states_are_bounded_in_bytes() -> None:
     assert cache.get("huge", None) is None and cache.bytes <= cache.max_bytes
 
 
-def test_presigned_links_are_reused_briefly(settings: Settings) -> None:
-    links = PresignedLinks(ObjectStore(settings), timedelta(seconds=600))
+def test_presigned_links_are_reused_briefly(plain_settings: Settings) -> None:
+    links = PresignedLinks(ObjectStore(plain_settings), timedelta(seconds=600))
     url, expires = links.get("downloads/10001.zip", "10001.zip")
     assert links.get("downloads/10001.zip", "10001.zip") == (url, expires)
     assert links.get("downloads/10002.zip", "10002.zip")[0] != url

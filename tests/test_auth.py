@@ -226,9 +226,9 @@ async def test_hashed_api_keys_and_no_key_kept_in_the_clear(
     "entries",
     ["lonely-key", "k=k", f"k={'o' * 129}", "k=tab\towner", "sha256:abcd=owner", "k= padded"],
 )
-def test_bad_api_key_entries_stop_the_start(settings: Settings, entries: str) -> None:
+def test_bad_api_key_entries_stop_the_start(plain_settings: Settings, entries: str) -> None:
     with pytest.raises(ValueError, match="AUTH_API_KEYS") as caught:
-        parse_api_keys(settings.model_copy(update={"auth_api_keys": entries}).api_keys)
+        parse_api_keys(plain_settings.model_copy(update={"auth_api_keys": entries}).api_keys)
     assert "k=" not in str(caught.value) and "abcd" not in str(caught.value)
 
 
@@ -348,14 +348,14 @@ async def test_tickets_open_only_their_own_jobs_streams(
         assert code == POLICY_VIOLATION
 
 
-def test_tickets_from_one_secret_hold_across_processes(settings: Settings) -> None:
-    shared = settings.model_copy(update={"stream_ticket_secret": "t" * 40})
+def test_tickets_from_one_secret_hold_across_processes(plain_settings: Settings) -> None:
+    shared = plain_settings.model_copy(update={"stream_ticket_secret": "t" * 40})
     ticket = StreamTickets(shared).issue("key:alice", "job-1").ticket
     assert StreamTickets(shared).owner(ticket, "job-1") == "key:alice"
     # Without the setting each process has its own secret: another replica refuses the ticket.
-    local = StreamTickets(settings).issue("key:alice", "job-1").ticket
+    local = StreamTickets(plain_settings).issue("key:alice", "job-1").ticket
     with pytest.raises(ApiError, match="ticket is invalid"):
-        StreamTickets(settings).owner(local, "job-1")
+        StreamTickets(plain_settings).owner(local, "job-1")
 
 
 # --- nothing secret in a recorded span ---

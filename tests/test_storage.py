@@ -49,16 +49,16 @@ def test_multipart_upload_and_abort(store: ObjectStore) -> None:
     assert [o.key for o in store.list_objects("archives/")] == ["archives/x.zip"]
 
 
-def test_presigned_url_uses_public_endpoint(settings: Settings) -> None:
-    public = settings.model_copy(update={"s3_public_endpoint": "https://files.example.com"})
+def test_presigned_url_uses_public_endpoint(plain_settings: Settings) -> None:
+    public = plain_settings.model_copy(update={"s3_public_endpoint": "https://files.example.com"})
     url = ObjectStore(public).presign("archives/a.zip", timedelta(hours=1), filename="a.zip")
     assert url.startswith("https://files.example.com/")
     assert "X-Amz-Signature=" in url
     assert "response-content-disposition" in url
 
 
-def test_unreachable_storage_is_retryable(settings: Settings) -> None:
-    down = settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
+def test_unreachable_storage_is_retryable(plain_settings: Settings) -> None:
+    down = plain_settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
     with pytest.raises(StorageUnavailable) as err:
         ObjectStore(down).stat("downloads/10001.zip")
     assert err.value.retryable
