@@ -155,21 +155,27 @@ async def hang(target: Target, writer: asyncio.StreamWriter) -> None:
 # --- fixtures and helpers -------------------------------------------------------------------
 
 
-@pytest.fixture
-def config(settings: Settings) -> Settings:
-    return settings.model_copy(
+def callback_settings(base: Settings, timeout: float = 10.0) -> Settings:
+    """`base` with callbacks signed, bounded, and allowed to loopback targets."""
+    return base.model_copy(
         update={
             "callback_allow_private": True,  # every target of these tests is on loopback
             "callback_secret": "master-secret-for-tests",
-            "callback_timeout_seconds": 10.0,
+            "callback_timeout_seconds": timeout,
             "callback_max_response_bytes": 4096,
         }
     )
 
 
 @pytest.fixture
-def strict_deadline(config: Settings) -> Settings:
-    return config.model_copy(update={"callback_timeout_seconds": DEADLINE})
+def config(plain_settings: Settings) -> Settings:
+    """Callback settings; the activities run in ActivityEnvironment, with no server started."""
+    return callback_settings(plain_settings)
+
+
+@pytest.fixture
+def strict_deadline(plain_settings: Settings) -> Settings:
+    return callback_settings(plain_settings, timeout=DEADLINE)
 
 
 @pytest.fixture
@@ -498,9 +504,9 @@ async def test_the_notice_is_signed_with_the_owner_key_and_a_stable_delivery_id(
 
 
 async def test_the_job_completes_and_the_callback_arrives_signed_while_the_target_hangs(
-    env: WorkflowEnvironment, strict_deadline: Settings, store: ObjectStore
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    config = strict_deadline
+    config = callback_settings(settings, timeout=DEADLINE)
     put_sources(store, config, {10_001: 10})
     async with serve_target(hang) as target, build_worker(env.client, config, store):
         handle = await start_job(
