@@ -409,9 +409,9 @@ def test_heartbeat_stays_small_at_9000_parts_and_1000_files(plain_settings: Sett
         assert len(payload.data) < 16_000, f"{len(payload.data)} bytes with {missing} missing"
 
 
-async def test_storage_failures_count_against_their_own_budget(settings: Settings) -> None:
+async def test_storage_failures_count_against_their_own_budget(plain_settings: Settings) -> None:
     """Each attempt that fails on storage says so in its heartbeat; the third is final."""
-    down = settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
+    down = plain_settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
     errors, details = await _three_attempts(DownloadActivities(ObjectStore(down), down))
     assert [e.type for e in errors] == [ErrorType.storage_unavailable] * 3
     assert [d["storage_failures"] for d in details] == [1, 2, 3]
