@@ -374,15 +374,16 @@ def assert_error(resp: httpx.Response, status: int, error: str | None = None) ->
     return body
 
 
-async def read_events(resp: httpx.Response, comments: list[str] | None = None) -> list[Any]:
-    """Parse the stream until it ends; events as dicts with id, event and decoded data."""
-    events: list[dict[str, Any]] = []
+async def sse_events(
+    resp: httpx.Response, comments: list[str] | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Events of a stream as they arrive: id, event and decoded data; comment lines go to
+    `comments` if given."""
     current: dict[str, Any] = {}
     async for line in resp.aiter_lines():
         if not line:
             if "data" in current:
-                current["data"] = json.loads(current["data"])
-                events.append(current)
+                yield {**current, "data": json.loads(current["data"])}
             current = {}
         elif line.startswith(":"):
             if comments is not None:
@@ -390,7 +391,11 @@ async def read_events(resp: httpx.Response, comments: list[str] | None = None) -
         else:
             name, _, value = line.partition(":")
             current[name] = value.removeprefix(" ")
-    return events
+
+
+async def read_events(resp: httpx.Response, comments: list[str] | None = None) -> list[Any]:
+    """Parse the stream until it ends; events as dicts with id, event and decoded data."""
+    return [event async for event in sse_events(resp, comments)]
 
 
 async def receive_all(socket: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import shutil
 import signal
@@ -40,6 +39,7 @@ from tests.helpers import (
     put_sources,
     service_process,
     slow_origin_env,
+    sse_events,
     wait_for,
     wait_for_checkpoint,
     worker_process,
@@ -146,19 +146,6 @@ async def topology(
 def upstream(response: httpx.Response) -> int:
     """The port of the API process that answered (the last one nginx tried)."""
     return int(response.headers["x-upstream-addr"].split(",")[-1].rsplit(":", 1)[1])
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Events of a stream as they arrive: id, event and decoded data."""
-    current: dict[str, Any] = {}
-    async for line in response.aiter_lines():
-        if line and not line.startswith(":"):
-            name, _, value = line.partition(":")
-            current[name] = value.removeprefix(" ")
-        elif not line:
-            if "data" in current:
-                yield {**current, "data": json.loads(current["data"])}
-            current = {}
 
 
 async def test_event_stream_resumes_on_the_other_api_process(
