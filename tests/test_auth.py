@@ -8,7 +8,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from api.tickets import StreamTickets
 from core.config import Settings
 from core.observability import redact_span_query
 from core.storage import ObjectStore
-from devstack.servers import BIN, free_port
+from devstack.servers import free_port
 from tests.helpers import (
     POLICY_VIOLATION,
     api_client,
@@ -39,6 +38,7 @@ from tests.helpers import (
     put_sources,
     receive_all,
     serve,
+    service_process,
     socket_url,
     wait_for,
     with_keys,
@@ -433,22 +433,22 @@ async def test_the_api_process_logs_no_ticket_or_key(
         "LOG_LEVEL": "INFO",
     }
     log = tmp_path / "api.log"
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen([str(BIN / "download-api")], env=env, stderr=stderr)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with service_process("download-api", env, log) as proc:
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
 
-            async def live() -> bool:
-                with contextlib.suppress(httpx.TransportError):
-                    return (await client.get("/livez")).status_code == 200
-                return False
+                async def live() -> bool:
+                    with contextlib.suppress(httpx.TransportError):
+                        return (await client.get("/livez")).status_code == 200
+                    return False
 
-            await wait_for(live, timeout=30)
-            job_id, ticket = await follow_with_a_ticket(client, {"X-API-Key": "log-secret-key"})
-            await client.get(f"/v1/download/status/{job_id}?access_token=log-secret-key")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+                await wait_for(live, timeout=30)
+                headers = {"X-API-Key": "log-secret-key"}
+                job_id, ticket = await follow_with_a_ticket(client, headers)
+                await client.get(f"/v1/download/status/{job_id}?access_token=log-secret-key")
+        finally:
+            proc.terminate()  # a clean stop writes every log line
+            proc.wait(timeout=20)
     text = log.read_text()
     assert "WebSocket /v1/download/stream/" in text and "?ticket=REDACTED" in text, text
     assert f"/v1/download/status/{job_id}" in text
