@@ -37,7 +37,6 @@ from core.storage import (
     ObjectNotFound,
     ObjectStore,
     StorageError,
-    StorageUnavailable,
     UploadGone,
 )
 from workflows.models import Checkpoint, PackageProgress, PackageResult, ResumePointer
@@ -133,7 +132,7 @@ class Checkpoints:
         try:
             data = await self.run_io(self.store.get_bytes, self.key)
         except ObjectNotFound:
-            await self._storage_answers()
+            await self.run_io(self.store.confirm_bucket)
             return None
         kept = decode(data)
         if kept is not None and kept.upload_id == pointer.upload_id and kept.result is not None:
@@ -184,13 +183,6 @@ class Checkpoints:
             await self._abort(checkpoint.upload_id)
             return None
         return checkpoint.model_copy(update={"parts": parts})
-
-    async def _storage_answers(self) -> None:
-        """Raise a retryable error unless the bucket answers as it should."""
-        try:
-            await self.run_io(self.store.ping)
-        except ObjectNotFound as exc:
-            raise StorageUnavailable(f"bucket of {self.archive_key} not found") from exc
 
     async def _abort(self, upload_id: str) -> None:
         with contextlib.suppress(StorageError):

@@ -47,7 +47,6 @@ from core.storage import (
     ObjectNotFound,
     ObjectStore,
     StorageError,
-    StorageUnavailable,
     UploadGone,
 )
 from core.zipstream import ResumableZipWriter, WriterState
@@ -309,7 +308,7 @@ class DownloadActivities:
         # Every key is derived here from ids, whatever the input says.
         checkpoints = Checkpoints(self.store, self.settings.archive_key(request.job_id), self._io)
         info = activity.info()
-        progress = last_progress(info.heartbeat_details)
+        progress = last_progress(info.heartbeat_details) or PackageProgress()
         # A first attempt has nothing to resume; a retried one may find its predecessor's
         # checkpoint even if no heartbeat of it reached Temporal.
         retried_run = info.workflow_run_id if info.attempt > 1 else None
@@ -321,20 +320,19 @@ class DownloadActivities:
                     return checkpoint.result
                 checkpoint = None
         except StorageError as exc:
-            progress = progress or PackageProgress()
-            error, failures = self._storage_error(request, progress.storage_failures, exc)
+            error, failures = self._failed(request, progress.storage_failures, exc)
             # What the next attempt resumes from is kept, with the failure counted.
             activity.heartbeat(progress.model_copy(update={"storage_failures": failures}))
             raise error from exc
         try:
-            attempt = self._start_or_restore(request, checkpoint, progress or PackageProgress())
+            attempt = self._start_or_restore(request, checkpoint, progress)
         except ValueError as exc:  # a writer state this version cannot continue
             if checkpoint is None:
                 raise
             log.warning("checkpoint not resumable, starting over", error=str(exc))
             await checkpoints.drop(checkpoint.upload_id)
             checkpoint = None
-            attempt = self._start_or_restore(request, None, progress or PackageProgress())
+            attempt = self._start_or_restore(request, None, progress)
         attempt.run_id = info.workflow_run_id
         log_entry.counters = attempt.counters
         base = self._base_part_size(attempt.sources)
@@ -388,12 +386,9 @@ class DownloadActivities:
                 raise
             except Exception as exc:  # storage errors, and errors no one foresaw
                 await upload.settle(quiet=True)
-                failures = attempt.storage_failures
-                if isinstance(exc, StorageError):
-                    error, failures = self._storage_error(request, failures, exc)
-                else:
-                    error, failures = self._counted(request, failures, exc)
-                attempt.storage_failures = failures
+                error, attempt.storage_failures = self._failed(
+                    request, attempt.storage_failures, exc
+                )
                 activity.heartbeat(attempt.details())
                 raise error from exc
         return attempt.result(upload.key)
@@ -553,13 +548,9 @@ class DownloadActivities:
     async def _bucket_answers(self, attempt: _Attempt) -> None:
         """Before the first source of an attempt is taken for gone: a storage server going down
         may answer "not found" for everything, so the bucket must answer as it should."""
-        if attempt.bucket_answered:
-            return
-        try:
-            await self._io(self.store.ping)
-        except ObjectNotFound as exc:
-            raise StorageUnavailable(f"{self.store.bucket}: bucket not found") from exc
-        attempt.bucket_answered = True
+        if not attempt.bucket_answered:
+            await self._io(self.store.confirm_bucket)
+            attempt.bucket_answered = True
 
     async def _archive_stored(self, result: PackageResult) -> bool:
         info = await self._io(self.store.stat_or_none, result.archive_key)
@@ -573,26 +564,19 @@ class DownloadActivities:
         return max(self.settings.part_size, needed)
 
     # ------------------------------------------------------------------ failures
-    def _storage_error(
-        self, request: PackageInput, failures: int, exc: StorageError
-    ) -> tuple[ApplicationError, int]:
-        """The attempt's error and the storage failures counted so far: final for missing or
-        forbidden objects; else retried after the job's storage backoff until its storage
-        attempts are used up."""
-        error = storage_failure(exc)
-        if request.storage_retry is None or error.non_retryable:
-            return error, failures
-        failures += 1
-        return storage_retry(exc, _backoff(request.storage_retry, failures)), failures
-
-    def _counted(
+    def _failed(
         self, request: PackageInput, failures: int, exc: Exception
     ) -> tuple[ApplicationError, int]:
-        """An unforeseen error, counted against the same attempts as storage errors."""
-        if request.storage_retry is None:
-            return unexpected_failure(exc), failures  # Temporal's policy counts the attempts
+        """The attempt's error and the failures counted so far. Missing or forbidden objects are
+        final; other storage errors, and errors no one foresaw, are retried after the job's
+        storage backoff until its storage attempts are used up."""
+        error = storage_failure(exc) if isinstance(exc, StorageError) else unexpected_failure(exc)
+        if request.storage_retry is None or error.non_retryable:
+            return error, failures  # without a budget, Temporal's policy counts the attempts
         failures += 1
         wait = _backoff(request.storage_retry, failures)
+        if isinstance(exc, StorageError):
+            return storage_retry(exc, wait), failures
         return unexpected_failure(exc, wait, last=wait is None), failures
 
     async def _origin_delay(self) -> None:

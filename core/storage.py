@@ -363,6 +363,14 @@ class ObjectStore:
 
         self._call("ping", self.bucket, run)
 
+    def confirm_bucket(self) -> None:
+        """Raise `StorageUnavailable` unless the bucket answers as it should: asked before
+        believing "not found", which a storage server going down may answer for everything."""
+        try:
+            self.ping()
+        except ObjectNotFound as exc:
+            raise StorageUnavailable(f"bucket {self.bucket} not found") from exc
+
     # --- multipart uploads (minio exposes these as underscore methods) ---
     def create_upload(self, key: str, content_type: str = "application/zip") -> str:
         headers: Headers = {"Content-Type": content_type}

@@ -414,13 +414,7 @@ async def test_storage_failures_count_against_their_own_budget(plain_settings: S
     down = plain_settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
     errors, details = await _three_attempts(DownloadActivities(ObjectStore(down), down))
     assert [e.type for e in errors] == [ErrorType.storage_unavailable] * 3
-    assert [d["storage_failures"] for d in details] == [1, 2, 3]
-    assert [e.non_retryable for e in errors] == [False, False, True]
-    assert [e.next_retry_delay for e in errors] == [
-        timedelta(seconds=5),
-        timedelta(seconds=10),
-        None,
-    ]
+    _assert_the_seeds_budget(errors, details)
 
 
 async def _three_attempts(acts: DownloadActivities) -> tuple[list[ApplicationError], list[Any]]:
@@ -439,6 +433,17 @@ async def _three_attempts(acts: DownloadActivities) -> tuple[list[ApplicationErr
         errors.append(raised.value)
         details.append(beats[-1].model_dump(mode="json"))
     return errors, details
+
+
+def _assert_the_seeds_budget(errors: list[ApplicationError], details: list[Any]) -> None:
+    """Each attempt counted in its heartbeat; retried after 5 s, then 10 s; the third final."""
+    assert [d["storage_failures"] for d in details] == [1, 2, 3]
+    assert [e.non_retryable for e in errors] == [False, False, True]
+    assert [e.next_retry_delay for e in errors] == [
+        timedelta(seconds=5),
+        timedelta(seconds=10),
+        None,
+    ]
 
 
 class _Broken(ObjectStore):
@@ -466,13 +471,7 @@ async def test_an_unforeseen_error_counts_against_the_storage_attempts(
     errors, details = await _three_attempts(acts)
     assert [e.type for e in errors] == [ErrorType.unknown] * 3
     assert all("RuntimeError: a defect" in str(e) for e in errors)
-    assert [d["storage_failures"] for d in details] == [1, 2, 3]
-    assert [e.non_retryable for e in errors] == [False, False, True]
-    assert [e.next_retry_delay for e in errors] == [
-        timedelta(seconds=5),
-        timedelta(seconds=10),
-        None,
-    ]
+    _assert_the_seeds_budget(errors, details)
 
 
 async def test_not_found_is_believed_only_once_the_bucket_answers(
