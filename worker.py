@@ -23,6 +23,7 @@ from activities.callbacks import CallbackActivities
 from activities.errorreports import ErrorTrackingInterceptor
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
+from core import bus
 from core.config import Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing, worker_runtime
@@ -41,7 +42,17 @@ async def build_worker(
     client: Client, settings: Settings, store: ObjectStore
 ) -> AsyncIterator[Worker]:
     """The packaging worker and the callbacks worker (own queue and slots); tests run this too."""
-    downloads, expiry = DownloadActivities(store, settings), ArchiveExpiry(store, settings)
+    async with bus.publisher(settings, "worker") as progress:
+        downloads = DownloadActivities(store, settings, progress)
+        async with _workers(client, settings, store, downloads) as packaging:
+            yield packaging
+
+
+@contextlib.asynccontextmanager
+async def _workers(
+    client: Client, settings: Settings, store: ObjectStore, downloads: DownloadActivities
+) -> AsyncIterator[Worker]:
+    expiry = ArchiveExpiry(store, settings)
     # Heartbeats are throttled to this interval, so it bounds how stale progress can be.
     throttle = timedelta(seconds=settings.heartbeat_interval_seconds)
     common: dict[str, Any] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import math
 import random
 import time
@@ -32,6 +33,7 @@ from temporalio.exceptions import ApplicationError
 from activities.checkpoints import Checkpoints, last_progress
 from activities.joblog import AttemptLog, attempt_log
 from activities.prefetch import Prefetcher, Source
+from activities.publishing import heartbeat_seconds, publishing
 from activities.storageerrors import (
     storage_failure,
     storage_retry,
@@ -39,6 +41,7 @@ from activities.storageerrors import (
     upload_gone,
 )
 from activities.upload import ArchiveUpload
+from core.bus import Publisher
 from core.config import Settings
 from core.metrics import BYTES_PACKAGED, FILES_PACKAGED
 from core.observability import get_logger
@@ -77,8 +80,11 @@ MAX_PART_SIZE = 5 << 30
 
 
 @contextlib.asynccontextmanager
-async def heartbeating(details: Callable[[], Any], interval: float) -> AsyncIterator[None]:
-    """Heartbeat `details()` every `interval` seconds while the block runs.
+async def heartbeating(
+    details: Callable[[], Any], interval: float | Callable[[], float]
+) -> AsyncIterator[None]:
+    """Heartbeat `details()` every `interval` seconds (or `interval()`, asked before each one)
+    while the block runs.
 
     Cancellation and lost workers are only noticed through heartbeats. The first one is sent
     after one interval: an activity done sooner costs no heartbeat call at all.
@@ -86,7 +92,7 @@ async def heartbeating(details: Callable[[], Any], interval: float) -> AsyncIter
 
     async def beat() -> None:
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval() if callable(interval) else interval)
             activity.heartbeat(details())
 
     task = asyncio.create_task(beat())
@@ -248,9 +254,13 @@ class _Attempt:
 
 
 class DownloadActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+    def __init__(
+        self, store: ObjectStore, settings: Settings, publisher: Publisher | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        # Live progress on the progress bus (None: off); heartbeats then carry durability only.
+        self.publisher = publisher
         # S3 calls block (minio); they run here, not on the event loop's few default threads.
         self.io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="s3")
 
@@ -352,7 +362,11 @@ class DownloadActivities:
         )
         attempt.prefetcher = prefetcher
         deflate = request.compression == "deflate"
-        async with heartbeating(attempt.details, self.settings.heartbeat_interval_seconds):
+        live = publishing(
+            self.publisher, self.settings, request.job_id, attempt.run_id, attempt.details
+        )
+        beats = functools.partial(heartbeat_seconds, self.publisher, self.settings)
+        async with heartbeating(attempt.details, beats), live:
             try:
                 async with prefetcher:
                     while attempt.file_index < len(attempt.sources):

@@ -30,6 +30,7 @@ class Snapshots(Generic[T]):
         self._recent: dict[str, tuple[float, T]] = {}
         self._inflight: dict[str, asyncio.Task[T]] = {}
         self._generation: dict[str, int] = {}
+        self._swept = 0.0
         self.fetches = 0
 
     def forget(self, key: str) -> None:
@@ -67,10 +68,19 @@ class Snapshots(Generic[T]):
         if not task.cancelled():
             task.exception()  # marked as retrieved: the readers still waiting re-raise it
 
+    def offer(self, key: str, value: T, keep: Callable[[T], bool] | None = None) -> None:
+        """An answer learned otherwise (the progress bus), fresh now: readers get it while it is
+        younger than `max_age`, unless `keep` says the one held must stay."""
+        recent = self._recent.get(key)
+        if recent is not None and keep is not None and keep(recent[1]):
+            return
+        self._remember(key, value, time.monotonic())
+
     def _remember(self, key: str, value: T, now: float) -> None:
         self._recent[key] = (now, value)
-        if len(self._recent) > 1024:
-            # Only recent answers are worth keeping: drop every expired one.
+        if len(self._recent) > 1024 and now - self._swept > self.max_age:
+            # Only recent answers are worth keeping: drop every expired one (once per max_age).
+            self._swept = now
             for stale in [k for k, (at, _) in self._recent.items() if now - at > self.max_age]:
                 del self._recent[stale]
 

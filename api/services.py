@@ -17,6 +17,7 @@ from api.jobs.reads import JobReads
 from api.schemas import Check, HealthResponse
 from api.tickets import StreamTickets
 from api.watchers import JobWatchers, StreamSlots
+from core.bus import Bus, Subscriptions
 from core.config import Settings
 from core.observability import get_logger
 from core.storage import ObjectStore, StorageError
@@ -74,12 +75,21 @@ async def build_services(settings: Settings) -> Services:
         listing=listing,
         readiness=readiness(store, client),
         queue_size=queue_size(listing),
-        watchers=JobWatchers(reads, budget=settings.stream_polls_per_second),
+        watchers=JobWatchers(reads, settings.stream_polls_per_second, bus=progress_bus(settings)),
         stream_slots=StreamSlots(settings.streams_per_owner, settings.streams_per_client),
     )
     if not settings.auth_enabled:
         log.warning(f"authentication is off: every caller acts as '{ANONYMOUS_OWNER}'")
     return services
+
+
+def progress_bus(settings: Settings) -> Subscriptions | None:
+    """The progress bus the watchers subscribe to (connecting in the background), or None."""
+    if not settings.bus_enabled:
+        return None
+    subscriptions = Subscriptions(Bus(settings, "api"))
+    subscriptions.start()
+    return subscriptions
 
 
 def readiness(store: ObjectStore, client: Client) -> Snapshots[HealthResponse]:

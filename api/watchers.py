@@ -1,8 +1,11 @@
 """Job watchers: the live progress that feeds Server-Sent Events and WebSocket streams alike.
 
-One watcher task per job per API process polls `describe()` while the job has subscribers and
-shares each new snapshot with all of them, so Temporal is asked once per job, not per subscriber
-or per transport. Subscribers only ever need the newest snapshot, so a slow one skips stale
+One watcher task per job per API process follows the job while it has subscribers and shares
+each new snapshot with all of them, so Temporal is asked once per job, not per subscriber or per
+transport. Where snapshots come from: the first one, and every one while the progress bus is off,
+down or silent about the job, from `describe()` (budgeted polling); while the job's packaging
+attempt publishes on the bus (`core.bus`), from its messages, with no Temporal call until the
+attempt ends, when Temporal says what follows. Subscribers only ever need the newest snapshot, so a slow one skips stale
 progress instead of queueing it. A snapshot is encoded once per transport and sent as is.
 `StreamSlots` caps the open streams of both transports per owner and per client address.
 
@@ -15,22 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
+from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from api.errors import ApiError
 from api.jobs.reads import JobReads
 from api.schemas import JobView, ProgressEvent
-from api.views import JobRecord
+from api.views import JobRecord, PendingActivity, job_view
+from core.bus import Subscriptions
 from core.metrics import ACTIVE_SSE
 from core.observability import get_logger
-from workflows.models import JobStatus
+from workflows.models import JobStatus, ProgressNotice
+from workflows.names import PACKAGE_ARCHIVE
 
 log = get_logger("api.watchers")
 
@@ -41,6 +49,10 @@ STREAM_RETRY_AFTER_SECONDS = 10
 PING_SECONDS = 15.0
 BUDGET_SLICES = 10
 RECONNECT_MS = 3000
+# A job's bus messages are turned into a snapshot at most this often (the newest one wins).
+BUS_GAP_SECONDS = 0.2
+# A moving job's attempt publishes at least every second: silent longer, the job is polled again.
+BUS_SILENCE_SECONDS = 2.0
 EventKey = tuple[int, ...]
 _RANK = {JobStatus.queued: 0, JobStatus.processing: 1}
 
@@ -95,6 +107,30 @@ class _Watch:
     subscribers: int = 0
     task: asyncio.Task[None] | None = None
     closed: bool = False
+    # The newest bus message not yet applied, and when the bus last spoke of the job.
+    notice: ProgressNotice | None = None
+    heard: float | None = None
+    noticed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def hear(self, job_id: str, payload: bytes) -> None:
+        try:
+            notice = ProgressNotice.model_validate_json(payload)
+        except ValidationError:
+            return
+        if notice.job_id != job_id:
+            return
+        self.notice, self.heard = notice, time.monotonic()
+        self.noticed.set()
+
+    async def wait_notice(self, seconds: float) -> ProgressNotice | None:
+        """The next bus message, or None after `seconds`."""
+        if self.notice is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self.noticed.wait()
+        self.noticed.clear()
+        notice, self.notice = self.notice, None
+        return notice
 
     def publish(self, record: JobRecord, snap: Snapshot) -> None:
         self.record = record
@@ -164,8 +200,14 @@ class JobWatchers:
     their turn for the budget; idle ones (queued) back off and yield it to them.
     """
 
-    def __init__(self, reads: JobReads, budget: float, poll_seconds: float = POLL_SECONDS) -> None:
-        self.reads, self.poll_seconds = reads, poll_seconds
+    def __init__(
+        self,
+        reads: JobReads,
+        budget: float,
+        poll_seconds: float = POLL_SECONDS,
+        bus: Subscriptions | None = None,
+    ) -> None:
+        self.reads, self.poll_seconds, self.bus = reads, poll_seconds, bus
         # Metered in slices of a tenth of a second (or of one call, for small budgets): a full
         # bucket lets at most one slice through at once, not a whole second's worth.
         capacity = max(1.0, budget / BUDGET_SLICES)
@@ -202,6 +244,9 @@ class JobWatchers:
         watch = self._watches.get(job_id)
         if watch is None:
             watch = _Watch(record=record, latest=self.snapshot(record))
+            if self.bus is not None:
+                # Interest in this job's subject: only the jobs this process streams reach it.
+                self.bus.add(self.bus.bus.subject(job_id), functools.partial(watch.hear, job_id))
             watch.task = asyncio.create_task(self._run(job_id, record.state.owner, watch))
             self._watches[job_id] = watch
         watch.subscribers += 1
@@ -212,8 +257,28 @@ class JobWatchers:
             if watch.subscribers == 0:
                 if self._watches.get(job_id) is watch:
                     del self._watches[job_id]
+                    if self.bus is not None:
+                        self.bus.remove(self.bus.bus.subject(job_id))
                 if watch.task is not None:
                     watch.task.cancel()
+
+    def _covered(self, watch: _Watch) -> float:
+        """How much longer the bus speaks for the job (0: poll Temporal)."""
+        if self.bus is None or watch.heard is None or not self.bus.connected:
+            return 0.0
+        return max(0.0, watch.heard + BUS_SILENCE_SECONDS - time.monotonic())
+
+    def _apply(self, watch: _Watch, notice: ProgressNotice) -> None:
+        """A bus message as the job's next snapshot: the state last read from Temporal with the
+        attempt's progress, as `describe()` would show it with that heartbeat (same event ids)."""
+        record = watch.record
+        if record.view.status.terminal or record.state.status.terminal:
+            return
+        running = [PendingActivity(name=PACKAGE_ARCHIVE, started=True, progress=notice)]
+        view = job_view(record.state, None, running)
+        live = JobRecord(state=record.state, view=view, run_started=record.run_started)
+        watch.publish(live, self.snapshot(live))
+        self.reads.offer(live)
 
     async def _run(self, job_id: str, owner: str, watch: _Watch) -> None:
         delay = self.poll_seconds
@@ -221,7 +286,22 @@ class JobWatchers:
             # Idle watchers back off with jitter: those that started together (a burst of jobs
             # and subscribers) do not all wake together, in waves that stall Temporal.
             jitter = 1.0 if delay <= self.poll_seconds else random.uniform(0.5, 1.5)
-            await asyncio.sleep(delay * jitter)
+            if self.bus is None:
+                await asyncio.sleep(delay * jitter)
+            elif (notice := await watch.wait_notice(delay * jitter)) is not None:
+                self._apply(watch, notice)
+                if not notice.ended:
+                    # What arrives meanwhile waits, the newest message replacing older ones.
+                    await asyncio.sleep(BUS_GAP_SECONDS)
+                    delay = BUS_SILENCE_SECONDS
+                    continue
+                # The attempt is over: Temporal says what follows (done, retried, cancelled).
+                self.reads.snapshots.forget(job_id)
+                watch.heard, delay = None, self.poll_seconds
+                continue
+            elif covered := self._covered(watch):
+                delay = covered
+                continue
             # A moving job waits its turn; an idle one asks only while half the budget is free,
             # so it never takes a turn a moving job is waiting for.
             moving = watch.record.view.status is JobStatus.processing
@@ -256,6 +336,8 @@ class JobWatchers:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watches.clear()
+        if self.bus is not None:
+            await self.bus.close()
 
 
 async def snapshots(

@@ -147,6 +147,21 @@ class Settings(BaseSettings):
     streams_per_owner: int = Field(100, ge=1)
     streams_per_client: int = Field(50, ge=1)
 
+    # --- progress bus (NATS): live progress from the workers to the API; off when empty ---
+    # nats://host:4222 (several servers of one cluster: comma-separated).
+    nats_url: str = ""
+    nats_user: str | None = None
+    nats_password: str | None = None
+    # Each job's progress goes to `<prefix>.<digest of the job id>`.
+    nats_subject_prefix: str = Field(
+        "downloads.progress", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+    )
+    # How often a moving job's progress is published, at most.
+    progress_publish_seconds: float = Field(0.15, ge=0.05, le=2)
+    # With the bus: how often a packaging attempt heartbeats Temporal besides once per stored
+    # part (lost-worker detection); at most a quarter of the job's heartbeat timeout.
+    durable_heartbeat_seconds: float = Field(3.0, gt=0, le=60)
+
     # --- API caches ---
     # Final states of completed jobs kept by each API process (a 1 000-file job's is ~1 MB).
     completed_cache_mb: int = Field(64, ge=1)
@@ -161,6 +176,7 @@ class Settings(BaseSettings):
     temporal_port: Port = 7233
     temporal_ui_port: Port = 8233
     s3_port: Port = 9000
+    nats_port: Port = 4222
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Self:
@@ -220,6 +236,10 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.auth_jwt_secret or self.auth_jwt_public_key or self.api_keys)
+
+    @property
+    def bus_enabled(self) -> bool:
+        return bool(self.nats_url.strip())
 
     @property
     def part_size(self) -> int:
@@ -295,6 +315,11 @@ def production_problems(settings: Settings) -> list[str]:
     if not settings.s3_public_endpoint:
         problems.append(
             "S3_PUBLIC_ENDPOINT is unset: download links would name the internal S3 endpoint"
+        )
+    if settings.bus_enabled and (not settings.nats_user or _weak(settings.nats_password)):
+        problems.append(
+            f"NATS_URL is set without NATS_USER and a NATS_PASSWORD of at least "
+            f"{MIN_SECRET_BYTES} bytes"
         )
     return problems
 

@@ -36,3 +36,12 @@ STATUS_DESCRIBES = Counter(
 ACTIVE_WEBSOCKETS = Gauge("active_websocket_connections", "Open WebSocket event streams")
 BYTES_PACKAGED = Counter("download_bytes_packaged_total", "Source bytes written into archives")
 FILES_PACKAGED = Counter("download_files_packaged_total", "Files written into archives")
+BUS_PUBLISHED = Counter(
+    "download_bus_published_total",
+    "Progress messages offered to the bus: sent, replaced by a newer one before it was sent, or "
+    "dropped (bus down or its buffer full)",
+    ["outcome"],
+)
+BUS_RECEIVED = Counter(
+    "download_bus_received_total", "Progress messages the API received from the bus"
+)

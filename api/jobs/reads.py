@@ -61,6 +61,13 @@ class JobReads:
             raise ApiError.not_found(job_id)
         return record
 
+    def offer(self, record: JobRecord) -> None:
+        """A job's live record from the progress bus: status readers share it while it is fresh,
+        as they share a `describe()` (never over a terminal one)."""
+        self.snapshots.offer(
+            record.view.job_id, record, keep=lambda held: held.view.status.terminal
+        )
+
     async def _describe(self, job_id: str) -> JobRecord:
         desc = await self._current_run(job_id)
         if desc.workflow_type != names.DOWNLOAD_WORKFLOW:

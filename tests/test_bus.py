@@ -1,0 +1,203 @@
+"""The progress bus (`core.bus`) on a real nats-server, with the real Temporal and S3 servers:
+workers publish, the API's watchers stream from it without asking Temporal per update, fall back
+to polling when it goes away and return to it when it is back; nothing crosses owners."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from temporalio.testing import WorkflowEnvironment
+
+from api.watchers import parse_event_id
+from core.bus import Bus, Publisher, job_subject
+from core.config import Settings
+from core.storage import ObjectStore
+from devstack.servers import NatsServer, free_port
+from tests.helpers import (
+    initiate,
+    put_sources,
+    serve,
+    services,
+    slow_origin,
+    sse_events,
+    wait_for,
+    with_keys,
+)
+from worker import build_worker
+from workflows.models import ProgressNotice
+
+NATS_USER, NATS_PASSWORD = "downloads", "test-bus-password-0123456789abcdef"
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer(free_port(), NATS_USER, NATS_PASSWORD)
+    server.start()
+    yield server
+    server.stop()
+
+
+def on_bus(settings: Settings, server: NatsServer) -> Settings:
+    return settings.model_copy(
+        update={"nats_url": server.url, "nats_user": NATS_USER, "nats_password": NATS_PASSWORD}
+    )
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def describes() -> float:
+    return metric("download_status_describes_total")
+
+
+def received() -> float:
+    return metric("download_bus_received_total")
+
+
+async def connected(side: Bus | Publisher | Any) -> None:
+    """Until `side` (a publisher, or the bus of an app's watchers) is connected."""
+
+    async def up() -> bool:
+        return bool(side.connected)
+
+    await wait_for(up)
+
+
+async def bus_connected(app: Any) -> None:
+    bus = services(app).watchers.bus
+    assert bus is not None
+    await connected(bus)
+
+
+async def test_stream_follows_the_bus_without_a_describe_per_update(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    live = slow_origin(on_bus(settings, nats_server), 300)
+    ids = [10_001 + i for i in range(8)]
+    put_sources(store, live, dict.fromkeys(ids, 200_000))
+    async with serve(live) as (client, app), build_worker(env.client, live, store):
+        await bus_connected(app)
+        job_id = (await initiate(client, ids))["jobId"]
+        updates: list[dict[str, Any]] = []
+        asked: list[float] = []
+        async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
+            assert resp.status_code == 200
+            async for event in sse_events(resp):
+                if event["data"]["status"] == "processing":
+                    if not updates:
+                        asked.append(describes())
+                    updates.append(event)
+                elif event["event"] in TERMINAL:
+                    asked.append(describes())
+                    final = event
+        assert final["event"] == "completed"
+        assert [f["status"] for f in final["data"]["files"]] == ["completed"] * len(ids)
+        # Every file's step was streamed, from bus messages: a handful of Temporal reads (the
+        # attempt's end and the terminal state), not one per update.
+        assert len(updates) >= len(ids)
+        assert asked[1] - asked[0] <= 4 < len(updates)
+        keys = [parse_event_id(e["id"]) for e in [*updates, final]]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)  # type: ignore[type-var]
+        # Status polls share the live record while it is fresh.
+        assert services(app).reads.snapshots.fetches <= asked[1] + 2
+
+
+async def test_stream_falls_back_to_polling_while_the_bus_is_down(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    live = slow_origin(on_bus(settings, nats_server), 400)
+    ids = [10_001 + i for i in range(30)]
+    put_sources(store, live, dict.fromkeys(ids, 50_000))
+    async with serve(live) as (client, app), build_worker(env.client, live, store):
+        await bus_connected(app)
+        bus = services(app).watchers.bus
+        assert bus is not None
+        job_id = (await initiate(client, ids))["jobId"]
+        phases: dict[str, list[dict[str, Any]]] = {"bus": [], "down": [], "back": []}
+        phase, marks = "bus", {"bus": (describes(), received())}
+
+        async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
+            async for event in sse_events(resp):
+                if event["event"] in TERMINAL:
+                    final = event
+                    continue
+                if event["data"]["status"] != "processing":
+                    continue
+                phases[phase].append(event)
+                if phase == "bus" and len(phases["bus"]) >= 4 and received() > 0:
+                    nats_server.stop()
+                    phase, marks["down"] = "down", (describes(), received())
+                elif phase == "down" and len(phases["down"]) >= 4 and not bus.connected:
+                    nats_server.start()
+                    await connected(bus)
+                    phase, marks["back"] = "back", (describes(), received())
+                elif phase == "back" and received() > marks["back"][1] + 4:
+                    marks["end"] = (describes(), received())
+        assert final["event"] == "completed"
+        assert all(len(events) >= 4 for events in phases.values()), {
+            k: len(v) for k, v in phases.items()
+        }
+        # Down: the stream went on by polling Temporal, each update from a describe().
+        assert marks["back"][0] - marks["down"][0] >= len(phases["down"]) - 1
+        # Back: the bus carries the job again.
+        assert "end" in marks, "no bus messages after the bus came back"
+        keys = [parse_event_id(e["id"]) for p in phases.values() for e in p]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)  # type: ignore[type-var]
+
+
+async def test_an_event_for_another_owners_job_is_never_delivered(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    live = slow_origin(with_keys(on_bus(settings, nats_server), a="alice", b="bob"), 300)
+    ids = [10_001 + i for i in range(6)]
+    put_sources(store, live, dict.fromkeys(ids, 100_000))
+    alice, bob = {"X-API-Key": "alice-key"}, {"X-API-Key": "bob-key"}
+    async with serve(live) as (client, app), build_worker(env.client, live, store):
+        await bus_connected(app)
+        alices = (await initiate(client, ids, headers=alice))["jobId"]
+        bobs = (await initiate(client, ids, headers=bob))["jobId"]
+        # Ownership is checked on subscribe, as without the bus.
+        resp = await client.get(f"/v1/download/subscribe/{alices}", headers=bob)
+        assert resp.status_code == 404
+
+        # A message about Alice's job on the subject of Bob's (anyone who can publish on the
+        # bus could send it) is not Bob's job's progress.
+        forger = Publisher(Bus(live, "forger"))
+        forger.start()
+        forged = ProgressNotice(job_id=alices, files_done=1, bytes_done=123_456_789)
+        seen: list[dict[str, Any]] = []
+        try:
+            await connected(forger)
+            async with client.stream(
+                "GET", f"/v1/download/subscribe/{bobs}", headers=bob
+            ) as stream:
+                async for event in sse_events(stream):
+                    seen.append(event)
+                    if event["data"]["status"] == "processing":
+                        subject = job_subject(live.nats_subject_prefix, bobs)
+                        forger.offer(subject, forged.model_dump_json().encode())
+        finally:
+            await forger.close()
+        assert seen[-1]["event"] == "completed"
+        assert {e["data"]["jobId"] for e in seen} == {bobs}
+        assert all(e["data"]["bytesProcessed"] != 123_456_789 for e in seen)
+
+
+async def test_publishing_never_waits_for_an_absent_bus(settings: Settings) -> None:
+    """A publisher whose server is not there drops at once, without waiting or raising."""
+    absent = settings.model_copy(update={"nats_url": f"nats://127.0.0.1:{free_port()}"})
+    sender = Publisher(Bus(absent, "absent"))
+    sender.start()
+    try:
+        dropped = metric("download_bus_published_total", outcome="dropped")
+        for i in range(1000):  # `offer` is no coroutine: it cannot wait
+            sender.offer(job_subject(absent.nats_subject_prefix, f"job-{i}"), b"{}")
+        assert metric("download_bus_published_total", outcome="dropped") == dropped + 1000
+        assert not sender.connected
+    finally:
+        await sender.close()
