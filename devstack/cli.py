@@ -1,7 +1,8 @@
 """`download-stack`: the local default without Docker, and demo seeding.
 
 `download-stack run` starts a Temporal dev server (SQLite file in the data directory, Web UI),
-`rclone serve s3`, the worker and the API under honcho; Ctrl-C stops them all.
+`rclone serve s3`, `nats-server` (the progress bus), the worker and the API under honcho; Ctrl-C
+stops them all.
 `download-stack seed` uploads the demo files to the configured S3 endpoint.
 """
 
@@ -35,6 +36,7 @@ def check_ports(settings: Settings) -> list[str]:
         "TEMPORAL_PORT (Temporal frontend)": settings.temporal_port,
         "TEMPORAL_UI_PORT (Temporal Web UI)": settings.temporal_ui_port,
         "S3_PORT (S3 server)": settings.s3_port,
+        "NATS_PORT (progress bus)": settings.nats_port,
         "WORKER_METRICS_PORT (worker metrics)": settings.worker_metrics_port,
     }
     return [
@@ -63,6 +65,8 @@ def stack_environment(settings: Settings, data: Path) -> dict[str, str]:
         S3_PUBLIC_ENDPOINT=settings.s3_public_endpoint or f"http://localhost:{settings.s3_port}",
         S3_ACCESS_KEY_ID=settings.s3_access_key_id,
         S3_SECRET_ACCESS_KEY=settings.s3_secret_access_key,
+        NATS_PORT=str(settings.nats_port),
+        NATS_URL=settings.nats_url or f"nats://{BIND}:{settings.nats_port}",
         PYTHONUNBUFFERED="1",
     )
     return env

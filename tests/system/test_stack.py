@@ -25,6 +25,7 @@ class Stack:
             "TEMPORAL_PORT": free_port(),
             "TEMPORAL_UI_PORT": free_port(),
             "S3_PORT": free_port(),
+            "NATS_PORT": free_port(),
             "WORKER_METRICS_PORT": free_port(),
         }
         self.proc: subprocess.Popen[bytes] | None = None
