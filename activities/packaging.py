@@ -81,19 +81,23 @@ MAX_PART_SIZE = 5 << 30
 
 @contextlib.asynccontextmanager
 async def heartbeating(
-    details: Callable[[], Any], interval: float | Callable[[], float]
+    details: Callable[[], Any], interval: float, spacing: Callable[[], float] | None = None
 ) -> AsyncIterator[None]:
-    """Heartbeat `details()` every `interval` seconds (or `interval()`, asked before each one)
-    while the block runs.
+    """Heartbeat `details()` every `interval` seconds while the block runs; with `spacing`, only
+    once `spacing()` seconds (asked every `interval`) have passed since the last one.
 
     Cancellation and lost workers are only noticed through heartbeats. The first one is sent
     after one interval: an activity done sooner costs no heartbeat call at all.
     """
 
     async def beat() -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(interval() if callable(interval) else interval)
-            activity.heartbeat(details())
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if spacing is None or now - last >= spacing():
+                activity.heartbeat(details())
+                last = now
 
     task = asyncio.create_task(beat())
     try:
@@ -363,10 +367,16 @@ class DownloadActivities:
         attempt.prefetcher = prefetcher
         deflate = request.compression == "deflate"
         live = publishing(
-            self.publisher, self.settings, request.job_id, attempt.run_id, attempt.details
+            self.publisher,
+            self.settings,
+            request.job_id,
+            attempt.run_id,
+            attempt.details,
+            lambda: (attempt.bytes_done, attempt.file_index, len(attempt.missing)),
         )
-        beats = functools.partial(heartbeat_seconds, self.publisher, self.settings)
-        async with heartbeating(attempt.details, beats), live:
+        spacing = functools.partial(heartbeat_seconds, self.publisher, self.settings)
+        interval = self.settings.heartbeat_interval_seconds
+        async with heartbeating(attempt.details, interval, spacing), live:
             try:
                 async with prefetcher:
                     while attempt.file_index < len(attempt.sources):

@@ -1,8 +1,8 @@
 """A packaging attempt's live progress on the progress bus (`core.bus`), beside its heartbeats.
 
-While the attempt runs, its progress is published every PROGRESS_PUBLISH_SECONDS when it moved,
-and at least every KEEPALIVE_SECONDS when it did not (readers then know the bus still carries the
-job); once more when the attempt ends, marked `ended`. With the bus up, Temporal heartbeats drop to
+While the attempt runs, its progress is published as soon as it moves, at most once every
+PROGRESS_PUBLISH_SECONDS, and at least every KEEPALIVE_SECONDS when it does not (readers then know
+the bus still carries the job); once more when the attempt ends, marked `ended`. With the bus up, Temporal heartbeats drop to
 what durability needs: one per stored part and one every DURABLE_HEARTBEAT_SECONDS (at most a
 quarter of the heartbeat timeout) for lost-worker detection and cancellation. With the bus off or
 down, heartbeats carry progress every HEARTBEAT_INTERVAL_SECONDS as they always did.
@@ -22,6 +22,8 @@ from core.config import Settings
 from workflows.models import PackageProgress, ProgressNotice, ProgressSummary
 
 KEEPALIVE_SECONDS = 1.0
+# How often the attempt's position is looked at (a few integers: cheap).
+LOOK_SECONDS = 0.05
 _SUMMARY = set(ProgressSummary.model_fields)
 
 
@@ -36,16 +38,6 @@ def heartbeat_seconds(publisher: Publisher | None, settings: Settings) -> float:
     return max(settings.heartbeat_interval_seconds, durable)
 
 
-def _moved(progress: PackageProgress) -> tuple[object, ...]:
-    return (
-        progress.files_done,
-        progress.bytes_done,
-        progress.total_bytes,
-        progress.current_file,
-        len(progress.unavailable),
-    )
-
-
 @contextlib.asynccontextmanager
 async def publishing(
     publisher: Publisher | None,
@@ -53,14 +45,16 @@ async def publishing(
     job_id: str,
     run_id: str | None,
     details: Callable[[], PackageProgress],
+    position: Callable[[], object],
 ) -> AsyncIterator[None]:
-    """Publish `details()` while the block runs (nothing without a publisher), then `ended`.
-    Publishing never waits and never fails the attempt."""
+    """Publish `details()` while the block runs (nothing without a publisher), then `ended`;
+    `position()` is cheap and changes whenever the progress does. Publishing never waits and
+    never fails the attempt."""
     if publisher is None:
         yield
         return
     subject = publisher.bus.subject(job_id)
-    last: tuple[object, ...] | None = None
+    last: object = None
     sent_at = 0.0
 
     def publish(progress: PackageProgress, ended: bool = False) -> None:
@@ -72,13 +66,14 @@ async def publishing(
     async def run() -> None:
         nonlocal last, sent_at
         while True:
-            progress = details()
-            moved = _moved(progress)
-            now = time.monotonic()
-            if moved != last or now - sent_at >= KEEPALIVE_SECONDS:
-                publish(progress)
-                last, sent_at = moved, now
-            await asyncio.sleep(settings.progress_publish_seconds)
+            now, at = time.monotonic(), position()
+            since = now - sent_at
+            if (at != last and since >= settings.progress_publish_seconds) or (
+                since >= KEEPALIVE_SECONDS
+            ):
+                publish(details())
+                last, sent_at = at, now
+            await asyncio.sleep(LOOK_SECONDS)
 
     task = asyncio.create_task(run())
     try:

@@ -50,7 +50,7 @@ PING_SECONDS = 15.0
 BUDGET_SLICES = 10
 RECONNECT_MS = 3000
 # A job's bus messages are turned into a snapshot at most this often (the newest one wins).
-BUS_GAP_SECONDS = 0.2
+BUS_GAP_SECONDS = 0.1
 # A moving job's attempt publishes at least every second: silent longer, the job is polled again.
 BUS_SILENCE_SECONDS = 2.0
 EventKey = tuple[int, ...]
@@ -215,6 +215,9 @@ class JobWatchers:
         self.idle_share = max(1.0, capacity / 2)
         self.ping_seconds = PING_SECONDS
         self._watches: dict[str, _Watch] = {}
+        if bus is not None:
+            # Bus gone: every watcher polls Temporal at once, not when the silence runs out.
+            bus.bus.on_disconnect.append(self._wake_all)
 
     def snapshot(self, record: JobRecord) -> Snapshot:
         return snapshot(record, self.reads.with_download(record))
@@ -261,6 +264,10 @@ class JobWatchers:
                         self.bus.remove(self.bus.bus.subject(job_id))
                 if watch.task is not None:
                     watch.task.cancel()
+
+    def _wake_all(self) -> None:
+        for watch in self._watches.values():
+            watch.noticed.set()
 
     def _covered(self, watch: _Watch) -> float:
         """How much longer the bus speaks for the job (0: poll Temporal)."""

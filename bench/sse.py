@@ -7,15 +7,26 @@ all on loopback. Measures, against SPEC §9:
 - heartbeat -> event latency: receive time minus the heartbeat's own timestamp (`updatedAt`) of
   each progress event delivered while the job is processing (target p99 <= 1.5 s).
 
-Two modes:
+Three modes:
 - default: 1 000 subscribers shared over 50 running jobs (target < 300 MB), then
   `GET /v1/download/status/{jobId}` latency under 200 pollers;
 - `--distinct`: 1 000 subscribers over 1 000 distinct jobs, a worker with 50 activity slots so
   most jobs wait queued while some move (target < 500 MB), and the Temporal calls a second the
   API makes (`download_status_describes_total`) next to its budget STREAM_POLLS_PER_SECOND.
 
+- `--moving 300,1000`: that many jobs moving at once (a worker slot each, a slow origin of
+  200-400 ms per small file, so each job advances several times a second), one subscriber each,
+  with the progress bus (NATS) and without it, side by side: the gap between a job's updates as
+  its subscriber receives them (target p99 <= 0.5 s), the staleness of each update (receive
+  time minus the progress's own `updatedAt`), the API's `describe()` calls a second while every
+  job moves and over the whole run (with the bus: only when a job's attempt ends), Temporal's
+  own count of describes and of heartbeat calls per job per second of processing (its dev
+  server's metrics); two API processes streaming the same jobs; and the bus stopped mid-run
+  (`--outage-after`, `--outage-seconds`): no stream dropped, updates go on by polling.
+
     uv run python -m bench.sse [--jobs 50] [--subscribers 1000] [--pollers 200]
     uv run python -m bench.sse --distinct [--subscribers 1000] [--slots 50]
+    uv run python -m bench.sse --moving 300,1000 [--files 12] [--delay-ms 400]
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from bench.common import (
     Services,
     bench_settings,
     cpu_seconds,
+    cpu_shares,
     describes,
     initiate,
     peak_rss_mb,
@@ -52,7 +64,7 @@ from bench.common import (
 )
 from core.config import Settings
 from core.storage import ObjectStore
-from devstack.servers import local_servers
+from devstack.servers import NatsServer, S3Server, free_port, local_servers, start_dev_server
 
 TERMINAL = {"completed", "failed", "cancelled"}
 FIRST_ID = 20_000
@@ -258,6 +270,327 @@ async def distinct(args: argparse.Namespace, services: Services, settings: Setti
         )
 
 
+# ------------------------------------------------------------------ moving jobs: bus vs polling
+
+NATS_USER, NATS_PASSWORD = "bench", "bench-bus-password-0123456789abcdef"
+
+
+@dataclass
+class Follow:
+    """One subscriber's view of its job: when each event arrived from the first `processing` one
+    on (wall clock), the staleness of each processing event (receive time minus the `updatedAt`
+    of the progress it carries), and whether the terminal event arrived."""
+
+    times: list[float] = field(default_factory=list)
+    stale: list[tuple[float, float]] = field(default_factory=list)
+    done: bool = False
+
+    def gaps(self, within: tuple[float, float] | None = None) -> list[float]:
+        """Time between consecutive updates (those ending inside `within`, if given)."""
+        return [
+            b - a
+            for a, b in itertools.pairwise(self.times)
+            if within is None or within[0] <= b < within[1]
+        ]
+
+
+async def follow(port: int, job_id: str, out: Follow, connected: list[str]) -> None:
+    """Follow one job's SSE stream over a bare HTTP/1.1 connection (see `subscribe`)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET /v1/download/subscribe/{job_id} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        )
+        if b" 200 " not in await reader.readline():
+            return
+        connected.append(job_id)
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        buffer = b""
+        while size_line := await reader.readline():
+            size = int(size_line.strip(), 16)
+            if size == 0:
+                return
+            buffer += (await reader.readexactly(size + 2))[:-2]
+            received = time.time()
+            while b"\r\n\r\n" in buffer:
+                block, buffer = buffer.split(b"\r\n\r\n", 1)
+                fields = dict(
+                    line.split(": ", 1) for line in block.decode().split("\r\n") if ": " in line
+                )
+                event = fields.get("event")
+                if event in TERMINAL:
+                    if out.times:
+                        out.times.append(received)
+                    out.done = True
+                    return
+                if event != "progress":
+                    continue
+                data = json.loads(fields["data"])
+                if data["status"] != "processing":
+                    continue
+                out.times.append(received)
+                if data["currentFile"] is not None:
+                    beat = datetime.fromisoformat(data["updatedAt"]).timestamp()
+                    out.stale.append((received, received - beat))
+    except (OSError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()
+
+
+async def temporal_requests(metrics_port: int) -> dict[str, float]:
+    """The Temporal dev server's frontend requests so far, by operation."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("service_requests{") and 'service_name="frontend"' in line:
+            operation = line.split('operation="', 1)[1].split('"', 1)[0]
+            counts[operation] = counts.get(operation, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+@dataclass
+class MovingRun:
+    label: str
+    jobs: int
+    follows: list[Follow]
+    elapsed: float
+    api_describes: float
+    temporal: dict[str, float]
+    outage: tuple[float, float] | None = None
+    cpu: str = ""
+    began: float = 0.0
+    # API describe() calls and seconds from the moving phase's start to the first job's end:
+    # while every job moves, before any attempt's end asks Temporal what follows.
+    steady: tuple[float, float] = (0.0, 0.0)
+
+    def gaps(self, within: tuple[float, float] | None = None) -> list[float]:
+        return [g for f in self.follows for g in f.gaps(within)]
+
+    def steady_rate(self) -> float:
+        calls, seconds = self.steady
+        return calls / seconds if seconds > 0 else float("nan")
+
+    def stale(self, within: tuple[float, float] | None = None) -> list[float]:
+        return [
+            s
+            for f in self.follows
+            for t, s in f.stale
+            if within is None or within[0] <= t < within[1]
+        ]
+
+    @property
+    def dropped(self) -> int:
+        return sum(not f.done for f in self.follows)
+
+    def heartbeats_per_job_second(self) -> float:
+        """Heartbeat calls Temporal received per second of a job's processing: from the moving
+        phase's start to the job's terminal event (as the first API's subscriber saw it)."""
+        beats = self.temporal.get("RecordActivityTaskHeartbeat", 0.0)
+        beats += self.temporal.get("RecordActivityTaskHeartbeatById", 0.0)
+        processing = sum(f.times[-1] - self.began for f in self.follows[: self.jobs] if f.times)
+        return beats / processing if processing > 0 else float("nan")
+
+    def line(self) -> str:
+        gaps, stale = self.gaps(), self.stale()
+        return (
+            f"  {self.label:<24} gap p50 {quantile(gaps, 0.5):.2f} s  p99 {quantile(gaps, 0.99):.2f} s"
+            f"  max {max(gaps, default=float('nan')):.2f} s | staleness p99 "
+            f"{quantile(stale, 0.99):.2f} s | API describe()/s {self.api_describes / self.elapsed:5.1f}"
+            f" (all moving: {self.steady_rate():5.1f}; per job {self.api_describes / self.jobs:.1f})"
+            f" | Temporal DescribeWorkflowExecution/s "
+            f"{self.temporal.get('DescribeWorkflowExecution', 0.0) / self.elapsed:5.1f}"
+            f" | heartbeats/job/s {self.heartbeats_per_job_second():.2f}"
+            f" | dropped {self.dropped}/{len(self.follows)} | {self.elapsed:.0f} s"
+            f"\n    cpu (share of one core): {self.cpu}"
+        )
+
+
+async def moving_run(
+    args: argparse.Namespace,
+    s3_endpoint: str,
+    target: str,
+    metrics_port: int,
+    nats: NatsServer,
+    jobs: int,
+    *,
+    bus: bool,
+    apis: int = 1,
+    outage: bool = False,
+) -> MovingRun:
+    """`jobs` jobs started while no worker runs, one subscriber each on every API process; then
+    a worker with a slot per job starts them all at once, so every job moves at the same time."""
+    bus_env: dict[str, object] = (
+        {"nats_url": nats.url, "nats_user": NATS_USER, "nats_password": NATS_PASSWORD}
+        if bus
+        else {"nats_url": ""}
+    )
+    label = f"{'bus' if bus else 'polling'}, {apis} API{'s' if apis > 1 else ''}"
+    if outage:
+        label += ", bus down"
+    with Services(s3_endpoint, target) as services:
+        started_apis = [services.api(**bus_env) for _ in range(apis)]
+        clients = [
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
+            for _, port in started_apis
+        ]
+        try:
+            for client, (proc, _) in zip(clients, started_apis, strict=True):
+                await wait_healthy(client, proc)
+            file_ids = [FIRST_ID + i for i in range(args.files)]
+            job_ids = await initiate(clients[0], file_ids, jobs)
+            follows = [Follow() for _ in range(jobs * apis)]
+            connected: list[str] = []
+            streams = asyncio.gather(
+                *(
+                    follow(port, job_id, follows[i * jobs + j], connected)
+                    for i, (_, port) in enumerate(started_apis)
+                    for j, job_id in enumerate(job_ids)
+                )
+            )
+            while len(connected) < len(follows) and not streams.done():
+                await asyncio.sleep(0.1)
+            worker = services.worker(
+                worker_max_concurrent_activities=jobs + 10, **slow_origin(args), **bus_env
+            )
+            # Measured from the first job's first processing event: the worker's start-up (the
+            # queued jobs' idle polls meanwhile) is not part of the moving phase.
+            while not any(f.times for f in follows) and not streams.done():
+                await asyncio.sleep(0.02)
+            before = sum([await describes(c) for c in clients])
+            temporal_before = await temporal_requests(metrics_port)
+            began = time.time()
+            pids = {f"api{i + 1}": proc.pid for i, (proc, _) in enumerate(started_apis)}
+            pids.update(worker=worker.pid, bench=os.getpid())
+            if nats.proc is not None:
+                pids["nats"] = nats.proc.pid
+            if (server := temporal_pid()) is not None:
+                pids["temporal"] = server
+            cpu = cpu_seconds(pids)
+            window = None
+
+            async def first_end() -> tuple[float, float]:
+                while not any(f.done for f in follows):
+                    await asyncio.sleep(0.02)
+                ended = time.time()
+                return sum([await describes(c) for c in clients]) - before, ended - began
+
+            steady = asyncio.create_task(first_end())
+            if outage:
+                await asyncio.sleep(args.outage_after)
+                nats.stop()
+                down = time.time()
+                await asyncio.sleep(args.outage_seconds)
+                nats.start()
+                window = (down, time.time())
+            await streams
+            elapsed = time.time() - began
+            steady_calls = await steady
+            if outage:  # a restarted server is another process
+                pids.pop("nats", None)
+                cpu.pop("nats", None)
+            shares = cpu_shares(cpu, cpu_seconds(pids), elapsed)
+            api_describes = sum([await describes(c) for c in clients]) - before
+            temporal_after = await temporal_requests(metrics_port)
+        finally:
+            for client in clients:
+                await client.aclose()
+    requests = {k: v - temporal_before.get(k, 0.0) for k, v in temporal_after.items()}
+    return MovingRun(
+        label, jobs, follows, elapsed, api_describes, requests, window, shares, began, steady_calls
+    )
+
+
+async def moving(args: argparse.Namespace) -> None:
+    """Per size: polling vs bus with one API process, the bus with two API processes streaming
+    the same jobs, and the bus stopped mid-run; printed side by side."""
+    sizes = [int(n) for n in args.moving.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-sse-") as root:
+        s3 = S3Server(Path(root) / "s3", free_port(), KEY, SECRET)
+        s3.start()
+        nats = NatsServer(free_port(), NATS_USER, NATS_PASSWORD)
+        nats.start()
+        metrics_port = free_port()
+        env = await start_dev_server(extra_args=["--metrics-port", str(metrics_port)])
+        try:
+            settings = bench_settings(s3.endpoint)
+            store = ObjectStore(settings)
+            store.ensure_bucket()
+            for i in range(args.files):
+                store.put_bytes(settings.source_key(FIRST_ID + i), os.urandom(args.file_kib * 1024))
+            target = env.client.service_client.config.target_host
+            low, high = args.delay_ms // 2, args.delay_ms
+            for jobs in sizes:
+                print(
+                    f"{jobs} moving jobs, one subscriber each: {args.files} files of "
+                    f"{args.file_kib} KiB per job, slow origin {low}-{high} ms per file",
+                    flush=True,
+                )
+                runs = []
+                for bus, apis, outage in [
+                    (False, 1, False),
+                    (True, 1, False),
+                    (True, 2, False),
+                    (True, 1, True),
+                ]:
+                    run = await moving_run(
+                        args,
+                        s3.endpoint,
+                        target,
+                        metrics_port,
+                        nats,
+                        jobs,
+                        bus=bus,
+                        apis=apis,
+                        outage=outage,
+                    )
+                    print(run.line(), flush=True)
+                    runs.append(run)
+                report_moving(runs)
+        finally:
+            await env.shutdown()
+            nats.stop()
+            s3.stop()
+
+
+def report_moving(runs: list[MovingRun]) -> None:
+    polling, bus, two, down = runs
+    jobs = polling.jobs
+    gap = quantile(bus.gaps(), 0.99)
+    print(
+        f"RESULT {jobs} jobs: p99 gap between a moving job's updates: bus {gap:.2f} s vs polling "
+        f"{quantile(polling.gaps(), 0.99):.2f} s  (target <= 0.5 s)"
+    )
+    print(
+        f"RESULT {jobs} jobs: API describe()/s for streams while every job moves: bus "
+        f"{bus.steady_rate():.1f} vs polling {polling.steady_rate():.1f}; over the whole run "
+        f"{bus.api_describes / bus.elapsed:.1f} vs {polling.api_describes / polling.elapsed:.1f}"
+        f" (bus: {bus.api_describes / jobs:.1f} per job, when its attempt ends)"
+    )
+    one = bus.temporal.get("DescribeWorkflowExecution", 0.0) / bus.elapsed
+    both = two.temporal.get("DescribeWorkflowExecution", 0.0) / two.elapsed
+    print(
+        f"RESULT {jobs} jobs: Temporal describes/s, two API processes on the bus {both:.1f} vs one "
+        f"{one:.1f} vs one polling "
+        f"{polling.temporal.get('DescribeWorkflowExecution', 0.0) / polling.elapsed:.1f}"
+    )
+    before, after = polling.heartbeats_per_job_second(), bus.heartbeats_per_job_second()
+    print(
+        f"RESULT {jobs} jobs: Temporal heartbeats per job per second: {before:.2f} before "
+        f"(polling) -> {after:.2f} with the bus ({before / after if after else float('inf'):.1f}x fewer)"
+    )
+    assert down.outage is not None
+    gaps, stale = down.gaps(down.outage), down.stale(down.outage)
+    print(
+        f"RESULT {jobs} jobs, bus down {down.outage[1] - down.outage[0]:.0f} s mid-run: dropped "
+        f"streams {down.dropped}/{len(down.follows)} (target 0); while down: {len(gaps)} updates, "
+        f"gap p99 {quantile(gaps, 0.99):.2f} s, staleness p99 {quantile(stale, 0.99):.2f} s "
+        "(old target <= 1.5 s)"
+    )
+
+
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sse-") as root:
         async with local_servers(Path(root), KEY, SECRET) as (s3, env):
@@ -277,6 +610,13 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--moving",
+        default=None,
+        help="job counts, e.g. 300,1000: moving jobs with the bus vs polling (see the docstring)",
+    )
+    parser.add_argument("--outage-after", type=float, default=4.0, help="--moving: seconds")
+    parser.add_argument("--outage-seconds", type=float, default=5.0, help="--moving: seconds")
+    parser.add_argument(
         "--distinct", action="store_true", help="one job per subscriber, limited worker slots"
     )
     parser.add_argument("--jobs", type=int, default=50, help="jobs shared by the subscribers")
@@ -288,15 +628,20 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=200)
     parser.add_argument("--poll-seconds", type=float, default=10.0)
     parser.add_argument("--files", type=int, default=None, help="files per job (8; 4 distinct)")
-    parser.add_argument("--file-kib", type=int, default=512)
+    parser.add_argument("--file-kib", type=int, default=None, help="(512; 16 moving)")
     parser.add_argument(
         "--delay-ms", type=int, default=None, help="slow origin, per file (3000; 1000 distinct)"
     )
     args = parser.parse_args()
     if args.files is None:
-        args.files = 4 if args.distinct else 8
+        args.files = 12 if args.moving else 4 if args.distinct else 8
     if args.delay_ms is None:
-        args.delay_ms = 1000 if args.distinct else 3000
+        args.delay_ms = 400 if args.moving else 1000 if args.distinct else 3000
+    if args.file_kib is None:
+        args.file_kib = 16 if args.moving else 512
+    if args.moving:
+        asyncio.run(moving(args))
+        return
     asyncio.run(run(args))
 
 

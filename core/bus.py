@@ -49,6 +49,7 @@ class Bus:
         self.prefix = settings.nats_subject_prefix
         self.nc = Nats()
         self.on_connect: list[Callable[[], None]] = []
+        self.on_disconnect: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._ever_connected = False
         self._warned = False
@@ -97,6 +98,8 @@ class Bus:
     async def _disconnected(self) -> None:
         if self._ever_connected:
             log.warning("bus disconnected", bus=self.name)
+            for callback in list(self.on_disconnect):
+                callback()
 
     async def _reconnected(self) -> None:
         log.info("bus reconnected", bus=self.name)

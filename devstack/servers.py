@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -218,15 +218,15 @@ class Nginx:
         return replaced
 
 
-async def start_dev_server(**options: Any) -> WorkflowEnvironment:
+async def start_dev_server(extra_args: Sequence[str] = (), **options: Any) -> WorkflowEnvironment:
     """The Temporal dev server (SQLite in memory) with our search attributes registered and
-    fair dispatch between owners turned on."""
+    fair dispatch between owners turned on; `extra_args` go to `temporal server start-dev`."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=SEARCH_ATTRIBUTES,
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
-        dev_server_extra_args=fairness_flags(),
+        dev_server_extra_args=[*fairness_flags(), *extra_args],
         **options,
     )
 
