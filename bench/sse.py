@@ -12,8 +12,7 @@ Three modes:
   `GET /v1/download/status/{jobId}` latency under 200 pollers;
 - `--distinct`: 1 000 subscribers over 1 000 distinct jobs, a worker with 50 activity slots so
   most jobs wait queued while some move (target < 500 MB), and the Temporal calls a second the
-  API makes (`download_status_describes_total`) next to its budget STREAM_POLLS_PER_SECOND.
-
+  API makes (`download_status_describes_total`) next to its budget STREAM_POLLS_PER_SECOND;
 - `--moving 300,1000`: that many jobs moving at once (a worker slot each, a slow origin of
   200-400 ms per small file, so each job advances several times a second), one subscriber each,
   with the progress bus (NATS) and without it, side by side: the gap between a job's updates as

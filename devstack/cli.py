@@ -92,6 +92,7 @@ def run(settings: Settings) -> int:
                 f"  Temporal UI    http://localhost:{settings.temporal_ui_port}",
                 f"  S3 endpoint    http://localhost:{settings.s3_port}"
                 f"  (bucket {settings.s3_bucket_name})",
+                f"  progress bus   nats://localhost:{settings.nats_port}",
                 f"  data           {data}  ({len(seeded)} demo files written)",
                 f"  demo file ids  {ids}",
                 "Ctrl-C stops everything.",
