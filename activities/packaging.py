@@ -33,7 +33,7 @@ from temporalio.exceptions import ApplicationError
 from activities.checkpoints import Checkpoints, last_progress
 from activities.joblog import AttemptLog, attempt_log
 from activities.prefetch import Prefetcher, Source
-from activities.publishing import heartbeat_seconds, publishing
+from activities.publishing import ProgressFeed, heartbeat_seconds
 from activities.storageerrors import (
     storage_failure,
     storage_retry,
@@ -265,6 +265,7 @@ class DownloadActivities:
         self.settings = settings
         # Live progress on the progress bus (None: off); heartbeats then carry durability only.
         self.publisher = publisher
+        self.feed = ProgressFeed(publisher, settings)
         # S3 calls block (minio); they run here, not on the event loop's few default threads.
         self.io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="s3")
 
@@ -366,9 +367,7 @@ class DownloadActivities:
         )
         attempt.prefetcher = prefetcher
         deflate = request.compression == "deflate"
-        live = publishing(
-            self.publisher,
-            self.settings,
+        live = self.feed.publishing(
             request.job_id,
             attempt.run_id,
             attempt.details,

@@ -1,11 +1,15 @@
-"""A packaging attempt's live progress on the progress bus (`core.bus`), beside its heartbeats.
+"""Packaging attempts' live progress on the progress bus (`core.bus`), beside their heartbeats.
 
-While the attempt runs, its progress is published as soon as it moves, at most once every
+While an attempt runs, its progress is published as soon as it moves, at most once every
 PROGRESS_PUBLISH_SECONDS, and at least every KEEPALIVE_SECONDS when it does not (readers then know
-the bus still carries the job); once more when the attempt ends, marked `ended`. With the bus up, Temporal heartbeats drop to
-what durability needs: one per stored part and one every DURABLE_HEARTBEAT_SECONDS (at most a
-quarter of the heartbeat timeout) for lost-worker detection and cancellation. With the bus off or
-down, heartbeats carry progress every HEARTBEAT_INTERVAL_SECONDS as they always did.
+the bus still carries the job); once more when the attempt ends, marked `ended`. One task per
+worker looks at every running attempt's position (a few integers) every LOOK_SECONDS, so a
+thousand attempts cost a thousand comparisons, not a thousand timers.
+
+With the bus up, Temporal heartbeats drop to what durability needs: one per stored part and one
+every DURABLE_HEARTBEAT_SECONDS (at most a quarter of the heartbeat timeout) for lost-worker
+detection and cancellation. With the bus off or down, heartbeats carry progress every
+HEARTBEAT_INTERVAL_SECONDS as they always did.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from temporalio import activity
 
@@ -22,7 +27,7 @@ from core.config import Settings
 from workflows.models import PackageProgress, ProgressNotice, ProgressSummary
 
 KEEPALIVE_SECONDS = 1.0
-# How often the attempt's position is looked at (a few integers: cheap).
+# How often running attempts' positions are looked at.
 LOOK_SECONDS = 0.05
 _SUMMARY = set(ProgressSummary.model_fields)
 
@@ -38,47 +43,73 @@ def heartbeat_seconds(publisher: Publisher | None, settings: Settings) -> float:
     return max(settings.heartbeat_interval_seconds, durable)
 
 
-@contextlib.asynccontextmanager
-async def publishing(
-    publisher: Publisher | None,
-    settings: Settings,
-    job_id: str,
-    run_id: str | None,
-    details: Callable[[], PackageProgress],
-    position: Callable[[], object],
-) -> AsyncIterator[None]:
-    """Publish `details()` while the block runs (nothing without a publisher), then `ended`;
-    `position()` is cheap and changes whenever the progress does. Publishing never waits and
-    never fails the attempt."""
-    if publisher is None:
-        yield
-        return
-    subject = publisher.bus.subject(job_id)
+@dataclass
+class _Live:
+    subject: str
+    job_id: str
+    run_id: str | None
+    details: Callable[[], PackageProgress]
+    position: Callable[[], object]
     last: object = None
-    sent_at = 0.0
+    sent_at: float = 0.0
 
-    def publish(progress: PackageProgress, ended: bool = False) -> None:
+
+class ProgressFeed:
+    """The running attempts of one worker, published by one task."""
+
+    def __init__(self, publisher: Publisher | None, settings: Settings) -> None:
+        self.publisher, self.settings = publisher, settings
+        self._live: dict[int, _Live] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def publishing(
+        self,
+        job_id: str,
+        run_id: str | None,
+        details: Callable[[], PackageProgress],
+        position: Callable[[], object],
+    ) -> AsyncIterator[None]:
+        """Publish `details()` while the block runs (nothing without a publisher), then `ended`;
+        `position()` is cheap and changes whenever the progress does. Publishing never waits
+        and never fails the attempt."""
+        if self.publisher is None:
+            yield
+            return
+        live = _Live(self.publisher.bus.subject(job_id), job_id, run_id, details, position)
+        self._live[id(live)] = live
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        self._look(live, time.monotonic())
+        try:
+            yield
+        finally:
+            del self._live[id(live)]
+            with contextlib.suppress(Exception):
+                self._send(live, ended=True)
+
+    def _send(self, live: _Live, ended: bool = False) -> None:
+        assert self.publisher is not None
         notice = ProgressNotice(
-            **progress.model_dump(include=_SUMMARY), job_id=job_id, run_id=run_id, ended=ended
+            **live.details().model_dump(include=_SUMMARY),
+            job_id=live.job_id,
+            run_id=live.run_id,
+            ended=ended,
         )
-        publisher.offer(subject, notice.model_dump_json().encode())
+        self.publisher.offer(live.subject, notice.model_dump_json().encode())
 
-    async def run() -> None:
-        nonlocal last, sent_at
-        while True:
-            now, at = time.monotonic(), position()
-            since = now - sent_at
-            if (at != last and since >= settings.progress_publish_seconds) or (
-                since >= KEEPALIVE_SECONDS
-            ):
-                publish(details())
-                last, sent_at = at, now
+    def _look(self, live: _Live, now: float) -> None:
+        at, since = live.position(), now - live.sent_at
+        if (at != live.last and since >= self.settings.progress_publish_seconds) or (
+            since >= KEEPALIVE_SECONDS
+        ):
+            self._send(live)
+            live.last, live.sent_at = at, now
+
+    async def _run(self) -> None:
+        while self._live:
             await asyncio.sleep(LOOK_SECONDS)
-
-    task = asyncio.create_task(run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(Exception):
-            publish(details(), ended=True)
+            now = time.monotonic()
+            for live in list(self._live.values()):
+                with contextlib.suppress(Exception):  # never the attempt's failure
+                    self._look(live, now)

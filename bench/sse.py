@@ -25,7 +25,7 @@ Three modes:
 
     uv run python -m bench.sse [--jobs 50] [--subscribers 1000] [--pollers 200]
     uv run python -m bench.sse --distinct [--subscribers 1000] [--slots 50]
-    uv run python -m bench.sse --moving 300,1000 [--files 12] [--delay-ms 400]
+    uv run python -m bench.sse --moving 300,1000 [--files 16] [--delay-ms 400]
 """
 
 from __future__ import annotations
@@ -282,6 +282,8 @@ class Follow:
 
     times: list[float] = field(default_factory=list)
     stale: list[tuple[float, float]] = field(default_factory=list)
+    # The `updatedAt` of each processing event: when the worker's progress was what it shows.
+    made: list[float] = field(default_factory=list)
     done: bool = False
 
     def gaps(self, within: tuple[float, float] | None = None) -> list[float]:
@@ -332,6 +334,7 @@ async def follow(port: int, job_id: str, out: Follow, connected: list[str]) -> N
                 if data["currentFile"] is not None:
                     beat = datetime.fromisoformat(data["updatedAt"]).timestamp()
                     out.stale.append((received, received - beat))
+                    out.made.append(beat)
     except (OSError, asyncio.IncompleteReadError):
         return
     finally:
@@ -361,12 +364,17 @@ class MovingRun:
     outage: tuple[float, float] | None = None
     cpu: str = ""
     began: float = 0.0
-    # API describe() calls and seconds from the moving phase's start to the first job's end:
-    # while every job moves, before any attempt's end asks Temporal what follows.
+    # API describe() calls and seconds from the moment every job moves to the first job's end
+    # (before any attempt's end asks Temporal what follows).
     steady: tuple[float, float] = (0.0, 0.0)
 
     def gaps(self, within: tuple[float, float] | None = None) -> list[float]:
         return [g for f in self.follows for g in f.gaps(within)]
+
+    def pace(self) -> list[float]:
+        """Time between the progress times consecutive updates carry: how often the jobs
+        themselves moved, as far as their subscribers were told (with the bus, every move)."""
+        return [b - a for f in self.follows for a, b in itertools.pairwise(f.made) if b > a]
 
     def steady_rate(self) -> float:
         calls, seconds = self.steady
@@ -396,7 +404,8 @@ class MovingRun:
         gaps, stale = self.gaps(), self.stale()
         return (
             f"  {self.label:<24} gap p50 {quantile(gaps, 0.5):.2f} s  p99 {quantile(gaps, 0.99):.2f} s"
-            f"  max {max(gaps, default=float('nan')):.2f} s | staleness p99 "
+            f"  max {max(gaps, default=float('nan')):.2f} s (jobs' own pace p99 "
+            f"{quantile(self.pace(), 0.99):.2f} s) | staleness p99 "
             f"{quantile(stale, 0.99):.2f} s | API describe()/s {self.api_describes / self.elapsed:5.1f}"
             f" (all moving: {self.steady_rate():5.1f}; per job {self.api_describes / self.jobs:.1f})"
             f" | Temporal DescribeWorkflowExecution/s "
@@ -471,10 +480,15 @@ async def moving_run(
             window = None
 
             async def first_end() -> tuple[float, float]:
+                while not all(f.times for f in follows):
+                    if any(f.done for f in follows):
+                        return 0.0, 0.0  # a job ended before every job was seen moving
+                    await asyncio.sleep(0.02)
+                moving, calls = time.time(), sum([await describes(c) for c in clients])
                 while not any(f.done for f in follows):
                     await asyncio.sleep(0.02)
                 ended = time.time()
-                return sum([await describes(c) for c in clients]) - before, ended - began
+                return sum([await describes(c) for c in clients]) - calls, ended - moving
 
             steady = asyncio.create_task(first_end())
             if outage:
@@ -633,7 +647,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.files is None:
-        args.files = 12 if args.moving else 4 if args.distinct else 8
+        args.files = 16 if args.moving else 4 if args.distinct else 8
     if args.delay_ms is None:
         args.delay_ms = 400 if args.moving else 1000 if args.distinct else 3000
     if args.file_kib is None:
