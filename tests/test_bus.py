@@ -1,18 +1,24 @@
 """The progress bus (`core.bus`) on a real nats-server, with the real Temporal and S3 servers:
-workers publish, the API's watchers stream from it without asking Temporal per update, fall back
-to polling when it goes away and return to it when it is back; nothing crosses owners."""
+workers publish and heartbeat Temporal only for durability, the API's watchers stream from the
+bus without asking Temporal per update, fall back to polling when it goes away and return to it
+when it is back; nothing crosses owners; publishing never waits."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.packaging import DownloadActivities
+from activities.publishing import heartbeat_seconds
 from api.watchers import parse_event_id
-from core.bus import Bus, Publisher, job_subject
+from core import bus
+from core.bus import Bus, Publisher, Subscriptions, job_subject
 from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import NatsServer, free_port
@@ -27,7 +33,7 @@ from tests.helpers import (
     with_keys,
 )
 from worker import build_worker
-from workflows.models import ProgressNotice
+from workflows.models import PackageInput, PackageProgress, ProgressNotice, SourceFile
 
 NATS_USER, NATS_PASSWORD = "downloads", "test-bus-password-0123456789abcdef"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -201,3 +207,60 @@ async def test_publishing_never_waits_for_an_absent_bus(settings: Settings) -> N
         assert not sender.connected
     finally:
         await sender.close()
+
+
+async def test_an_attempt_publishes_its_progress_and_heartbeats_for_durability(
+    settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    """On the bus: every move published, `ended` last, and Temporal heartbeats at the durable
+    pace (a quarter of the heartbeat timeout here); off the bus, at the old pace again."""
+    live = slow_origin(on_bus(settings, nats_server), 250)
+    sizes = {10_001 + i: 20_000 for i in range(8)}
+    put_sources(store, live, sizes)
+    request = PackageInput(
+        job_id="bus-job",
+        sources=[SourceFile(file_id=i, key=live.source_key(i), size=n) for i, n in sizes.items()],
+        mtime=datetime(2024, 5, 1, tzinfo=UTC),
+    )
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=4))
+    beats: list[PackageProgress] = []
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+    notices: list[ProgressNotice] = []
+    listener = Subscriptions(Bus(live, "listener"))
+    listener.start()
+    listener.add(
+        job_subject(live.nats_subject_prefix, "bus-job"),
+        lambda data: notices.append(ProgressNotice.model_validate_json(data)),
+    )
+    try:
+        async with bus.publisher(live, "worker") as publisher:
+            assert publisher is not None
+            await connected(publisher)
+            await connected(listener)
+            assert env.run(heartbeat_seconds, publisher, live) == 1.0  # 4 s / 4
+            result = await env.run(
+                DownloadActivities(store, live, publisher).package_archive, request
+            )
+
+            async def last_one() -> bool:
+                return bool(notices) and notices[-1].ended
+
+            await wait_for(last_one)
+            nats_server.stop()
+
+            async def down() -> bool:
+                return not publisher.connected
+
+            await wait_for(down)
+            interval = env.run(heartbeat_seconds, publisher, live)
+            assert interval == live.heartbeat_interval_seconds
+    finally:
+        await listener.close()
+    assert result.files_packaged == len(sizes)
+    done = [n.files_done for n in notices]
+    assert done == sorted(done) and set(range(1, len(sizes) + 1)) <= set(done)
+    assert notices[-1].ended and notices[-1].job_id == "bus-job"
+    assert not any(n.ended for n in notices[:-1])
+    # Progress went over the bus; Temporal heard from the attempt far less often.
+    assert len(beats) < len(notices) / 2
