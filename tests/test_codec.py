@@ -4,6 +4,7 @@ decodes for the UI's origin only; keys rotate; recorded histories still replay."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -24,7 +25,7 @@ from api.codec import codec_server
 from core.config import Settings
 from core.payloadcodec import ENCODING, KEY_ID, EncryptionCodec, UnknownKeyError
 from core.storage import ObjectStore
-from devstack.servers import free_port
+from devstack.servers import BIN, free_port
 from tests.helpers import api_client, initiate, put_sources, wait_for
 from worker import build_worker
 from workflows.cleanup import ArchiveCleanupWorkflow
@@ -179,6 +180,23 @@ async def test_jobs_run_encrypted_and_the_codec_endpoint_decodes_for_operators(
             assert other.status_code == 403
             garbage = await codec.post("/decode", content=b"{", headers=ui)
             assert garbage.status_code == 400
+
+        # The `temporal` CLI shows the history decoded through the same endpoint.
+        # (the codec endpoint is served on this loop: the CLI runs beside it, not blocking it)
+        cli = await asyncio.create_subprocess_exec(
+            str(BIN / "temporal"),
+            *("workflow", "show", "--workflow-id", job_id, "--output", "json"),
+            *("--address", env.client.service_client.config.target_host),
+            *("--codec-endpoint", base),
+            stdout=asyncio.subprocess.PIPE,
+            env={"PATH": os.environ["PATH"], "TEMPORAL_CONFIG_FILE": os.devnull},
+        )
+        stdout, _ = await asyncio.wait_for(cli.communicate(), timeout=60)
+        assert cli.returncode == 0
+        first = json.loads(stdout)["events"][0]["workflowExecutionStartedEventAttributes"]
+        (shown_input,) = first["input"]["payloads"]
+        assert base64.b64decode(shown_input["metadata"]["encoding"]) == b"json/plain"
+        assert json.loads(base64.b64decode(shown_input["data"]))["job_id"] == job_id
 
 
 async def test_no_codec_endpoint_without_keys(settings: Settings) -> None:
