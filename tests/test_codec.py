@@ -124,11 +124,12 @@ async def test_jobs_run_encrypted_and_the_codec_endpoint_decodes_for_operators(
         assert status["completedFiles"] == 2 and status["failedFiles"] == 1
 
         # The memo (encrypted too) is read back: the job is listed with its state.
-        async def listed() -> list[dict[str, object]] | None:
+        async def listed() -> dict[str, object] | None:
             jobs: list[dict[str, object]] = (await api.get("/v1/downloads")).json()["jobs"]
-            return jobs if jobs and jobs[0]["status"] == "completed" else None
+            ours = [job for job in jobs if job["jobId"] == job_id]
+            return ours[0] if ours and ours[0]["status"] == "completed" else None
 
-        assert [job["jobId"] for job in await wait_for(listed)] == [job_id]
+        assert (await wait_for(listed))["totalFiles"] == 3
 
         # Temporal holds ciphertext: a client without the key reads neither input nor memo.
         history = await env.client.get_workflow_handle(job_id).fetch_history()
