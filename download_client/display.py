@@ -76,11 +76,11 @@ def eta(job: Job, now: datetime | None = None) -> str | None:
     """Time left, "estimating…" while the figure would be a guess, None once the job ended.
 
     A guess: the API says so (`etaBasis` "estimating"), gives no time, or does not say on what
-    its time rests (an older server) while no file is done yet.
+    its time rests (an older server) while less than 10 % of the job is done.
     """
     if job.status.terminal:
         return None
-    early = not job.eta_reported and job.completed_files == 0 and job.progress < 10
+    early = not job.eta_reported and job.progress < 10
     at = job.estimated_completion_at
     if job.eta_basis == "estimating" or early or at is None:
         return ESTIMATING

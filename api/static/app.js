@@ -153,11 +153,11 @@ function renderDetail(job, finished) {
 }
 
 // "time", "estimating" or "none". The API says when its figure is a guess (etaBasis
-// "estimating"); a server that does not say (no etaBasis at all) is not trusted before a file
-// has finished, when its figure comes from too little to mean anything.
+// "estimating"); a server that does not say (no etaBasis at all) is not trusted before 10 % of
+// the job is done, when its figure comes from too little to mean anything.
 function etaShown(job, finished) {
   if (finished) return "none";
-  const early = job.etaBasis === undefined && !job.completedFiles && (job.progress ?? 0) < 10;
+  const early = job.etaBasis === undefined && (job.progress ?? 0) < 10;
   if (job.etaBasis === "estimating" || early || !job.estimatedCompletionAt) return "estimating";
   return "time";
 }

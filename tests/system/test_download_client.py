@@ -441,7 +441,11 @@ def test_eta_is_estimating_until_the_api_says_otherwise() -> None:
         eta(Job.from_json({**body, "etaBasis": "estimate", "estimatedCompletionAt": later}), now)
         == "42 s"
     )
-    # One that does not: no figure before the first file is done.
+    # One that does not: no figure before 10 % of the job is done, however many files are.
+    assert (
+        eta(Job.from_json({**body, "completedFiles": 2, "estimatedCompletionAt": later}), now)
+        == "estimating…"
+    )
     assert eta(Job.from_json({**body, "estimatedCompletionAt": later}), now) == "estimating…"
     done_one = {**body, "completedFiles": 1, "progress": 40, "estimatedCompletionAt": later}
     assert eta(Job.from_json(done_one), now) == "42 s"

@@ -13,7 +13,7 @@ import shutil
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -176,8 +176,8 @@ async def test_start_shows_progress_files_and_archive(
 
         # The favicon: linked from the page, and at /favicon.ico for browsers that ask there.
         icon = await page.locator("link[rel=icon]").get_attribute("href")
-        for path in (icon, "/favicon.ico"):
-            resp = await page.request.get(f"{base}{path}")
+        for icon_path in (icon, "/favicon.ico"):
+            resp = await page.request.get(f"{base}{icon_path}")
             assert resp.status == 200 and resp.headers["content-type"] == "image/svg+xml"
             assert (await resp.body()).startswith(b"<svg")
         await screenshot(page, "desktop-completed")
@@ -214,7 +214,7 @@ async def test_renders_what_the_api_answers(
         await page.goto(base + "/")
 
         # Early, the ETA is "estimating…" when the API says its figure is a guess, or says
-        # nothing of its basis (an older server) while no file is done.
+        # nothing of its basis (an older server) while less than 10 % is done.
         assert early["completedFiles"] == 0, early
         await render(page, early)
         guess = early.get("etaBasis", "estimating") == "estimating"
@@ -223,6 +223,15 @@ async def test_renders_what_the_api_answers(
         await expect(page.locator("#estimating")).to_have_text("Time left: estimating…")
         await render(page, {**early, "etaBasis": "estimating", "estimatedCompletionAt": None})
         await expect(page.locator("#estimating")).to_be_visible()
+        # A server without etaBasis: its figure is shown from 10 % on, however many files are done.
+        older = {k: v for k, v in early.items() if k != "etaBasis"}
+        older["estimatedCompletionAt"] = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+        await render(page, {**older, "completedFiles": 2, "progress": 9})
+        await expect(page.locator("#estimating")).to_be_visible()
+        await render(page, {**older, "completedFiles": 2, "progress": 10})
+        await expect(page.locator("#eta-time")).to_have_text(re.compile(r"^5 min \("))
+        await expect(page.locator("#estimating")).to_be_hidden()
+        await render(page, early)
         await expect(file_item(page, 99_999)).to_contain_text(re.compile("pending|processing"))
         await expect(page.locator("#missing")).to_be_hidden()
 
