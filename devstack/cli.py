@@ -21,7 +21,7 @@ from workflows.names import fairness_flags, search_attribute_flags
 
 PROCFILE = Path(__file__).resolve().parent / "Procfile"
 
-# The local default's slow origin: 2.5–4 s before each file is read, so the README's demo job
+# The local default's slow origin: 2.5 to 4 s before each file is read, so the README's demo job
 # (every demo id and a missing one, 9 files) takes about 30 s and its progress can be
 # watched. Any of them set in the environment wins.
 LOCAL_DEFAULTS = {

@@ -408,13 +408,15 @@ async def test_polls_when_the_event_stream_is_unavailable(
 async def test_fits_a_phone(
     browser: Browser, env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    put_sources(store, settings, {10_001: 2000})
+    put_sources(store, settings, {10_001: 2000, 10_002: 300_000})
     async with (
         serve(settings) as (client, _),
-        build_worker(env.client, settings, store),
+        build_worker(env.client, slow_origin(settings, 1500), store),
         browsing(browser, viewport=PHONE, is_mobile=True, has_touch=True) as page,
     ):
-        await start(page, str(client.base_url), "10001 99999")
+        await start(page, str(client.base_url), "10001 10002 99999")
+        await expect(page.locator("#detail")).to_contain_text("1 of 3 files", timeout=FINISHED)
+        await screenshot(page, "phone-running")
         await expect(page.locator("#job-status")).to_have_text("completed", timeout=FINISHED)
         await expect(page.locator("#jobs li").first).to_be_visible()
         await expect(page.get_by_role("button", name="Copy the archive link")).to_be_visible()
