@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import math
 import random
 import time
@@ -33,7 +32,7 @@ from temporalio.exceptions import ApplicationError
 from activities.checkpoints import Checkpoints, last_progress
 from activities.joblog import AttemptLog, attempt_log
 from activities.prefetch import Prefetcher, Source
-from activities.publishing import ProgressFeed, heartbeat_seconds
+from activities.publishing import ProgressFeed
 from activities.storageerrors import (
     storage_failure,
     storage_retry,
@@ -373,9 +372,8 @@ class DownloadActivities:
             attempt.details,
             lambda: (attempt.bytes_done, attempt.file_index, len(attempt.missing)),
         )
-        spacing = functools.partial(heartbeat_seconds, self.publisher, self.settings)
         interval = self.settings.heartbeat_interval_seconds
-        async with heartbeating(attempt.details, interval, spacing), live:
+        async with live as feed, heartbeating(attempt.details, interval, feed.heartbeat_seconds):
             try:
                 async with prefetcher:
                     while attempt.file_index < len(attempt.sources):

@@ -9,7 +9,9 @@ thousand attempts cost a thousand comparisons, not a thousand timers.
 With the bus up, Temporal heartbeats drop to what durability needs: one per stored part and one
 every DURABLE_HEARTBEAT_SECONDS (at most a quarter of the heartbeat timeout) for lost-worker
 detection and cancellation. With the bus off or down, heartbeats carry progress every
-HEARTBEAT_INTERVAL_SECONDS as they always did.
+HEARTBEAT_INTERVAL_SECONDS as they always did. A message on the job's `.beat` subject (the API
+sends one when the job is being cancelled) brings that pace back for HURRY_SECONDS, so a cancel
+reaches the attempt at its next heartbeat within HEARTBEAT_INTERVAL_SECONDS.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from temporalio import activity
 
 from core.bus import Publisher
@@ -27,6 +32,7 @@ from core.config import Settings
 from workflows.models import PackageProgress, ProgressNotice, ProgressSummary
 
 KEEPALIVE_SECONDS = 1.0
+HURRY_SECONDS = 5.0
 # How often running attempts' positions are looked at.
 LOOK_SECONDS = 0.05
 _SUMMARY = set(ProgressSummary.model_fields)
@@ -52,6 +58,19 @@ class _Live:
     position: Callable[[], object]
     last: object = None
     sent_at: float = 0.0
+    hurry_until: float = 0.0
+
+
+class Attempt:
+    """What an attempt asks of the feed while it runs: how long between two heartbeats."""
+
+    def __init__(self, feed: ProgressFeed, live: _Live | None) -> None:
+        self.feed, self.live = feed, live
+
+    def heartbeat_seconds(self) -> float:
+        if self.live is not None and time.monotonic() < self.live.hurry_until:
+            return self.feed.settings.heartbeat_interval_seconds
+        return heartbeat_seconds(self.feed.publisher, self.feed.settings)
 
 
 class ProgressFeed:
@@ -69,24 +88,42 @@ class ProgressFeed:
         run_id: str | None,
         details: Callable[[], PackageProgress],
         position: Callable[[], object],
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[Attempt]:
         """Publish `details()` while the block runs (nothing without a publisher), then `ended`;
         `position()` is cheap and changes whenever the progress does. Publishing never waits
         and never fails the attempt."""
         if self.publisher is None:
-            yield
+            yield Attempt(self, None)
             return
         live = _Live(self.publisher.bus.subject(job_id), job_id, run_id, details, position)
         self._live[id(live)] = live
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         self._look(live, time.monotonic())
+        hurry = await self._listen(live)
         try:
-            yield
+            yield Attempt(self, live)
         finally:
             del self._live[id(live)]
             with contextlib.suppress(Exception):
                 self._send(live, ended=True)
+            if hurry is not None:
+                with contextlib.suppress(Exception):
+                    await hurry.unsubscribe()
+
+    async def _listen(self, live: _Live) -> Subscription | None:
+        """Interest in the job's `.beat` subject, while the bus is up."""
+        assert self.publisher is not None
+        if not self.publisher.connected:
+            return None
+
+        async def hurry(_: Msg) -> None:
+            live.hurry_until = time.monotonic() + HURRY_SECONDS
+
+        try:
+            return await self.publisher.bus.nc.subscribe(f"{live.subject}.beat", cb=hurry)
+        except nats.errors.Error:
+            return None
 
     def _send(self, live: _Live, ended: bool = False) -> None:
         assert self.publisher is not None

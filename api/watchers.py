@@ -265,6 +265,12 @@ class JobWatchers:
                 if watch.task is not None:
                     watch.task.cancel()
 
+    def hurry(self, job_id: str) -> None:
+        """Ask the job's running attempt, if it is on the bus, to heartbeat Temporal at the old
+        pace for a few seconds: a cancellation then reaches it at once."""
+        if self.bus is not None:
+            self.bus.publish(f"{self.bus.bus.subject(job_id)}.beat")
+
     def _wake_all(self) -> None:
         for watch in self._watches.values():
             watch.noticed.set()

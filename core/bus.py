@@ -215,6 +215,15 @@ class Subscriptions:
         if self.bus.connected:
             asyncio.create_task(self._subscribe(subject))  # noqa: RUF006 - ends by itself
 
+    def publish(self, subject: str, payload: bytes = b"") -> None:
+        """Send without waiting; nothing while the bus is down."""
+        if self.bus.connected and self.bus.nc.pending_data_size < PENDING_BYTES:
+            asyncio.create_task(self._publish(subject, payload))  # noqa: RUF006 - ends by itself
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self.bus.nc.publish(subject, payload)
+
     def remove(self, subject: str) -> None:
         self._wanted.pop(subject, None)
         sub = self._subs.pop(subject, None)

@@ -264,3 +264,28 @@ async def test_an_attempt_publishes_its_progress_and_heartbeats_for_durability(
     assert not any(n.ended for n in notices[:-1])
     # Progress went over the bus; Temporal heard from the attempt far less often.
     assert len(beats) < len(notices) / 2
+
+
+async def test_a_cancel_reaches_an_attempt_on_the_bus_at_once(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    """On the bus an attempt heartbeats every few seconds; cancelling asks it to hurry, so the
+    cancel route's answer (it waits up to 3 s for the job to end) says it is cancelled."""
+    durable = on_bus(settings, nats_server).model_copy(update={"heartbeat_timeout_seconds": 30})
+    live = slow_origin(durable, 1500)
+    ids = [10_001 + i for i in range(6)]
+    put_sources(store, live, dict.fromkeys(ids, 10_000))
+    async with serve(live) as (client, app), build_worker(env.client, live, store):
+        await bus_connected(app)
+        job_id = (await initiate(client, ids))["jobId"]
+        async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as stream:
+            events = sse_events(stream)
+            # The stream's watcher hears the worker's messages: the attempt is on the bus.
+            before = received()
+            async for event in events:
+                if event["data"]["status"] == "processing" and received() > before:
+                    break
+            resp = await client.delete(f"/v1/download/{job_id}")
+            assert resp.status_code == 200
+            assert resp.json()["status"] == "cancelled"
+            assert [e["event"] async for e in events][-1] == "cancelled"

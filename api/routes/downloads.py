@@ -108,6 +108,9 @@ async def file(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> Redi
     summary="Cancel a job",
 )
 async def cancel(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> CancelResponse:
+    await services.reads.describe(job_id, owner)  # the caller's job (404 otherwise)
+    # With the progress bus, a running attempt heartbeats seldom: it is asked to hurry.
+    services.watchers.hurry(job_id)
     record = await services.commands.cancel(job_id, owner)
     return CancelResponse(job_id=job_id, cancelled=True, status=record.view.status)
 
