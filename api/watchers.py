@@ -290,7 +290,10 @@ class JobWatchers:
         running = [PendingActivity(name=PACKAGE_ARCHIVE, started=True, progress=notice)]
         view = job_view(record.state, None, running)
         live = JobRecord(state=record.state, view=view, run_started=record.run_started)
-        watch.publish(live, self.snapshot(live))
+        if event_key(live) > watch.latest.key:  # else nothing new to encode (a keepalive)
+            watch.publish(live, self.snapshot(live))
+        else:
+            watch.record = live
         self.reads.offer(live)
 
     async def _run(self, job_id: str, owner: str, watch: _Watch) -> None:
