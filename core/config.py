@@ -30,6 +30,15 @@ class Compression(StrEnum):
     deflate = "deflate"
 
 
+class Process(StrEnum):
+    """Which process reads the settings: production checks what that process uses."""
+
+    api = "api"
+    worker = "worker"
+    # A one-shot tool (`download-stack seed`): only its storage credential matters.
+    tool = "tool"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
@@ -265,22 +274,32 @@ def _weak(secret: str | None) -> bool:
     )
 
 
-def production_problems(settings: Settings) -> list[str]:
-    """Why these settings are unsafe to expose, one line each (empty: safe enough to start)."""
+# X-Forwarded-For believed from networks wider than these would let nearly anyone choose the
+# address the rate limits and stream caps count.
+MIN_PROXY_PREFIX = {4: 8, 6: 48}
+MIN_API_KEY_CHARS = 32
+
+
+def production_problems(settings: Settings, process: Process | None = None) -> list[str]:
+    """Why these settings are unsafe to expose, one line each (empty: safe enough to start).
+
+    `process` limits the checks to what that process uses (None: every check)."""
+    api = process in (None, Process.api)
+    worker = process in (None, Process.worker)
     problems = []
-    if not settings.auth_enabled:
+    if api and not settings.auth_enabled:
         problems.append(
             "no authentication: set AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_API_KEYS"
         )
-    if _weak(settings.callback_secret):
+    if worker and _weak(settings.callback_secret):
         problems.append(
             f"CALLBACK_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
         )
-    if _weak(settings.auth_jwt_secret):
+    if api and _weak(settings.auth_jwt_secret):
         problems.append(
             f"AUTH_JWT_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
         )
-    if settings.stream_ticket_secret is None or _weak(settings.stream_ticket_secret):
+    if api and (settings.stream_ticket_secret is None or _weak(settings.stream_ticket_secret)):
         problems.append(
             f"STREAM_TICKET_SECRET must be set (the same on every API replica), at least "
             f"{MIN_SECRET_BYTES} bytes"
@@ -292,25 +311,75 @@ def production_problems(settings: Settings) -> list[str]:
         )
     if any(pair in DEFAULT_S3_CREDENTIALS or _weak(pair[1]) for pair in credentials):
         problems.append("S3 credentials are well-known defaults or a short secret")
-    if not settings.s3_public_endpoint:
+    if api and not settings.s3_public_endpoint:
         problems.append(
             "S3_PUBLIC_ENDPOINT is unset: download links would name the internal S3 endpoint"
+        )
+    if api:
+        problems.extend(_api_problems(settings))
+    if worker and settings.callback_allow_private:
+        problems.append(
+            "CALLBACK_ALLOW_PRIVATE=true: callbacks could reach the service's private network"
         )
     return problems
 
 
-def load_settings(**overrides: object) -> Settings:
+def _api_problems(settings: Settings) -> list[str]:
+    """The checks of what only the API uses: proxies, presigning, API keys, JWT claims."""
+    problems = []
+    broad = [
+        str(net)
+        for net in settings.trusted_proxy_networks
+        if net.prefixlen < MIN_PROXY_PREFIX[net.version]
+    ]
+    if broad:
+        problems.append(
+            f"TRUSTED_PROXIES is too broad ({', '.join(broad)}): name the proxies in front, "
+            f"IPv4 /{MIN_PROXY_PREFIX[4]} or narrower, IPv6 /{MIN_PROXY_PREFIX[6]} or narrower"
+        )
+    presign = settings.s3_presign_access_key_id
+    if not (presign and settings.s3_presign_secret_access_key):
+        problems.append(
+            "S3_PRESIGN_ACCESS_KEY_ID / S3_PRESIGN_SECRET_ACCESS_KEY unset: download links "
+            "must be signed by a read-only user"
+        )
+    elif presign == settings.s3_access_key_id:
+        problems.append(
+            "S3_PRESIGN_ACCESS_KEY_ID is the service's own S3 user: links must be signed by a "
+            "read-only user of their own"
+        )
+    short = [
+        key
+        for key in settings.api_keys
+        if not key.startswith("sha256:") and len(key) < MIN_API_KEY_CHARS
+    ]
+    if short:
+        problems.append(
+            f"AUTH_API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_CHARS} characters"
+        )
+    if settings.auth_jwt_public_key and not (
+        settings.auth_jwt_audience and settings.auth_jwt_issuer
+    ):
+        problems.append(
+            "AUTH_JWT_PUBLIC_KEY needs AUTH_JWT_AUDIENCE and AUTH_JWT_ISSUER: else any token "
+            "that key's issuer signed, for any service, is accepted"
+        )
+    return problems
+
+
+def load_settings(process: Process | None = None, **overrides: object) -> Settings:
     """Read settings; on a bad value exit with one clear line per variable, no traceback.
 
     With ENVIRONMENT=production, an unsafe configuration stops the process the same way, one
-    line per problem: the API and the worker refuse to start wide open.
+    line per problem: the API and the worker refuse to start wide open (each checked for what
+    it uses: `process`).
     """
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         print(describe_error(exc), file=sys.stderr)
         raise SystemExit(2) from None
-    problems = production_problems(settings)
+    problems = production_problems(settings, process)
     if settings.environment is Environment.production and problems:
         for problem in problems:
             print(f"unsafe production configuration: {problem}", file=sys.stderr)
