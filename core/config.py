@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         "memory://", pattern=r"^(memory://|(redis|rediss|memcached)://\S+)$"
     )
 
+    # --- per-owner quotas (counted in RATE_LIMIT_STORAGE_URI, like the rate limit) ---
+    # Jobs queued or processing at once, per owner; starts beyond get 429.
+    quota_active_jobs_per_owner: int = Field(100, ge=1)
+    # Files started (retries included) per owner per UTC day; starts beyond get 429.
+    quota_files_per_owner_per_day: int = Field(100_000, ge=1)
+    # How long Temporal's visibility may take to count a start: starts this recent are counted
+    # by the API itself.
+    quota_visibility_lag_seconds: int = Field(10, ge=1, le=3600)
+
     # --- auth (off unless a secret, public key or API keys are set) ---
     auth_jwt_secret: str | None = None
     auth_jwt_public_key: str | None = None

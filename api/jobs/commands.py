@@ -15,6 +15,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.errors import ApiError
 from api.jobs import RPC_TIMEOUT
+from api.jobs.quotas import OwnerQuotas
 from api.jobs.reads import JobReads
 from api.views import JobRecord
 from core.config import Settings
@@ -40,6 +41,7 @@ class JobCommands:
 
     def __init__(self, client: Client, settings: Settings, reads: JobReads) -> None:
         self.client, self.settings, self.reads = client, settings, reads
+        self.quotas = OwnerQuotas(client, settings)
 
     async def start(
         self,
@@ -50,7 +52,8 @@ class JobCommands:
         request_id: str | None,
         idempotency_key: str | None,
     ) -> JobRecord:
-        """Start the job's workflow; an id already in use returns that job (after a sanity check)."""
+        """Start the job's workflow within the owner's quotas; an id already in use returns that
+        job (after a sanity check)."""
         job_id = new_job_id(owner, idempotency_key)
         request = new_request(
             self.settings,
@@ -61,18 +64,34 @@ class JobCommands:
             request_id=request_id,
         )
         try:
+            admission = await self.quotas.admit(owner, len(request.file_ids))
+        except ApiError:
+            if idempotency_key is None:
+                raise
+            # A repeated request for a job that exists is answered, whatever the quota says.
+            with contextlib.suppress(ApiError):
+                return self._same_request(await self.reads.describe(job_id, owner), request)
+            raise
+        try:
             await start_download(self.client, self.settings, request)
         except WorkflowAlreadyStartedError:
-            record = await self.reads.describe(job_id, owner)
-            if [f.file_id for f in record.state.files] != request.file_ids:
-                raise ApiError(
-                    409, "idempotency_conflict", "Idempotency-Key was used for a different request"
-                ) from None
-            return record
+            await self.quotas.release(admission)
+            return self._same_request(await self.reads.describe(job_id, owner), request)
+        except BaseException:
+            await self.quotas.release(admission)
+            raise
         DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
         log.info("job started", jobId=job_id, files=len(request.file_ids), owner=owner)
         self.reads.snapshots.forget(job_id)
         return await self.reads.describe(job_id, owner)
+
+    @staticmethod
+    def _same_request(record: JobRecord, request: DownloadRequest) -> JobRecord:
+        if [f.file_id for f in record.state.files] != request.file_ids:
+            raise ApiError(
+                409, "idempotency_conflict", "Idempotency-Key was used for a different request"
+            )
+        return record
 
     async def retry(self, job_id: str, owner: str) -> JobRecord:
         """Run a failed or cancelled job again under the same id, with its original input."""
@@ -87,6 +106,7 @@ class JobCommands:
         request = original.model_copy(
             update={"created_at": datetime.now(UTC).replace(microsecond=0)}
         )
+        admission = await self.quotas.admit(owner, len(request.file_ids))
         try:
             # Only a run that did not complete may be replaced.
             await start_download(
@@ -96,7 +116,11 @@ class JobCommands:
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             )
         except WorkflowAlreadyStartedError:
-            pass  # retried concurrently by another request: report that run
+            # Retried concurrently by another request: report that run.
+            await self.quotas.release(admission)
+        except BaseException:
+            await self.quotas.release(admission)
+            raise
         else:
             DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
             log.info("job retried", jobId=job_id)
