@@ -11,7 +11,15 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from workflows.models import MAX_FILE_ID, MAX_FILES_PER_JOB, MIN_FILE_ID, FileStatus, JobStatus
+from workflows.models import (
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    MAX_FILE_ID,
+    MAX_FILES_PER_JOB,
+    MIN_FILE_ID,
+    FileStatus,
+    JobStatus,
+)
 
 FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
 
@@ -34,6 +42,14 @@ class InitiateRequest(BaseModel):
     file_ids: list[FileId] = Field(min_length=1, max_length=MAX_FILES_PER_JOB)
     callback_url: AnyHttpUrl | None = Field(
         None, description="POSTed a signed JSON notice when the job ends"
+    )
+    priority: int | None = Field(
+        None,
+        strict=True,
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="1 (most urgent) to 5; Temporal's task-queue priority key. Default 3, or the "
+        "caller's ceiling (PRIORITY_CEILING) when less urgent; more urgent than it is a 403",
     )
 
 
@@ -87,6 +103,7 @@ class JobView(JobProgress):
     archive_size: int | None = None
     error: str | None = None
     error_type: str | None = None
+    priority: int | None = Field(None, description="1 (most urgent) to 5")
 
 
 class JobLinks(CamelModel):
@@ -138,6 +155,7 @@ class JobSummary(CamelModel):
     created_at: datetime
     completed_at: datetime | None = None
     error: str | None = None
+    priority: int | None = None
 
 
 class JobList(CamelModel):

@@ -130,6 +130,7 @@ def _view(state: JobState, status: JobStatus, progress: ProgressSummary | None =
         archive_size=state.archive_size if status is JobStatus.completed else None,
         error=state.error if status in (JobStatus.failed, JobStatus.cancelled) else None,
         error_type=state.error_type if status is JobStatus.failed else None,
+        priority=state.priority,
     )
 
 

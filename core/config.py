@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1); owners
     # as jobs name them: `key:<name>` for API keys, `jwt:<sub>` for tokens.
     owner_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    # The most urgent priority (1 most urgent ... 5) a job may ask for, and owners' own
+    # ceilings as owner=priority pairs: a job asking for more is refused (403); one asking for
+    # none runs at 3, or at its owner's ceiling when that is less urgent.
+    priority_ceiling: int = Field(3, ge=1, le=5)
+    owner_priority_ceilings: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
 
     # --- worker ---
     worker_max_concurrent_activities: int = Field(20, ge=1)
@@ -234,6 +239,29 @@ class Settings(BaseSettings):
 
     def owner_weight(self, owner: str) -> float:
         return self.owner_weights.get(owner, 1.0)
+
+    @field_validator("owner_priority_ceilings", mode="before")
+    @classmethod
+    def _parse_priority_ceilings(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        ceilings: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            owner, _, priority = pair.rpartition("=")
+            if not owner:
+                raise ValueError(f"{pair!r} is not owner=priority")
+            ceilings[owner] = priority
+        return ceilings
+
+    @field_validator("owner_priority_ceilings")
+    @classmethod
+    def _priority_range(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(not 1 <= priority <= 5 for priority in value.values()):
+            raise ValueError("priorities are 1 (most urgent) to 5")
+        return value
+
+    def priority_ceiling_of(self, owner: str) -> int:
+        return self.owner_priority_ceilings.get(owner, self.priority_ceiling)
 
     @property
     def auth_enabled(self) -> bool:

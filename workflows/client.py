@@ -40,6 +40,7 @@ from workflows.models import (
 from workflows.names import (
     CLEANUP_SCHEDULE_ID,
     CLEANUP_WORKFLOW,
+    DOWNLOAD_PRIORITY,
     DOWNLOAD_STATUS,
     DOWNLOAD_WORKFLOW,
     FILE_COUNT,
@@ -102,6 +103,7 @@ def new_request(
     callback_url: str | None = None,
     request_id: str | None = None,
     compression: str | None = None,
+    priority: int | None = None,
 ) -> DownloadRequest:
     """A workflow input: ids deduplicated in their order, options from the settings."""
     return DownloadRequest(
@@ -112,6 +114,7 @@ def new_request(
         options=job_options(settings, compression),
         created_at=datetime.now(UTC).replace(microsecond=0),
         request_id=request_id,
+        priority=priority,
     )
 
 
@@ -124,6 +127,13 @@ async def start_download(
 ) -> WorkflowHandle[Any, JobState]:
     """Start the job's workflow with its initial memo and search attributes (readable at once)."""
     initial = JobState.for_request(request, JobStatus.queued)
+    attributes: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(DOWNLOAD_STATUS, JobStatus.queued.value),
+        SearchAttributePair(OWNER, request.owner),
+        SearchAttributePair(FILE_COUNT, len(request.file_ids)),
+    ]
+    if request.priority is not None:
+        attributes.append(SearchAttributePair(DOWNLOAD_PRIORITY, request.priority))
     return await client.start_workflow(
         DOWNLOAD_WORKFLOW,
         request,
@@ -131,17 +141,13 @@ async def start_download(
         task_queue=settings.temporal_task_queue,
         result_type=JobState,
         memo={STATE_MEMO_KEY: initial},
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(DOWNLOAD_STATUS, JobStatus.queued.value),
-                SearchAttributePair(OWNER, request.owner),
-                SearchAttributePair(FILE_COUNT, len(request.file_ids)),
-            ]
-        ),
+        search_attributes=TypedSearchAttributes(attributes),
         id_reuse_policy=id_reuse_policy,
         # Owners share workers fairly: the task queues dispatch round robin between fairness
-        # keys (weighted), and the job's activities inherit its key.
+        # keys (weighted), and the job's activities inherit its key. The priority key comes
+        # first (lower sooner); the activities inherit it too.
         priority=Priority(
+            priority_key=request.priority,
             fairness_key=fairness_key(request.owner),
             fairness_weight=settings.owner_weight(request.owner),
         ),

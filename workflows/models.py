@@ -32,6 +32,11 @@ ANONYMOUS_OWNER = "anonymous"
 
 FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
 
+# A job's priority is Temporal's task-queue priority key itself: 1 is dispatched first, 5 last,
+# 3 (Temporal's default) when none is asked for. Owners share workers fairly within a priority.
+HIGHEST_PRIORITY, DEFAULT_PRIORITY, LOWEST_PRIORITY = 1, 3, 5
+PriorityLevel = Annotated[int, Field(ge=HIGHEST_PRIORITY, le=LOWEST_PRIORITY)]
+
 
 class JobStatus(StrEnum):
     queued = "queued"
@@ -102,6 +107,8 @@ class DownloadRequest(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     created_at: datetime
     request_id: str | None = Field(default=None, max_length=128)
+    # Temporal's priority key of the run and its activities (None: Temporal's default).
+    priority: PriorityLevel | None = None
 
     @classmethod
     def checked(cls, payload: object, workflow_id: str) -> DownloadRequest:
@@ -144,6 +151,7 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     updated_at: datetime
     completed_at: datetime | None = None
+    priority: int | None = None
 
     @classmethod
     def for_request(
@@ -159,6 +167,7 @@ class JobState(BaseModel):
             created_at=request.created_at,
             started_at=started_at,
             updated_at=started_at or request.created_at,
+            priority=request.priority,
         )
 
     @property

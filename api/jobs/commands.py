@@ -22,7 +22,7 @@ from core.config import Settings
 from core.metrics import DOWNLOAD_JOBS
 from core.observability import get_logger
 from workflows.client import new_request, start_download
-from workflows.models import DownloadRequest, JobStatus
+from workflows.models import DEFAULT_PRIORITY, DownloadRequest, JobStatus
 
 log = get_logger("api.jobs")
 
@@ -51,9 +51,10 @@ class JobCommands:
         callback_url: str | None,
         request_id: str | None,
         idempotency_key: str | None,
+        priority: int | None = None,
     ) -> JobRecord:
-        """Start the job's workflow within the owner's quotas; an id already in use returns that
-        job (after a sanity check)."""
+        """Start the job's workflow within the owner's quotas and priority ceiling; an id
+        already in use returns that job (after a sanity check)."""
         job_id = new_job_id(owner, idempotency_key)
         request = new_request(
             self.settings,
@@ -62,6 +63,7 @@ class JobCommands:
             owner=owner,
             callback_url=callback_url,
             request_id=request_id,
+            priority=self._priority(owner, priority),
         )
         try:
             admission = await self.quotas.admit(owner, len(request.file_ids))
@@ -84,6 +86,21 @@ class JobCommands:
         log.info("job started", jobId=job_id, files=len(request.file_ids), owner=owner)
         self.reads.snapshots.forget(job_id)
         return await self.reads.describe(job_id, owner)
+
+    def _priority(self, owner: str, asked: int | None) -> int:
+        """The job's priority: as asked, within the owner's ceiling (1 is the most urgent)."""
+        ceiling = self.settings.priority_ceiling_of(owner)
+        if asked is None:
+            return max(DEFAULT_PRIORITY, ceiling)
+        if asked < ceiling:
+            raise ApiError(
+                403,
+                "priority_not_allowed",
+                f"priority {asked} is more urgent than this caller may ask for: {ceiling} to 5 "
+                "(1 is the most urgent)",
+                details={"ceiling": ceiling},
+            )
+        return asked
 
     @staticmethod
     def _same_request(record: JobRecord, request: DownloadRequest) -> JobRecord:

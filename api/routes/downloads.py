@@ -29,7 +29,7 @@ router = APIRouter(tags=["downloads"])
 @router.post(
     "/v1/download/initiate",
     response_model=InitiateResponse,
-    responses=error_responses(400, 401, 409, 413),
+    responses=error_responses(400, 401, 403, 409, 413),
     summary="Start a download job",
 )
 async def initiate(
@@ -45,6 +45,7 @@ async def initiate(
         callback_url=str(body.callback_url) if body.callback_url else None,
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
+        priority=body.priority,
     )
     return _started(record, services.reads.pace, total_file_ids=len(body.file_ids))
 
