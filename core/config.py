@@ -332,7 +332,8 @@ def production_problems(settings: Settings, process: Process | None = None) -> l
         problems.append(
             f"CALLBACK_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
         )
-    if api and _weak(settings.auth_jwt_secret):
+    # Empty (compose's `${AUTH_JWT_SECRET:-}` with API keys alone) is unset.
+    if api and _weak(settings.auth_jwt_secret or None):
         problems.append(
             f"AUTH_JWT_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
         )
