@@ -1005,6 +1005,10 @@ def test_minio_users_are_allowed_only_what_they_do() -> None:
         ("arn:aws:s3:::BUCKET/archives/*"),
     )
     read = {sources, archives}
+    # The prefixes are those of the key templates compose leaves at their defaults.
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert defaults.source_key(10_001).startswith(sources.rsplit("/", 2)[-2] + "/")
+    assert defaults.s3_archive_key_template.startswith(archives.rsplit("/", 2)[-2] + "/")
     assert allowed(policy("api-policy.json")) == {"s3:HeadBucket": {bucket}, "s3:GetObject": read}
     assert allowed(policy("reader-policy.json")) == {"s3:GetObject": read}
     prefix = json.dumps({"StringLike": {"s3:prefix": ["archives/*"]}}, sort_keys=True)
