@@ -920,7 +920,8 @@ def test_the_api_trusts_nginx_alone_and_no_secret_has_a_default() -> None:
         assert default not in text, default
     for name, secrets_used in USED_SECRETS.items():
         env = environment(services()[name])
-        for secret in secrets_used - {"AUTH_JWT_SECRET", "AUTH_API_KEYS"}:
+        optional = {"AUTH_JWT_SECRET", "AUTH_API_KEYS", "PAYLOAD_ENCRYPTION_KEYS"}
+        for secret in secrets_used - optional:
             assert env[secret].startswith("${") and ":?" in env[secret], (name, secret)
         assert env["ENVIRONMENT"] == "production"
 
@@ -934,6 +935,7 @@ SECRET_SETTINGS = {
     "CALLBACK_SECRET",
     "S3_SECRET_ACCESS_KEY",
     "S3_PRESIGN_SECRET_ACCESS_KEY",
+    "PAYLOAD_ENCRYPTION_KEYS",
 }
 USED_SECRETS = {
     "api": {
@@ -942,8 +944,9 @@ USED_SECRETS = {
         "STREAM_TICKET_SECRET",
         "S3_SECRET_ACCESS_KEY",
         "S3_PRESIGN_SECRET_ACCESS_KEY",
+        "PAYLOAD_ENCRYPTION_KEYS",
     },
-    "worker": {"CALLBACK_SECRET", "S3_SECRET_ACCESS_KEY"},
+    "worker": {"CALLBACK_SECRET", "S3_SECRET_ACCESS_KEY", "PAYLOAD_ENCRYPTION_KEYS"},
     "seed": {"S3_SECRET_ACCESS_KEY"},
 }
 # Which MinIO user's credentials each app service holds, and that user's policy.

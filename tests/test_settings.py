@@ -118,6 +118,7 @@ SAFE_PRODUCTION = {
     "S3_PRESIGN_ACCESS_KEY_ID": "downloads-reader",
     "S3_PRESIGN_SECRET_ACCESS_KEY": "r" * 40,
     "S3_PUBLIC_ENDPOINT": "https://files.example.test",
+    "TEMPORAL_TRUSTED_NETWORK": "true",
 }
 
 
@@ -132,9 +133,18 @@ SAFE_PRODUCTION = {
                 "S3 credentials",
                 "S3_PUBLIC_ENDPOINT",
                 "S3_PRESIGN_ACCESS_KEY_ID",
+                "TEMPORAL_TRUSTED_NETWORK",
             ],
         ),
-        ("download-worker", ["CALLBACK_SECRET", "S3 credentials", "CALLBACK_ALLOW_PRIVATE"]),
+        (
+            "download-worker",
+            [
+                "CALLBACK_SECRET",
+                "S3 credentials",
+                "CALLBACK_ALLOW_PRIVATE",
+                "TEMPORAL_TRUSTED_NETWORK",
+            ],
+        ),
     ],
 )
 def test_production_refuses_to_start_unsafe(entry_point: str, expected: list[str]) -> None:
@@ -221,7 +231,8 @@ def test_each_process_is_asked_for_what_it_uses(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("S3_ACCESS_KEY_ID", "downloads-worker")
     monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "w" * 40)
-    assert load_settings(Process.tool, _env_file=None)
+    assert load_settings(Process.tool, _env_file=None)  # reaches no Temporal: plaintext or not
+    monkeypatch.setenv("TEMPORAL_TRUSTED_NETWORK", "true")
     with pytest.raises(SystemExit):
         load_settings(Process.worker, _env_file=None)  # CALLBACK_SECRET is the example value
     monkeypatch.setenv("CALLBACK_SECRET", "c" * 40)
