@@ -81,9 +81,18 @@ def last_progress(details: Sequence[Any]) -> PackageProgress | None:
 class Checkpoints:
     """Reads and writes the checkpoints of one archive; calls S3 through `run_io`."""
 
-    def __init__(self, store: ObjectStore, archive_key: str, run_io: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        archive_key: str,
+        run_io: Callable[..., Any],
+        *,
+        part_key: Callable[[int], str] | None = None,
+    ) -> None:
+        # One checkpoint per job, beside its (first) archive; `part_key(n)` names part n.
         self.store, self.archive_key, self.run_io = store, archive_key, run_io
         self.key = checkpoint_key(archive_key)
+        self.part_key = part_key or (lambda _: archive_key)
 
     async def save(self, checkpoint: Checkpoint) -> ResumePointer:
         """Keep `checkpoint` (whose parts are stored) in S3; the pointer to heartbeat."""
@@ -162,12 +171,19 @@ class Checkpoints:
         return await self._verified(kept, None)
 
     async def _verified(self, checkpoint: Checkpoint, parts: Parts | None) -> Checkpoint | None:
-        """`checkpoint` with its parts' ETags, if S3 holds exactly those parts."""
+        """`checkpoint` with its parts' ETags, if S3 holds exactly those parts. A checkpoint at
+        the start of an archive part names no upload; one whose archive part is complete
+        (finished writer, upload gone, object of that size stored) is marked `part_stored`."""
+        if not checkpoint.upload_id:
+            return checkpoint
+        key = self.part_key(checkpoint.part)
         try:
-            stored = await self.run_io(
-                self.store.list_parts, self.archive_key, checkpoint.upload_id
-            )
+            stored = await self.run_io(self.store.list_parts, key, checkpoint.upload_id)
         except UploadGone:
+            if checkpoint.writer.get("finished") is True:
+                info = await self.run_io(self.store.stat_or_none, key)
+                if info is not None and info.size == checkpoint.writer.get("offset"):
+                    return checkpoint.model_copy(update={"parts": [], "part_stored": True})
             return None  # expired or aborted: start over
         if parts is None:
             count = checkpoint.part_count or 0
@@ -180,10 +196,12 @@ class Checkpoints:
         elif any(stored.get(number) != etag for number, etag in parts):
             parts = None
         if parts is None:
-            await self._abort(checkpoint.upload_id)
+            await self._abort(checkpoint.upload_id, key)
             return None
         return checkpoint.model_copy(update={"parts": parts})
 
-    async def _abort(self, upload_id: str) -> None:
+    async def _abort(self, upload_id: str, key: str | None = None) -> None:
+        if not upload_id:
+            return
         with contextlib.suppress(StorageError):
-            await self.run_io(self.store.abort_upload, self.archive_key, upload_id)
+            await self.run_io(self.store.abort_upload, key or self.archive_key, upload_id)

@@ -49,6 +49,7 @@ class JobCommands:
         callback_url: str | None,
         request_id: str | None,
         idempotency_key: str | None,
+        max_archive_bytes: int | None = None,
     ) -> JobRecord:
         """Start the job's workflow; an id already in use returns that job (after a sanity check)."""
         job_id = new_job_id(owner, idempotency_key)
@@ -59,6 +60,7 @@ class JobCommands:
             owner=owner,
             callback_url=callback_url,
             request_id=request_id,
+            max_archive_bytes=max_archive_bytes,
         )
         try:
             await start_download(self.client, self.settings, request)
