@@ -368,7 +368,11 @@ class DownloadActivities:
         async with heartbeating(details, self.settings.heartbeat_interval_seconds):
             return ResolveResult(files=await self._resolve(request.file_ids, count))
 
-    async def _resolve(self, file_ids: list[int], on_done: Callable[[], None]) -> list[FileState]:
+    async def _resolve(
+        self, file_ids: list[int], on_done: Callable[[], None], *, raw: bool = False
+    ) -> list[FileState]:
+        """Every id's size, or why it is unavailable; storage errors as `ApplicationError`s, or
+        as they are with `raw`."""
         limit = asyncio.Semaphore(16)
 
         async def resolve(file_id: int) -> FileState:
@@ -381,12 +385,22 @@ class DownloadActivities:
                 except ObjectNotFound:
                     return not_found(file_id, key)
                 except StorageError as exc:
+                    if raw:
+                        raise
                     raise storage_failure(exc) from exc
                 finally:
                     on_done()
             return FileState(file_id=file_id, key=key, size=info.size)
 
         return list(await asyncio.gather(*(resolve(i) for i in file_ids)))
+
+    async def _resolve_for_parts(self, file_ids: list[int]) -> list[FileState]:
+        """Every id resolved before an archive in parts is cut; "not found" is believed only once
+        the bucket answers (see `_bucket_answers`)."""
+        resolved = await self._resolve(file_ids, lambda: None, raw=True)
+        if any(f.error_type == ErrorType.file_not_found.value for f in resolved):
+            await self._io(self.store.confirm_bucket)
+        return resolved
 
     # ------------------------------------------------------------------ package
     @activity.defn(name=PACKAGE_ARCHIVE)
@@ -418,7 +432,7 @@ class DownloadActivities:
                 checkpoint = None
             if checkpoint is None and request.max_archive_bytes and request.file_ids is not None:
                 # Parts are cut by the sources' sizes: every id is resolved before packaging.
-                resolved = await self._resolve(request.file_ids, lambda: None)
+                resolved = await self._resolve_for_parts(request.file_ids)
                 if not available_sources(resolved):
                     raise nothing_to_package(resolved)
         except StorageError as exc:
@@ -435,7 +449,7 @@ class DownloadActivities:
             await checkpoints.drop(checkpoint.upload_id)
             checkpoint = None
             if request.max_archive_bytes and request.file_ids is not None:
-                resolved = await self._resolve(request.file_ids, lambda: None)
+                resolved = await self._resolve_for_parts(request.file_ids)
             attempt = self._start_or_restore(request, None, progress, resolved)
         attempt.run_id = info.workflow_run_id
         attempt.job_id, attempt.mtime = request.job_id, request.mtime
