@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import random
 import shutil
 import subprocess
 import zipfile
@@ -16,7 +17,9 @@ import pytest
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.testing import ActivityEnvironment
 
+from activities import digests
 from activities.checkpoints import decode
+from activities.digests import FileDigest
 from activities.packaging import DownloadActivities
 from core.config import Settings
 from core.storage import ObjectStore
@@ -142,3 +145,29 @@ async def test_a_digest_cut_mid_file_is_finished_by_the_resumed_attempt(
     await whole.run(acts.package_archive, _request(list(sizes)))
     again = b"".join(store.read(settings.archive_key("m", "other-run")))
     assert b"".join(store.read(key)) == again
+
+
+@pytest.mark.parametrize("kind", ["openssl", "bcon"])
+@pytest.mark.parametrize("cut", [0, 1, 63, 64, 65, 4097, 99_999])
+def test_a_saved_digest_state_continues_in_another_object(
+    monkeypatch: pytest.MonkeyPatch, kind: str, cut: int
+) -> None:
+    if kind == "openssl" and digests.implementation() != "openssl":
+        pytest.skip("this Python's libcrypto exports no SHA256_Update")
+    monkeypatch.setattr(digests, "implementation", lambda: kind)
+    data = random.Random(cut).randbytes(100_000)
+    first = FileDigest()
+    first.update(data[:cut])
+    state = first.state()
+    assert state.startswith(f"{kind}:")
+    resumed = FileDigest.restore(state, cut)
+    assert resumed is not None
+    resumed.update(data[cut:])
+    first.update(data[cut:])
+    assert resumed.hexdigest() == first.hexdigest() == hashlib.sha256(data).hexdigest()
+    # Not a state of that offset, or of another implementation: the digest stays unknown.
+    assert FileDigest.restore(state, cut + 1) is None
+    other = "bcon" if kind == "openssl" else "openssl"
+    assert FileDigest.restore(state.replace(kind, other, 1), cut) is None
+    assert FileDigest.restore(f"{kind}:not base64!", cut) is None
+    assert FileDigest.restore(None, 0) is not None and FileDigest.restore(None, cut + 1) is None
