@@ -130,6 +130,12 @@ class Checkpoints:
         if progress is None or progress.resume is None:
             return await self._unannounced(run_id) if run_id is not None else None
         kept = await self._load(progress.resume)
+        if kept is None and run_id is not None:
+            # The object may have moved on to another upload (the next part of an archive in
+            # parts) while the heartbeat naming it had not reached Temporal yet.
+            kept = await self._unannounced(run_id)
+            if kept is not None:
+                return kept
         if kept is None:
             await self._abort(progress.resume.upload_id)
             return None

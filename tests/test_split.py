@@ -242,3 +242,47 @@ async def test_the_api_returns_one_url_per_part(
     assert [len(p) for p in parts] == part_sizes
     held = [zipfile.ZipFile(io.BytesIO(p)).namelist() for p in parts]
     assert held == [["manifest.json", "10001.zip"], ["manifest.json", "10002.zip", "10003.zip"]]
+
+
+async def test_a_heartbeat_left_behind_in_part_one_still_resumes_part_two(
+    settings: Settings, store: ObjectStore
+) -> None:
+    """The last heartbeat Temporal holds points into part 1 (later ones were lost with the
+    worker), while the checkpoint object is in part 2: the retried attempt resumes part 2."""
+    limit = 12 * MIB
+    sizes = {10_001: 6 * MIB, 10_002: 5 * MIB, 10_003: 8 * MIB, 10_004: 3 * MIB}
+    sources = put_sources(store, settings, sizes)
+    acts = DownloadActivities(store, settings)
+    checkpoint_key = settings.archive_key("s", "test-run") + ".checkpoint"
+    first = ActivityEnvironment()
+    beats: list[PackageProgress] = []
+    cut: list[Checkpoint] = []
+
+    def on_beat(*details: Any) -> None:
+        progress: PackageProgress = details[0]
+        if progress.resume is None or cut:
+            return
+        beats.append(progress)
+        kept = decode(b"".join(store.read(checkpoint_key)))
+        if kept is not None and kept.part == 2 and kept.upload_id and kept.part_count:
+            cut.append(kept)
+            first.cancel(ActivityCancellationDetails(timed_out=True))
+
+    first.on_heartbeat = on_beat
+    with pytest.raises(asyncio.CancelledError):
+        await first.run(acts.package_archive, _request(list(sizes), limit))
+    (kept,) = cut
+    in_part_one = beats[0]
+    assert in_part_one.resume is not None and in_part_one.resume.upload_id not in (
+        "",
+        kept.upload_id,
+    )
+
+    retried = ActivityEnvironment()
+    retried.info = dataclasses.replace(
+        retried.info, heartbeat_details=[in_part_one.model_dump(mode="json")], attempt=2
+    )
+    result = await retried.run(acts.package_archive, _request(list(sizes), limit))
+    part_one_bytes = sizes[10_001] + sizes[10_002]
+    assert result.source_bytes_read == sum(sizes.values()) - part_one_bytes - kept.file_offset
+    _assert_parts_hold(_parts(store, result), sources, [[10_001, 10_002], [10_003, 10_004]])
