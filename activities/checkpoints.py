@@ -18,6 +18,13 @@ or the network was away) has done the work, and the attempt retried in its place
 result instead of packaging again. Whole checkpoints heartbeated by earlier workers are still
 resumed from.
 
+An archive in parts keeps one checkpoint, beside its first part. It names the part being
+written and the parts completed before it; at the start of each part it is written once with no
+upload (the part's first bytes are not stored yet), and a part whose upload S3 says is gone is
+taken as complete if its object has the size the finished writer says. A retried attempt whose
+last heartbeat names an earlier upload (the object moved on to the next part before that
+heartbeat reached Temporal) adopts the object if its run wrote it.
+
 A checkpoint or upload that S3 says is gone is only taken for gone once the bucket answers: a
 storage server that is going down may answer "not found" for everything.
 """
