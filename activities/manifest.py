@@ -91,17 +91,25 @@ def manifest(
     part_files: Sequence[Sequence[int]],
     files: Sequence[FileLine],
 ) -> bytes:
-    """The manifest's bytes: the same for the same arguments, so a resumed archive is the same."""
-    document: dict[str, object] = {
-        "manifestVersion": MANIFEST_VERSION,
-        "jobId": job_id,
-        "createdAt": created_at.isoformat() if created_at is not None else None,
-        "part": part,
-        "parts": len(part_files),
-        "files": [line.json() for line in files],
-    }
+    """The manifest's bytes: the same for the same arguments, so a resumed archive is the same.
+    JSON with one line per field and per file, easy to read with `unzip -p`."""
+    fields: list[tuple[str, object]] = [
+        ("manifestVersion", MANIFEST_VERSION),
+        ("jobId", job_id),
+        ("createdAt", created_at.isoformat() if created_at is not None else None),
+        ("part", part),
+        ("parts", len(part_files)),
+    ]
+    lists: list[tuple[str, list[dict[str, object]]]] = [("files", [line.json() for line in files])]
     if len(part_files) > 1:
-        document["partFiles"] = [
-            {"part": number, "fileIds": list(ids)} for number, ids in enumerate(part_files, 1)
-        ]
-    return (json.dumps(document, indent=1) + "\n").encode()
+        lists.append(
+            (
+                "partFiles",
+                [{"part": n, "fileIds": list(ids)} for n, ids in enumerate(part_files, 1)],
+            )
+        )
+    rows = [f" {json.dumps(name)}: {json.dumps(value)}" for name, value in fields]
+    for name, items in lists:
+        inner = ",\n".join(f"  {json.dumps(item)}" for item in items)
+        rows.append(f" {json.dumps(name)}: [\n{inner}\n ]" if items else f" {json.dumps(name)}: []")
+    return ("{\n" + ",\n".join(rows) + "\n}\n").encode()
