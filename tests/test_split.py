@@ -25,8 +25,12 @@ from tests.helpers import (
     api_client,
     archive_manifest,
     assert_error,
+    package_results,
     put_sources,
+    slow_origin_env,
+    start_job,
     wait_for,
+    worker_process,
 )
 from worker import build_worker
 from workflows.models import Checkpoint, PackageInput, PackageProgress, PackageResult
@@ -286,3 +290,41 @@ async def test_a_heartbeat_left_behind_in_part_one_still_resumes_part_two(
     part_one_bytes = sizes[10_001] + sizes[10_002]
     assert result.source_bytes_read == sum(sizes.values()) - part_one_bytes - kept.file_offset
     _assert_parts_hold(_parts(store, result), sources, [[10_001, 10_002], [10_003, 10_004]])
+
+
+async def test_a_worker_process_killed_in_part_two_leaves_part_one_as_stored(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    subprocess_env: dict[str, str],
+) -> None:
+    """A worker process SIGKILLed while writing part 2: the next worker completes the job from
+    part 2's checkpoint; part 1 is the object the first worker stored, none of its files read
+    again."""
+    sizes = {10_000 + i: 6 * MIB + i for i in range(1, 6)}
+    sources = put_sources(store, settings, sizes)
+    ids = list(sizes)
+    with worker_process(slow_origin_env(subprocess_env, 400)):
+        handle = await start_job(env.client, settings, ids, max_archive_bytes=13 * MIB)
+        run_id = (await handle.describe()).run_id
+        first_key = settings.archive_key(handle.id, run_id)
+
+        async def in_part_two() -> Checkpoint | None:
+            data = store.stat_or_none(f"{first_key}.checkpoint") and b"".join(
+                store.read(f"{first_key}.checkpoint")
+            )
+            kept = decode(data) if data else None
+            return kept if kept and kept.part == 2 and kept.upload_id else None
+
+        kept = await wait_for(in_part_two, timeout=60)
+        part_one = store.stat(first_key)
+    # The worker is killed on leaving the block: no chance to checkpoint or hand over.
+
+    async with build_worker(env.client, settings, store):
+        state = await handle.result()
+    assert state.archive_sizes is not None and len(state.archive_sizes) == 3
+    result = await package_results(env.client, handle)
+    assert store.stat(first_key) == part_one
+    part_one_bytes = sizes[ids[0]] + sizes[ids[1]]
+    assert result.source_bytes_read <= sum(sizes.values()) - part_one_bytes - kept.file_offset
+    _assert_parts_hold(_parts(store, result), sources, [ids[:2], ids[2:4], ids[4:]])
