@@ -79,15 +79,17 @@ def _assert_parts_hold(
             assert line["size"] == len(data)
 
 
+@pytest.mark.parametrize("compression", ["stored", "deflate"])
 async def test_parts_are_standalone_zips_within_the_limit(
-    settings: Settings, store: ObjectStore
+    settings: Settings, store: ObjectStore, compression: str
 ) -> None:
     limit = 7 * MIB
     sizes = {10_001: 3 * MIB, 10_002: 3 * MIB, 10_003: 3 * MIB, 10_004: 9 * MIB, 10_005: MIB}
     sources = put_sources(store, settings, sizes)
     requested = [10_001, 99_999, 10_002, 10_003, 10_004, 10_005]
     acts = DownloadActivities(store, settings)
-    result = await ActivityEnvironment().run(acts.package_archive, _request(requested, limit))
+    request = _request(requested, limit).model_copy(update={"compression": compression})
+    result = await ActivityEnvironment().run(acts.package_archive, request)
 
     assert [p.key for p in result.parts] == [
         settings.archive_key("s", "test-run", n) for n in (1, 2, 3, 4)
