@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.checkpoints import Checkpoints, decode
+from activities.digests import FileDigest
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities, _Attempt
 from activities.prefetch import Source
@@ -39,6 +40,7 @@ from tests.helpers import (
 )
 from workflows.errors import ErrorType
 from workflows.models import (
+    ArchivePart,
     Checkpoint,
     FileState,
     FileStatus,
@@ -423,6 +425,14 @@ def test_heartbeat_stays_small_at_9000_parts_and_1000_files(plain_settings: Sett
             bytes_done=(999 - missing) * (5 << 20),
             current_file=ids[-1],
             pointer=ResumePointer(upload_id="u" * 128, parts=9000),
+            # Digests and completed parts stay in the checkpoint object, out of the heartbeat.
+            digests={i: "f" * 64 for i in ids[:999]},
+            digest=FileDigest(),
+            part=40,
+            parts_done=[
+                ArchivePart(number=n, key=f"archives/{'j' * 200}.part{n}.zip", size=1 << 30)
+                for n in range(1, 40)
+            ],
         )
         (payload,) = pydantic_data_converter.payload_converter.to_payloads([attempt.details()])
         assert len(payload.data) < 16_000, f"{len(payload.data)} bytes with {missing} missing"
