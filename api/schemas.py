@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from core import bounds
 from workflows.models import (
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
@@ -51,6 +52,13 @@ class InitiateRequest(BaseModel):
         description="1 (most urgent) to 5; Temporal's task-queue priority key. Default 3, or the "
         "caller's ceiling (PRIORITY_CEILING) when less urgent; more urgent than it is a 403",
     )
+    max_archive_bytes: int | None = Field(
+        None,
+        ge=bounds.MIN_ARCHIVE_BYTES,
+        le=bounds.MAX_ARCHIVE_BYTES,
+        description="split the archive into standalone zips of at most this many bytes "
+        "(a file larger than that makes a part of its own); at most MAX_ARCHIVE_BYTES_LIMIT",
+    )
 
 
 class FileRequest(BaseModel):
@@ -71,6 +79,7 @@ class FileView(BaseModel):
     size: int | None = None
     error: str | None = None
     download_url: str | None = Field(default=None, serialization_alias="downloadUrl")
+    sha256: str | None = Field(default=None, description="SHA-256 (hex) of a completed file")
 
 
 class JobProgress(CamelModel):
@@ -101,6 +110,11 @@ class JobView(JobProgress):
     download_url: str | None = None
     expires_at: datetime | None = None
     archive_size: int | None = None
+    download_urls: list[str] | None = Field(
+        default=None,
+        description="one presigned URL per archive part (a single archive: [downloadUrl])",
+    )
+    archive_sizes: list[int] | None = Field(default=None, description="bytes of each part")
     error: str | None = None
     error_type: str | None = None
     priority: int | None = Field(None, description="1 (most urgent) to 5")

@@ -47,6 +47,8 @@ class JobRecord:
     state: JobState
     view: JobView
     run_started: datetime
+    # The run described: a completed run's archive keys are derived from it.
+    run_id: str | None = None
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -128,6 +130,7 @@ def _view(state: JobState, status: JobStatus, progress: ProgressSummary | None =
         completed_at=state.completed_at if status.terminal else None,
         estimated_completion_at=eta,
         archive_size=state.archive_size if status is JobStatus.completed else None,
+        archive_sizes=state.archive_sizes if status is JobStatus.completed else None,
         error=state.error if status in (JobStatus.failed, JobStatus.cancelled) else None,
         error_type=state.error_type if status is JobStatus.failed else None,
         priority=state.priority,
@@ -135,7 +138,13 @@ def _view(state: JobState, status: JobStatus, progress: ProgressSummary | None =
 
 
 def _file(f: FileState) -> FileView:
-    return FileView(file_id=f.file_id, status=f.status, size=f.size, error=f.error)
+    return FileView(
+        file_id=f.file_id,
+        status=f.status,
+        size=f.size,
+        error=f.error,
+        sha256=f.sha256 if f.status is FileStatus.completed else None,
+    )
 
 
 def _files_with_progress(

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     presign_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
     archive_ttl_hours: float = Field(24.0, gt=0)
     archive_compression: Compression = Compression.stored
+    # The largest `max_archive_bytes` a job may ask for (its archive then comes in parts).
+    max_archive_bytes_limit: bounds.ArchiveBytes = 50 << 30
 
     # --- temporal ---
     temporal_address: str = "localhost:7233"
@@ -352,8 +354,18 @@ class Settings(BaseSettings):
     def source_key(self, file_id: int) -> str:
         return self.s3_source_key_template.format(file_id=file_id)
 
-    def archive_key(self, job_id: str) -> str:
-        return self.s3_archive_key_template.format(job_id=job_id)
+    def archive_key(self, job_id: str, run_id: str | None = None, part: int = 1) -> str:
+        """The archive of a job's run, part `part`: `archives/J.zip` (runs of earlier versions),
+        `archives/J.<run id>.zip`, `archives/J.<run id>.part2.zip`, ..."""
+        key = self.s3_archive_key_template.format(job_id=job_id)
+        if run_id is None and part == 1:
+            return key
+        stem, ext = (key[:-4], ".zip") if key.endswith(".zip") else (key, "")
+        if run_id:
+            stem += f".{run_id}"
+        if part > 1:
+            stem += f".part{part}"
+        return stem + ext
 
 
 def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:

@@ -95,8 +95,11 @@ async def connect(
             delay = min(delay * 2, 5.0)
 
 
-def job_options(settings: Settings, compression: str | None = None) -> JobOptions:
-    """Per-job options fixed at start from the deployment's settings."""
+def job_options(
+    settings: Settings, compression: str | None = None, max_archive_bytes: int | None = None
+) -> JobOptions:
+    """Per-job options fixed at start from the deployment's settings (and the caller's
+    archive part size)."""
     return JobOptions(
         compression=compression or settings.archive_compression.value,  # type: ignore[arg-type]
         retry=RetryOptions(
@@ -107,6 +110,7 @@ def job_options(settings: Settings, compression: str | None = None) -> JobOption
         ),
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         deadline_seconds=settings.job_deadline_minutes * 60,
+        max_archive_bytes=max_archive_bytes,
     )
 
 
@@ -120,6 +124,7 @@ def new_request(
     request_id: str | None = None,
     compression: str | None = None,
     priority: int | None = None,
+    max_archive_bytes: int | None = None,
 ) -> DownloadRequest:
     """A workflow input: ids deduplicated in their order, options from the settings."""
     return DownloadRequest(
@@ -127,7 +132,7 @@ def new_request(
         owner=owner,
         file_ids=list(dict.fromkeys(file_ids)),
         callback_url=callback_url,
-        options=job_options(settings, compression),
+        options=job_options(settings, compression, max_archive_bytes),
         created_at=datetime.now(UTC).replace(microsecond=0),
         request_id=request_id,
         priority=priority,

@@ -91,6 +91,8 @@ class JobOptions(BaseModel):
         ge=bounds.MIN_DEADLINE_MINUTES * 60,
         le=bounds.MAX_DEADLINE_MINUTES * 60,
     )
+    # Split the archive into standalone zips of at most this many bytes (None: one archive).
+    max_archive_bytes: bounds.ArchiveBytes | None = None
 
 
 class DownloadRequest(BaseModel):
@@ -130,6 +132,8 @@ class FileState(BaseModel):
     size: int | None = None
     error: str | None = None
     error_type: str | None = None
+    # SHA-256 (hex) of the file's bytes, once it is in the archive.
+    sha256: str | None = None
 
 
 class JobState(BaseModel):
@@ -144,6 +148,9 @@ class JobState(BaseModel):
     current_file: int | None = None
     archive_key: str | None = None
     archive_size: int | None = None
+    # Bytes of each archive part, in order (set by runs whose keys carry the run id; their
+    # part keys are `Settings.archive_key(job_id, run_id, n)`).
+    archive_sizes: list[int] | None = None
     error: str | None = None
     error_type: str | None = None
     callback_url: str | None = None
@@ -219,6 +226,19 @@ class PackageInput(BaseModel):
     # The budget of attempts that fail on storage errors, counted by the activity itself (lost
     # workers and deploy hand-overs use none of it); unset, Temporal's policy counts every attempt.
     storage_retry: RetryOptions | None = None
+    # Archive parts of at most this many bytes, each a standalone zip (None: one archive).
+    max_archive_bytes: bounds.ArchiveBytes | None = None
+    # Set by current workflows: archives are keyed by the run too,
+    # `Settings.archive_key(job_id, run_id, part)`; runs of earlier versions keep `archive_key(job_id)`.
+    keys_per_run: bool = False
+
+
+class ArchivePart(BaseModel):
+    """One archive of a job, complete in S3: its number (from 1), key and size."""
+
+    number: int
+    key: str
+    size: int
 
 
 class Checkpoint(BaseModel):
@@ -249,6 +269,15 @@ class Checkpoint(BaseModel):
     # The workflow run that wrote it: an attempt whose heartbeat holds no pointer adopts only a
     # checkpoint of its own run.
     run_id: str | None = None
+    # SHA-256 of every file written so far (file id -> hex), and the resumable SHA-256 state
+    # of the one being written (`activities.digests`).
+    digests: dict[int, str] = Field(default_factory=dict)
+    digest_state: str | None = None
+    # The archive part being written (from 1), and the parts completed before it.
+    part: int = 1
+    archive_parts: list[ArchivePart] = Field(default_factory=list)
+    # This part's upload is complete already (found so on resume): it is only recorded.
+    part_stored: bool = False
 
 
 class ProgressSummary(BaseModel):
@@ -297,6 +326,9 @@ class PackageResult(BaseModel):
     # Archive offset this attempt resumed from (0 = started fresh) and source bytes it read.
     resumed_from: int = 0
     source_bytes_read: int = 0
+    # SHA-256 of every packaged file (file id -> hex); every archive part, first = archive_key.
+    digests: dict[int, str] = Field(default_factory=dict)
+    parts: list[ArchivePart] = Field(default_factory=list)
 
 
 class CallbackNotice(BaseModel):

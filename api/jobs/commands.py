@@ -52,6 +52,7 @@ class JobCommands:
         request_id: str | None,
         idempotency_key: str | None,
         priority: int | None = None,
+        max_archive_bytes: int | None = None,
     ) -> JobRecord:
         """Start the job's workflow within the owner's quotas and priority ceiling; an id
         already in use returns that job (after a sanity check)."""
@@ -64,6 +65,7 @@ class JobCommands:
             callback_url=callback_url,
             request_id=request_id,
             priority=self._priority(owner, priority),
+            max_archive_bytes=max_archive_bytes,
         )
         try:
             admission = await self.quotas.admit(owner, len(request.file_ids))
