@@ -130,6 +130,40 @@ def not_found(file_id: int, key: str) -> FileState:
 
 
 @dataclass
+class _Pace:
+    """Where an attempt's time goes: before each file's bytes flow (origin latency, a slow
+    origin), and while they flow. Reported in the heartbeat for completion estimates."""
+
+    files: int = 0
+    waiting: float = 0.0
+    streaming: float = 0.0
+    # Set while a file's bytes flow: since when.
+    flowing_since: float | None = None
+
+    def entered(self, since: float) -> None:
+        """A file's bytes start to flow (or it was found unavailable) `since` it was begun."""
+        now = time.monotonic()
+        self.files += 1
+        self.waiting += now - since
+        self.flowing_since = now
+
+    def stopped(self) -> None:
+        if self.flowing_since is not None:
+            self.streaming += time.monotonic() - self.flowing_since
+            self.flowing_since = None
+
+    def figures(self, moved: int) -> tuple[float | None, float | None]:
+        """Seconds per file before its bytes flow, and bytes per second while they flow."""
+        if not self.files:
+            return None, None
+        streaming = self.streaming
+        if self.flowing_since is not None:
+            streaming += time.monotonic() - self.flowing_since
+        rate = moved / streaming if moved > 0 and streaming > 0 else None
+        return self.waiting / self.files, rate
+
+
+@dataclass
 class _Attempt:
     """One packaging attempt: its entries, where it stands, and what it reports."""
 
@@ -162,6 +196,11 @@ class _Attempt:
     run_id: str | None = None
     # The bucket answered since this attempt began (see `_bucket_answers`).
     bucket_answered: bool = False
+    # When the job's packaging began (its first attempt), the size of the file in work, and
+    # where this attempt's time went.
+    began_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    current_size: int | None = None
+    pace: _Pace = field(default_factory=_Pace)
 
     def counters(self) -> dict[str, int]:
         return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
@@ -188,6 +227,8 @@ class _Attempt:
         elapsed = time.monotonic() - self.started
         moved = self.source_bytes_read
         unavailable = self.unavailable
+        file_seconds, byte_rate = self.pace.figures(moved)
+        in_work = self.current_file is not None
         return PackageProgress(
             files_done=self.files_done,
             total_files=len(self.ids) - len(unavailable),
@@ -197,6 +238,11 @@ class _Attempt:
             rate=moved / elapsed if elapsed > 1 and moved > 0 else None,
             updated_at=datetime.now(UTC),
             unavailable=unavailable,
+            started_at=self.began_at,
+            current_file_bytes=self.file_offset if in_work else None,
+            current_file_size=self.current_size if in_work else None,
+            file_seconds=file_seconds,
+            byte_rate=byte_rate,
             checkpoint=self.legacy if self.pointer is None else None,
             resume=self.pointer,
             storage_failures=self.storage_failures,
@@ -229,6 +275,7 @@ class _Attempt:
             resolved=self.resolved,
             resumed_from=self.resumed_from,
             source_bytes_read=self.source_bytes_read,
+            started_at=self.began_at,
         )
 
     def skip(self, state: FileState | None) -> None:
@@ -238,6 +285,7 @@ class _Attempt:
         elif state is not None:
             self.missing.append(state.file_id)
         self.file_index, self.file_offset = self.file_index + 1, 0
+        self.current_file = self.current_size = None
 
     def written(self, source: Source, size: int) -> None:
         """The current entry is complete in the archive."""
@@ -245,6 +293,8 @@ class _Attempt:
             self.resolved.append(FileState(file_id=source.file_id, key=source.key, size=size))
         self.file_index, self.file_offset = self.file_index + 1, 0
         self.files_done += 1
+        self.current_file = self.current_size = None
+        self.pace.stopped()
 
 
 class DownloadActivities:
@@ -412,6 +462,7 @@ class DownloadActivities:
             ids = [s.file_id for s in request.sources]
             attempt = self._attempt(ids, self._sources(request.sources), checkpoint, request.mtime)
         attempt.storage_failures = progress.storage_failures
+        attempt.began_at = progress.started_at or attempt.began_at
         if checkpoint is not None:
             attempt.pointer, attempt.legacy = progress.resume, progress.checkpoint
         return attempt
@@ -465,6 +516,7 @@ class DownloadActivities:
             return
         assert attempt.prefetcher is not None
         attempt.current_file = source.file_id
+        entered = time.monotonic()
         writer = attempt.writer
         if not writer.in_entry:
             await self._origin_delay()
@@ -476,11 +528,15 @@ class DownloadActivities:
                 raise ObjectChanged(f"{source.key}: removed while being packaged") from exc
             await self._bucket_answers(attempt)
             # Gone (or removed since it was resolved): the archive goes on without it.
+            attempt.pace.entered(entered)
+            attempt.pace.stopped()
             attempt.skip(not_found(source.file_id, source.key))
             return
+        size = opened.size if source.size is None else source.size
         if not writer.in_entry:
-            size = opened.size if source.size is None else source.size
             upload.write(writer.start_entry(f"{source.file_id}.zip", size, deflate=deflate))
+        attempt.current_size = size
+        attempt.pace.entered(entered)
         try:
             async for chunk in opened.chunks():
                 upload.write(writer.write(chunk))

@@ -13,6 +13,8 @@ from pydantic.alias_generators import to_camel
 
 from workflows.models import MAX_FILE_ID, MAX_FILES_PER_JOB, MIN_FILE_ID, FileStatus, JobStatus
 
+# What a job's completion estimate rests on (`etaBasis`).
+EtaBasis = Literal["rate", "estimate", "estimating"]
 FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
 
 
@@ -69,6 +71,15 @@ class JobProgress(CamelModel):
     failed_files: int
     bytes_processed: int
     total_bytes: int
+    eta_basis: EtaBasis | None = Field(
+        default=None,
+        description="what `estimatedCompletionAt` comes from: the observed rate, the start "
+        "estimate, or nothing yet (`estimating`, no time given); null once the job is finished",
+    )
+    current_file_bytes: int | None = Field(
+        default=None, description="bytes of the file in work packaged so far"
+    )
+    current_file_size: int | None = Field(default=None, description="size of the file in work")
 
 
 # `updated_at` and `estimated_completion_at` are declared in both subclasses, not in the base:

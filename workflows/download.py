@@ -183,6 +183,7 @@ class DownloadWorkflow:
             else:
                 f.status = FileStatus.completed
         state.bytes_processed = result.bytes_packaged
+        state.started_at = result.started_at or state.started_at
         state.archive_key = result.archive_key
         state.archive_size = result.archive_size
         self._finish(JobStatus.completed)

@@ -256,6 +256,15 @@ class ProgressSummary(BaseModel):
     updated_at: datetime | None = None
     # Requested ids known not to be in the archive (missing or invalid), as far as known.
     unavailable: list[int] = Field(default_factory=list)
+    # When the job's first packaging attempt started (kept by every later attempt).
+    started_at: datetime | None = None
+    # The file in work: its bytes in the archive so far and its size, once known.
+    current_file_bytes: int | None = None
+    current_file_size: int | None = None
+    # What the time went on so far: seconds per file before its bytes flow (origin latency, a
+    # slow origin), and bytes per second while they flow. Completion estimates build on both.
+    file_seconds: float | None = None
+    byte_rate: float | None = None
 
 
 class ResumePointer(BaseModel):
@@ -288,6 +297,8 @@ class PackageResult(BaseModel):
     # Archive offset this attempt resumed from (0 = started fresh) and source bytes it read.
     resumed_from: int = 0
     source_bytes_read: int = 0
+    # When the job's packaging began (its first attempt).
+    started_at: datetime | None = None
 
 
 class CallbackNotice(BaseModel):

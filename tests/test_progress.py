@@ -1,0 +1,79 @@
+"""What a job's status says while it runs and after it stops, on a real job: progress, ETA and
+the file in work (`api/views.py`), and the record a cancelled job keeps (`workflows/download.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from core.config import Settings
+from core.storage import ObjectStore
+from tests.helpers import Json, api_client, initiate, put_sources, slow_origin
+from worker import build_worker
+
+MIB = 1024 * 1024
+TERMINAL = {"completed", "failed", "cancelled"}
+# Once the ETA rests on the observed rate, the time it announces stays within this factor of
+# the time really left, give or take a second (status times have millisecond precision, and
+# the job's completion is recorded when the workflow ends, just after packaging).
+RATE_FACTOR = 3.0
+SLACK_SECONDS = 1.0
+
+
+def at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+async def observe(api: Any, job_id: str, until: set[str] = TERMINAL) -> list[Json]:
+    """Every status answer until the job's status is in `until`."""
+    seen: list[Json] = []
+    while True:
+        body: Json = (await api.get(f"/v1/download/status/{job_id}")).json()
+        seen.append(body)
+        if body["status"] in until:
+            return seen
+        await asyncio.sleep(0.15)
+
+
+async def test_progress_and_eta_of_one_large_and_several_small_files(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    slow = slow_origin(settings, 1000)
+    small = {10_001 + i: 64 * 1024 for i in range(8)}
+    sizes = {**dict(list(small.items())[:2]), 10_100: 40 * MIB, **dict(list(small.items())[2:])}
+    put_sources(store, settings, sizes)
+    async with api_client(slow) as api, build_worker(env.client, slow, store):
+        job_id = (await initiate(api, list(sizes)))["jobId"]
+        seen = await observe(api, job_id)
+
+    final = seen[-1]
+    assert final["status"] == "completed" and final["progress"] == 100
+    assert final["etaBasis"] is None and final["estimatedCompletionAt"] is None
+    end = at(final["completedAt"])
+    running = [s for s in seen if s["status"] == "processing"]
+    assert running, "the job was never seen processing"
+    figures = [s["progress"] for s in seen]
+    assert figures == sorted(figures), figures
+    ratios = []
+    for s in running:
+        assert s["startedAt"] is not None
+        if s["completedFiles"] > 0:
+            assert s["progress"] > 0, s
+        if s["currentFileSize"] is not None:
+            assert 0 <= s["currentFileBytes"] <= s["currentFileSize"]
+        basis, eta = s["etaBasis"], s["estimatedCompletionAt"]
+        assert basis in ("rate", "estimate", "estimating")
+        assert (eta is None) == (basis == "estimating")
+        if basis == "rate":
+            told = (at(eta) - at(s["updatedAt"])).total_seconds()
+            real = (end - at(s["updatedAt"])).total_seconds()
+            ratios.append((round(told, 2), round(real, 2)))
+            assert real / RATE_FACTOR - SLACK_SECONDS <= told <= real * RATE_FACTOR + SLACK_SECONDS
+    assert any(s["completedFiles"] and s["progress"] > 0 for s in running)
+    assert ratios, "the ETA never rested on the observed rate"
+    bases = [s["etaBasis"] for s in running]
+    print(f"\nprogress seen: {figures}\nETA bases: {bases}\nrate ETAs (told s, real s): {ratios}")
