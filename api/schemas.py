@@ -161,6 +161,11 @@ class ProgressEvent(JobProgress):
 
     updated_at: datetime
     estimated_completion_at: datetime | None = None
+    changed_files: list[FileView] | None = Field(
+        default=None,
+        description="files whose state changed since the stream's previous event; a stream's "
+        "first event (also after a resume) carries every file",
+    )
 
 
 # --- the existing service's shapes ---
