@@ -60,13 +60,14 @@ from workflows.models import (
     PackageInput,
     PackageProgress,
     PackageResult,
+    PackagingRecord,
     ResolveInput,
     ResolveResult,
     ResumePointer,
     RetryOptions,
     SourceFile,
 )
-from workflows.names import PACKAGE_ARCHIVE, RESOLVE_FILES
+from workflows.names import PACKAGE_ARCHIVE, PACKAGING_STOPPED_SIGNAL, RESOLVE_FILES
 
 log = get_logger(__name__)
 
@@ -265,6 +266,32 @@ class _Attempt:
         }
         return lambda **upload: Checkpoint(**fields, **upload)
 
+    def record(self) -> PackagingRecord:
+        """Every file as far as this attempt got, for a job that stops here."""
+        failed = {f.file_id: f for f in self.resolved or () if f.status is FileStatus.failed}
+        sizes = {f.file_id: f.size for f in self.resolved or ()}
+        missing = set(self.missing)
+        files = []
+        for index, file_id in enumerate(self.ids):
+            source = self.sources[index]
+            if file_id in failed:
+                files.append(failed[file_id].model_copy(update={"key": None}))
+            elif source is None:
+                files.append(invalid_id(file_id))
+            elif file_id in missing:
+                files.append(not_found(file_id, source.key).model_copy(update={"key": None}))
+            elif index < self.file_index:
+                size = source.size if source.size is not None else sizes.get(file_id)
+                files.append(FileState(file_id=file_id, status=FileStatus.completed, size=size))
+            else:
+                files.append(FileState(file_id=file_id))
+        return PackagingRecord(
+            files=files,
+            bytes_done=self.bytes_done,
+            total_bytes=self.total_bytes(),
+            started_at=self.began_at,
+        )
+
     def result(self, archive_key: str) -> PackageResult:
         return PackageResult(
             archive_key=archive_key,
@@ -414,6 +441,7 @@ class DownloadActivities:
             except (ValueError, ObjectChanged) as exc:
                 await upload.abort()
                 await checkpoints.discard()
+                await self._report_stopped(attempt)
                 raise source_changed(exc) from exc
             except UploadGone as exc:
                 # Completed or aborted by another attempt of this run (one Temporal had given
@@ -427,6 +455,7 @@ class DownloadActivities:
                     await upload.abort()
                     await asyncio.shield(checkpoints.discard())
                     log.info("archive cancelled, upload aborted", archive=upload.key)
+                    await self._report_stopped(attempt)
                 else:
                     # The part on its way must not write a checkpoint after this attempt ended:
                     # it could land over a newer one of the attempt that resumes.
@@ -440,6 +469,8 @@ class DownloadActivities:
                     request, attempt.storage_failures, exc
                 )
                 activity.heartbeat(attempt.details())
+                if error.non_retryable:
+                    await self._report_stopped(attempt)
                 raise error from exc
         return attempt.result(upload.key)
 
@@ -600,6 +631,22 @@ class DownloadActivities:
             with contextlib.suppress(Exception):
                 await finishing
             raise
+
+    async def _report_stopped(self, attempt: _Attempt) -> None:
+        """Tell the workflow what was done before the job stopped here (a cancellation carries
+        no details of its own), so the job keeps its record."""
+        info = activity.info()
+        if info.workflow_id is None:
+            return
+        try:
+            handle = activity.client().get_workflow_handle(
+                info.workflow_id, run_id=info.workflow_run_id
+            )
+            await handle.signal(
+                PACKAGING_STOPPED_SIGNAL, attempt.record(), rpc_timeout=timedelta(seconds=5)
+            )
+        except Exception as exc:  # no client, or Temporal away: the job ends without it
+            log.warning("packaging record not sent", error=str(exc))
 
     async def _bucket_answers(self, attempt: _Attempt) -> None:
         """Before the first source of an attempt is taken for gone: a storage server going down

@@ -8,12 +8,16 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import Json, api_client, initiate, put_sources, slow_origin
+from tests.helpers import Json, api_client, initiate, put_sources, slow_origin, wait_for
 from worker import build_worker
+from workflows.download import DownloadWorkflow
+from workflows.names import PACKAGING_STOPPED_SIGNAL
 
 MIB = 1024 * 1024
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -77,3 +81,50 @@ async def test_progress_and_eta_of_one_large_and_several_small_files(
     assert ratios, "the ETA never rested on the observed rate"
     bases = [s["etaBasis"] for s in running]
     print(f"\nprogress seen: {figures}\nETA bases: {bases}\nrate ETAs (told s, real s): {ratios}")
+
+
+async def test_a_cancelled_job_keeps_what_was_done(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    slow = slow_origin(settings, 700)
+    sizes = {10_001: 100_000, 10_002: 2 * MIB, 10_003: 300_000, 10_004: 400_000, 10_005: 500}
+    put_sources(store, settings, sizes)
+    ids = [10_001, 10_009, 10_002, 10_003, 10_004, 10_005]  # 10_009 is missing
+    async with api_client(slow) as api, build_worker(env.client, slow, store):
+        job_id = (await initiate(api, ids))["jobId"]
+
+        async def two_done() -> Json | None:
+            body: Json = (await api.get(f"/v1/download/status/{job_id}")).json()
+            return body if body["completedFiles"] >= 2 else None
+
+        before = await wait_for(two_done)
+        assert (await api.delete(f"/v1/download/{job_id}")).status_code == 200
+        seen = await observe(api, job_id)
+
+    final = seen[-1]
+    assert final["status"] == "cancelled"
+    states = {f["file_id"]: f for f in final["files"]}
+    done = [i for i in ids if states[i]["status"] == "completed"]
+    # At least what was done when the cancel was sent, in request order, with their sizes.
+    assert len(done) >= before["completedFiles"] >= 2
+    assert done == [i for i in ids if i != 10_009][: len(done)]
+    assert all(states[i]["size"] == sizes[i] for i in done)
+    assert states[10_009]["status"] == "failed" and states[10_009]["error"] == "not found"
+    assert final["completedFiles"] == len(done) and final["failedFiles"] == 1
+    assert final["bytesProcessed"] >= sum(sizes[i] for i in done)
+    assert final["totalBytes"] == sum(sizes.values())
+    assert 0 < final["progress"] < 100
+    assert final["startedAt"] is not None
+    assert not any(f["status"] == "processing" for f in final["files"])
+
+    # The record came by signal; the history replays with it.
+    history = await env.client.get_workflow_handle(job_id).fetch_history()
+    signals = [
+        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert [e.workflow_execution_signaled_event_attributes.signal_name for e in signals] == [
+        PACKAGING_STOPPED_SIGNAL
+    ]
+    await Replayer(
+        workflows=[DownloadWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history)

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         JobStatus,
         PackageInput,
         PackageResult,
+        PackagingRecord,
         ResolveInput,
         ResolveResult,
         RetryOptions,
@@ -45,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         DOWNLOAD_STATUS,
         DOWNLOAD_WORKFLOW,
         PACKAGE_ARCHIVE,
+        PACKAGING_STOPPED_SIGNAL,
         RESOLVE_FILES,
         SEND_CALLBACK,
         STATE_MEMO_KEY,
@@ -77,12 +79,18 @@ def interruptions_policy(storage: RetryOptions) -> RetryPolicy:
 class DownloadWorkflow:
     def __init__(self) -> None:
         self._state: JobState | None = None
+        self._stopped: PackagingRecord | None = None
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> JobState:
         if self._state is None:
             raise ApplicationError("workflow has not started yet")
         return self._state
+
+    @workflow.signal(name=PACKAGING_STOPPED_SIGNAL)
+    def packaging_stopped(self, record: PackagingRecord) -> None:
+        """What the packaging attempt that stopped the job had done; kept in its final state."""
+        self._stopped = record
 
     @workflow.run
     async def run(self, payload: object) -> JobState:
@@ -130,10 +138,12 @@ class DownloadWorkflow:
                 raise nothing_to_package()
             self._completed(result)
         except asyncio.CancelledError:
+            self._keep_record()
             self._finish(JobStatus.cancelled, "cancelled")
             await self._notify(request)
             raise
         except (ActivityError, ApplicationError) as err:
+            self._keep_record()
             if is_cancellation(err):
                 self._finish(JobStatus.cancelled, "cancelled")
                 await self._notify(request)
@@ -187,6 +197,17 @@ class DownloadWorkflow:
         state.archive_key = result.archive_key
         state.archive_size = result.archive_size
         self._finish(JobStatus.completed)
+
+    def _keep_record(self) -> None:
+        """What packaging had done before the job stopped: files, sizes, bytes moved."""
+        record, state = self._stopped, self._require_state()
+        if record is None:
+            return
+        done = {f.file_id: f for f in record.files}
+        state.files = [done.get(f.file_id, f) for f in state.files]
+        state.bytes_processed = record.bytes_done
+        state.total_bytes = record.total_bytes or state.total_bytes
+        state.started_at = record.started_at or state.started_at
 
     def _record_unavailable(self, err: BaseException) -> None:
         """Per-file reasons sent along by a packaging attempt that found nothing to package."""

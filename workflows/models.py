@@ -301,6 +301,16 @@ class PackageResult(BaseModel):
     started_at: datetime | None = None
 
 
+class PackagingRecord(BaseModel):
+    """What packaging had done when the job stopped (cancelled or failed): every file as far as
+    it got (completed with its size, failed with the reason, else pending), the bytes moved."""
+
+    files: list[FileState]
+    bytes_done: int = 0
+    total_bytes: int = 0
+    started_at: datetime | None = None
+
+
 class CallbackNotice(BaseModel):
     url: str
     payload: dict[str, Any]

@@ -19,6 +19,8 @@ DELETE_EXPIRED_ARCHIVES = "delete_expired_archives"
 JOB_ACTIVITIES = (RESOLVE_FILES, PACKAGE_ARCHIVE)
 
 STATUS_QUERY = "status"
+# Sent by a packaging attempt that stops the job (cancelled, or failed for good): what it did.
+PACKAGING_STOPPED_SIGNAL = "packaging_stopped"
 # Memo key of the job state, readable through `describe()` with no worker running.
 STATE_MEMO_KEY = "state"
 
