@@ -146,6 +146,13 @@ class JobSummary(CamelModel):
     job_id: str
     status: JobStatus
     total_files: int
+    completed_files: int | None = None
+    failed_files: int | None = None
+    total_bytes: int | None = None
+    progress: int | None = Field(
+        default=None, ge=0, le=100, description="as of the job's last phase change"
+    )
+    first_file_ids: list[int] | None = Field(default=None, description="up to 5 of its file ids")
     created_at: datetime
     completed_at: datetime | None = None
     error: str | None = None

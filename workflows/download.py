@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         FileStatus,
         JobState,
         JobStatus,
+        JobTally,
         PackageInput,
         PackageResult,
         PackagingRecord,
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         SEND_CALLBACK,
         STATE_MEMO_KEY,
         STATUS_QUERY,
+        TALLY_MEMO_KEY,
         callback_task_queue,
     )
 
@@ -60,6 +62,8 @@ with workflow.unsafe.imports_passed_through():
 # replay that way.
 INLINE_RESOLVE_LIMIT = 50
 RESOLVE_WHILE_PACKAGING = "resolve-while-packaging"
+# Since then a completed job's counts are in its memo, for lists.
+TALLY_IN_MEMO = "tally-in-memo"
 
 
 def interruptions_policy(storage: RetryOptions) -> RetryPolicy:
@@ -226,6 +230,13 @@ class DownloadWorkflow:
         # A completed job's final state is the workflow result, readable from history; the memo
         # is still needed when a callback keeps the run open after the job is decided.
         self._publish(memo=status is not JobStatus.completed or state.callback_url is not None)
+        if status is JobStatus.completed and workflow.patched(TALLY_IN_MEMO):
+            tally = JobTally(
+                completed_files=state.completed_files,
+                failed_files=state.failed_files,
+                total_bytes=state.total_bytes,
+            )
+            workflow.upsert_memo({TALLY_MEMO_KEY: tally})
         # The SDK meter is replay-safe; the worker exports it with its Prometheus metrics.
         meter, labels = workflow.metric_meter(), {jobmetrics.STATUS_LABEL: status.value}
         jobs, duration = jobmetrics.DOWNLOAD_JOBS, jobmetrics.DOWNLOAD_JOB_DURATION

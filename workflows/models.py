@@ -170,6 +170,14 @@ class JobState(BaseModel):
         return sum(1 for f in self.files if f.status is FileStatus.failed)
 
 
+class JobTally(BaseModel):
+    """A completed job's counts, kept in its memo for lists: its whole state is its result."""
+
+    completed_files: int
+    failed_files: int
+    total_bytes: int
+
+
 class SourceFile(BaseModel):
     file_id: int
     key: str

@@ -23,6 +23,8 @@ STATUS_QUERY = "status"
 PACKAGING_STOPPED_SIGNAL = "packaging_stopped"
 # Memo key of the job state, readable through `describe()` with no worker running.
 STATE_MEMO_KEY = "state"
+# Memo key of a completed job's counts (`JobTally`), for lists (its state is in its result).
+TALLY_MEMO_KEY = "tally"
 
 
 def callback_task_queue(task_queue: str) -> str:
