@@ -128,3 +128,32 @@ async def test_a_cancelled_job_keeps_what_was_done(
     await Replayer(
         workflows=[DownloadWorkflow], data_converter=pydantic_data_converter
     ).replay_workflow(history)
+
+
+async def test_a_failed_job_keeps_what_was_done(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    slow = slow_origin(settings, 1000)
+    sizes = {10_001: 1000, 10_002: 2000, 10_003: 96 * MIB}
+    put_sources(store, settings, sizes)
+    async with api_client(slow) as api, build_worker(env.client, slow, store):
+        job_id = (await initiate(api, list(sizes)))["jobId"]
+
+        async def one_done() -> bool:
+            body = (await api.get(f"/v1/download/status/{job_id}")).json()
+            return bool(body["completedFiles"] >= 1)
+
+        await wait_for(one_done)
+        # The large file vanishes before its later segments are read: the job fails for good.
+        store.delete(settings.source_key(10_003))
+        seen = await observe(api, job_id)
+
+    final = seen[-1]
+    assert (final["status"], final["errorType"]) == ("failed", "SourceChanged")
+    states = {f["file_id"]: (f["status"], f["size"]) for f in final["files"]}
+    assert states == {
+        10_001: ("completed", 1000),
+        10_002: ("completed", 2000),
+        10_003: ("pending", None),
+    }
+    assert final["completedFiles"] == 2 and final["bytesProcessed"] >= 3000
