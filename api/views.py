@@ -60,7 +60,7 @@ def job_view(
     ms_per_file: float | None = None,
 ) -> JobView:
     """Map the workflow's memo, run status and pending activities to the client's view;
-    `ms_per_file` is the start estimate's time per file (`api.caches.Pace`)."""
+    `ms_per_file` is the time per file observed on finished jobs (`api.caches.Pace`)."""
     if run_status is not None and run_status in _CLOSED:
         return _closed_view(state, run_status, closed_at)
     if state.status.terminal:
@@ -188,7 +188,7 @@ FILES_WEIGHT = 0.5
 # The observed rate is trusted once packaging has run this long and moved this much...
 RATE_MIN_SECONDS = 3.0
 RATE_MIN_BYTES = 1 << 20
-# ...and it never strays more than this factor from the start estimate of the work left.
+# ...and it never strays more than this factor from the observed pace of finished jobs.
 ETA_CLAMP = 10.0
 
 

@@ -69,7 +69,8 @@ class JobReads:
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             state = await self.completed_state(job_id, desc.run_id)
         activities = await self.pending_activities(desc)
-        view = job_view(state, desc.status, activities, desc.close_time, self.pace.ms_per_file)
+        pace = self.pace.observed_ms_per_file
+        view = job_view(state, desc.status, activities, desc.close_time, pace)
         return JobRecord(state=state, view=view, run_started=desc.start_time)
 
     async def _current_run(self, job_id: str) -> WorkflowExecutionDescription:
