@@ -70,9 +70,11 @@ def job_view(
     package = pending.get(names.PACKAGE_ARCHIVE)
     if package is not None:
         status = JobStatus.processing if package.started else JobStatus.queued
-        if package.started and state.started_at is None:
-            started = package.progress.started_at if package.progress else None
-            state = state.model_copy(update={"started_at": started or package.started_at})
+        # Packaging began with its first attempt (a retried one may be waiting for a worker).
+        began = package.progress.started_at if package.progress else None
+        began = began or (package.started_at if package.started else None)
+        if state.started_at is None and began is not None:
+            state = state.model_copy(update={"started_at": began})
         return _view(state, status, package.progress, ms_per_file)
     if (resolve := pending.get(names.RESOLVE_FILES)) is not None:
         return _view(state, JobStatus.processing if resolve.started else JobStatus.queued)
