@@ -704,6 +704,15 @@ async def test_a_retried_job_is_listed_once_in_its_current_state(
         # A listing begun while the jobs run, continued once they are done: their runs moved
         # in Temporal's order (open runs first), yet each job is listed once.
         begun = await wait_for(first_page)
+
+        async def processing() -> list[Json] | None:
+            body = (await api.get("/v1/downloads?status=processing", headers=auth)).json()
+            return body["jobs"] or None
+
+        # Open jobs are listed as their status shows them: packaging means processing.
+        working = await wait_for(processing)
+        assert {j["status"] for j in working} == {"processing"}
+        assert {j["jobId"] for j in working} <= {retried, *others}
         for job_id in [retried, *others]:
 
             async def completed(job_id: str = job_id) -> bool:

@@ -4,6 +4,7 @@ running."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -17,7 +18,8 @@ from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 
 from api.errors import ApiError
 from api.jobs import RPC_TIMEOUT
-from api.schemas import JobList, JobSummary
+from api.jobs.reads import JobReads
+from api.schemas import JobList, JobSummary, JobView
 from api.views import job_view
 from workflows import names
 from workflows.models import JobState, JobStatus, JobTally
@@ -26,8 +28,9 @@ from workflows.models import JobState, JobStatus, JobTally
 class JobListing:
     """Visibility queries of one API process."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, reads: JobReads | None = None) -> None:
         self.client = client
+        self.reads = reads
 
     async def list_jobs(
         self, owner: str, status: JobStatus | None, page_size: int, page_token: str | None
@@ -38,11 +41,12 @@ class JobListing:
         and a status filter matches that run's state. A listing is of the jobs that existed when
         its first page was asked for (`StartTime` up to then); Temporal lists open runs first,
         so a run seen open on one page and closed by the next is not listed again (the token
-        keeps a short digest of each open run it listed).
+        keeps a short digest of each open run it listed). An open job is shown as its status
+        shows it (queued or processing, live progress), read through the shared `describe()`.
         """
-        base = visibility_query(owner, None)
+        base = visibility_query(owner)
         cursor = _open_token(page_token, base, status) if page_token else _Cursor.fresh()
-        query = visibility_query(owner, status) + f" AND StartTime <= '{cursor.as_of_text}'"
+        query = _filtered(base, status) + f" AND StartTime <= '{cursor.as_of_text}'"
         jobs: list[JobSummary] = []
         for _ in range(MAX_FETCHES_PER_PAGE):
             pages = self.client.list_workflows(
@@ -54,12 +58,14 @@ class JobListing:
             await pages.fetch_next_page()
             rows = pages.current_page or []
             newest = await self._newest_runs(base, {r.id for r in rows}, cursor.as_of_text)
-            for execution in rows:
-                if newest.get(execution.id, execution.run_id) != execution.run_id:
-                    continue  # an earlier run of a job run again since
-                if not cursor.first_sighting(execution):
-                    continue
-                summary = await _summary(execution)
+            shown = [
+                execution
+                for execution in rows
+                # Not an earlier run of a job run again since, nor a run shown open before.
+                if newest.get(execution.id, execution.run_id) == execution.run_id
+                and cursor.first_sighting(execution)
+            ]
+            for summary in await asyncio.gather(*(self._summary(e, owner) for e in shown)):
                 if summary is not None and (status is None or summary.status is status):
                     jobs.append(summary)
             cursor.temporal = pages.next_page_token
@@ -67,6 +73,19 @@ class JobListing:
                 break
         token = _seal_token(cursor, base, status) if cursor.temporal else None
         return JobList(jobs=jobs, next_page_token=token)
+
+    async def _summary(self, execution: WorkflowExecution, owner: str) -> JobSummary | None:
+        """A job's list item: an open one as its status shows it, a closed one from its memo."""
+        if execution.status == WorkflowExecutionStatus.RUNNING and self.reads is not None:
+            with contextlib.suppress(ApiError):
+                record = await self.reads.describe(execution.id, owner)
+                return await _summary(execution, record.state, record.view)
+        try:
+            state = await execution.memo_value(names.STATE_MEMO_KEY, type_hint=JobState)
+        except KeyError:
+            return None
+        view = job_view(state, execution.status, closed_at=execution.close_time)
+        return await _summary(execution, state, view)
 
     async def _newest_runs(self, base: str, job_ids: set[str], as_of: str) -> dict[str, str]:
         """The newest run id of each job (started up to `as_of`), in one visibility query."""
@@ -90,26 +109,29 @@ class JobListing:
         return count.count
 
 
-def visibility_query(owner: str, status: JobStatus | None) -> str:
+def visibility_query(owner: str) -> str:
+    """The owner's download workflows (every run of each)."""
     owned = f"{names.OWNER.name} = '{_quote(owner)}'"
-    query = f"WorkflowType = '{names.DOWNLOAD_WORKFLOW}' AND {owned}"
+    return f"WorkflowType = '{names.DOWNLOAD_WORKFLOW}' AND {owned}"
+
+
+def _filtered(base: str, status: JobStatus | None) -> str:
+    """Visibility's part of a status filter. `DownloadStatus` says whether a job is decided;
+    whether an open job is queued or processing its status tells, after the query."""
+    if status in (JobStatus.queued, JobStatus.processing):
+        return f"{base} AND ExecutionStatus = 'Running'"
     if status is not None:
-        query += f" AND {names.DOWNLOAD_STATUS.name} = '{status.value}'"
-    return query
+        return f"{base} AND {names.DOWNLOAD_STATUS.name} = '{status.value}'"
+    return base
 
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-async def _summary(execution: WorkflowExecution) -> JobSummary | None:
-    try:
-        state = await execution.memo_value(names.STATE_MEMO_KEY, type_hint=JobState)
-    except KeyError:
-        return None
-    view = job_view(state, execution.status, closed_at=execution.close_time)
+async def _summary(execution: WorkflowExecution, state: JobState, view: JobView) -> JobSummary:
     counts = (view.completed_files, view.failed_files, view.total_bytes)
-    if view.status is JobStatus.completed:
+    if view.status is JobStatus.completed and execution.status != WorkflowExecutionStatus.RUNNING:
         # A completed job's state is its result; its memo keeps the counts.
         with contextlib.suppress(KeyError):
             tally = await execution.memo_value(names.TALLY_MEMO_KEY, type_hint=JobTally)
