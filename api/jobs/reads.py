@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from temporalio.api.enums.v1 import PendingActivityState
@@ -69,7 +69,8 @@ class JobReads:
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             state = await self.completed_state(job_id, desc.run_id)
         activities = await self.pending_activities(desc)
-        view = job_view(state, desc.status, activities, desc.close_time)
+        pace = self.pace.observed_ms_per_file
+        view = job_view(state, desc.status, activities, desc.close_time, pace)
         return JobRecord(state=state, view=view, run_started=desc.start_time, run_id=desc.run_id)
 
     async def _current_run(self, job_id: str) -> WorkflowExecutionDescription:
@@ -123,7 +124,12 @@ class JobReads:
                     )
                 except Exception:  # details of another shape carry no progress
                     progress = None
-            result.append(PendingActivity(name=name, started=started, progress=progress))
+            started_at = act.last_started_time.ToDatetime(UTC) if started else None
+            result.append(
+                PendingActivity(
+                    name=name, started=started, progress=progress, started_at=started_at
+                )
+            )
         return result
 
     def status_json(self, record: JobRecord) -> bytes:
