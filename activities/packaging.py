@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import math
 import random
 import time
@@ -30,7 +31,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.checkpoints import Checkpoints, last_progress
+from activities.digests import FileDigest
 from activities.joblog import AttemptLog, attempt_log
+from activities.manifest import MANIFEST_NAME, FileLine, manifest, plan_parts
 from activities.prefetch import Prefetcher, Source
 from activities.publishing import ProgressFeed
 from activities.storageerrors import (
@@ -56,19 +59,22 @@ from workflows.errors import ErrorType, nothing_to_package, source_changed, work
 from workflows.models import (
     MAX_FILE_ID,
     MIN_FILE_ID,
+    ArchivePart,
     Checkpoint,
     FileState,
     FileStatus,
     PackageInput,
     PackageProgress,
     PackageResult,
+    PackagingRecord,
     ResolveInput,
     ResolveResult,
     ResumePointer,
     RetryOptions,
     SourceFile,
+    available_sources,
 )
-from workflows.names import PACKAGE_ARCHIVE, RESOLVE_FILES
+from workflows.names import PACKAGE_ARCHIVE, PACKAGING_STOPPED_SIGNAL, RESOLVE_FILES
 
 log = get_logger(__name__)
 
@@ -119,6 +125,10 @@ def _backoff(budget: RetryOptions, failures: int) -> timedelta | None:
     return timedelta(seconds=min(delay, budget.maximum_interval_seconds))
 
 
+def entry_name(file_id: int) -> str:
+    return f"{file_id}.zip"
+
+
 def invalid_id(file_id: int) -> FileState:
     return FileState(
         file_id=file_id,
@@ -136,6 +146,40 @@ def not_found(file_id: int, key: str) -> FileState:
         error="not found",
         error_type=ErrorType.file_not_found.value,
     )
+
+
+@dataclass
+class _Pace:
+    """Where an attempt's time goes: before each file's bytes flow (origin latency, a slow
+    origin), and while they flow. Reported in the heartbeat for completion estimates."""
+
+    files: int = 0
+    waiting: float = 0.0
+    streaming: float = 0.0
+    # Set while a file's bytes flow: since when.
+    flowing_since: float | None = None
+
+    def entered(self, since: float) -> None:
+        """A file's bytes start to flow (or it was found unavailable) `since` it was begun."""
+        now = time.monotonic()
+        self.files += 1
+        self.waiting += now - since
+        self.flowing_since = now
+
+    def stopped(self) -> None:
+        if self.flowing_since is not None:
+            self.streaming += time.monotonic() - self.flowing_since
+            self.flowing_since = None
+
+    def figures(self, moved: int) -> tuple[float | None, float | None]:
+        """Seconds per file before its bytes flow, and bytes per second while they flow."""
+        if not self.files:
+            return None, None
+        streaming = self.streaming
+        if self.flowing_since is not None:
+            streaming += time.monotonic() - self.flowing_since
+        rate = moved / streaming if moved > 0 and streaming > 0 else None
+        return self.waiting / self.files, rate
 
 
 @dataclass
@@ -171,6 +215,24 @@ class _Attempt:
     run_id: str | None = None
     # The bucket answered since this attempt began (see `_bucket_answers`).
     bucket_answered: bool = False
+    # For the manifest: the job, and the time stamped on every entry.
+    job_id: str = ""
+    mtime: datetime | None = None
+    # The SHA-256 of the entry being written, and of every entry written (file id -> hex).
+    digest: FileDigest | None = None
+    digests: dict[int, str] = field(default_factory=dict)
+    # The archive part being written (from 1), the parts completed before it, and the
+    # indexes of the entries that begin parts 2, 3, ... (`activities.manifest.plan_parts`).
+    part: int = 1
+    parts_done: list[ArchivePart] = field(default_factory=list)
+    part_starts: list[int] = field(default_factory=list)
+    # This part's upload was found complete on resume: it is only recorded.
+    part_stored: bool = False
+    # When the job's packaging began (its first attempt), the size of the file in work, and
+    # where this attempt's time went.
+    began_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    current_size: int | None = None
+    pace: _Pace = field(default_factory=_Pace)
 
     def counters(self) -> dict[str, int]:
         return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
@@ -197,15 +259,24 @@ class _Attempt:
         elapsed = time.monotonic() - self.started
         moved = self.source_bytes_read
         unavailable = self.unavailable
+        # Resolved before packaging: `ids` are the available ones, `resolved` every requested id.
+        requested = len(self.resolved) if self.named_sources and self.resolved else len(self.ids)
+        file_seconds, byte_rate = self.pace.figures(moved)
+        in_work = self.current_file is not None
         return PackageProgress(
             files_done=self.files_done,
-            total_files=len(self.ids) - len(unavailable),
+            total_files=requested - len(unavailable),
             bytes_done=self.bytes_done,
             total_bytes=self.total_bytes(),
             current_file=self.current_file,
             rate=moved / elapsed if elapsed > 1 and moved > 0 else None,
             updated_at=datetime.now(UTC),
             unavailable=unavailable,
+            started_at=self.began_at,
+            current_file_bytes=self.file_offset if in_work else None,
+            current_file_size=self.current_size if in_work else None,
+            file_seconds=file_seconds,
+            byte_rate=byte_rate,
             checkpoint=self.legacy if self.pointer is None else None,
             resume=self.pointer,
             storage_failures=self.storage_failures,
@@ -225,19 +296,110 @@ class _Attempt:
             "sources": self.named_sources,
             "resolved": resolved,
             "run_id": self.run_id,
+            "digests": dict(self.digests),
+            "digest_state": self.digest.state()
+            if self.digest is not None and self.writer.in_entry
+            else None,
+            "part": self.part,
+            "archive_parts": list(self.parts_done),
         }
         return lambda **upload: Checkpoint(**fields, **upload)
 
+    def record(self) -> PackagingRecord:
+        """Every file as far as this attempt got, for a job that stops here."""
+        failed = {f.file_id: f for f in self.resolved or () if f.status is FileStatus.failed}
+        sizes = {f.file_id: f.size for f in self.resolved or ()}
+        missing = set(self.missing)
+        files = []
+        for index, file_id in enumerate(self.ids):
+            source = self.sources[index]
+            if file_id in failed:
+                files.append(failed[file_id].model_copy(update={"key": None}))
+            elif source is None:
+                files.append(invalid_id(file_id))
+            elif file_id in missing:
+                files.append(not_found(file_id, source.key).model_copy(update={"key": None}))
+            elif index < self.file_index:
+                size = source.size if source.size is not None else sizes.get(file_id)
+                files.append(FileState(file_id=file_id, status=FileStatus.completed, size=size))
+            else:
+                files.append(FileState(file_id=file_id))
+        return PackagingRecord(
+            files=files,
+            bytes_done=self.bytes_done,
+            total_bytes=self.total_bytes(),
+            started_at=self.began_at,
+        )
+
     def result(self, archive_key: str) -> PackageResult:
+        """The outcome once the last part, stored under `archive_key`, is complete."""
+        parts = [
+            *self.parts_done,
+            ArchivePart(number=self.part, key=archive_key, size=self.writer.offset),
+        ]
         return PackageResult(
-            archive_key=archive_key,
-            archive_size=self.writer.offset,
+            archive_key=parts[0].key,
+            archive_size=parts[0].size,
             files_packaged=self.files_done,
             bytes_packaged=self.bytes_done,
             missing=self.missing,
             resolved=self.resolved,
             resumed_from=self.resumed_from,
             source_bytes_read=self.source_bytes_read,
+            digests=dict(self.digests),
+            parts=parts,
+            started_at=self.began_at,
+        )
+
+    def next_part_start(self) -> int | None:
+        """The index of the entry that begins the next part, if there is one."""
+        return self.part_starts[self.part - 1] if self.part <= len(self.part_starts) else None
+
+    def manifest_entry(self) -> bytes:
+        """The current part's `manifest.json`: its entry's bytes, written last in the part."""
+        starts = [0, *self.part_starts, len(self.sources)]
+        failed: dict[int, FileState] = {
+            f.file_id: f for f in self.resolved or () if f.status is FileStatus.failed
+        }
+        for file_id in self.missing:
+            failed.setdefault(file_id, not_found(file_id, ""))
+        written: dict[int, int] = {}  # this part's entries: file id -> size
+        sizes = {f.file_id: f.size for f in self.resolved or ()}
+        for index in range(starts[self.part - 1], min(starts[self.part], self.file_index)):
+            source = self.sources[index]
+            if source is not None and source.file_id not in failed:
+                written[source.file_id] = source.size or sizes.get(source.file_id) or 0
+        part_files = [
+            [s.file_id for s in self.sources[a:b] if s is not None and s.file_id not in failed]
+            for a, b in itertools.pairwise(starts)
+        ]
+        requested = [f.file_id for f in self.resolved or ()] if self.named_sources else self.ids
+        lines = []
+        for file_id in dict.fromkeys([*requested, *failed]):
+            if file_id in written:
+                lines.append(
+                    FileLine(
+                        file_id,
+                        "completed",
+                        name=entry_name(file_id),
+                        size=written[file_id],
+                        sha256=self.digests.get(file_id),
+                    )
+                )
+            elif (state := failed.get(file_id)) is not None:
+                lines.append(
+                    FileLine(file_id, "failed", error=state.error, error_type=state.error_type)
+                )
+        data = manifest(
+            job_id=self.job_id,
+            created_at=self.mtime,
+            part=self.part,
+            part_files=part_files,
+            files=lines,
+        )
+        writer = self.writer
+        return (
+            writer.start_entry(MANIFEST_NAME, len(data)) + writer.write(data) + writer.end_entry()
         )
 
     def skip(self, state: FileState | None) -> None:
@@ -247,13 +409,19 @@ class _Attempt:
         elif state is not None:
             self.missing.append(state.file_id)
         self.file_index, self.file_offset = self.file_index + 1, 0
+        self.current_file = self.current_size = None
 
     def written(self, source: Source, size: int) -> None:
         """The current entry is complete in the archive."""
+        if self.digest is not None:
+            self.digests[source.file_id] = self.digest.hexdigest()
+        self.digest = None
         if self.resolving and self.resolved is not None:
             self.resolved.append(FileState(file_id=source.file_id, key=source.key, size=size))
         self.file_index, self.file_offset = self.file_index + 1, 0
         self.files_done += 1
+        self.current_file = self.current_size = None
+        self.pace.stopped()
 
 
 class DownloadActivities:
@@ -291,7 +459,11 @@ class DownloadActivities:
         async with heartbeating(details, self.settings.heartbeat_interval_seconds):
             return ResolveResult(files=await self._resolve(request.file_ids, count))
 
-    async def _resolve(self, file_ids: list[int], on_done: Callable[[], None]) -> list[FileState]:
+    async def _resolve(
+        self, file_ids: list[int], on_done: Callable[[], None], *, raw: bool = False
+    ) -> list[FileState]:
+        """Every id's size, or why it is unavailable; storage errors as `ApplicationError`s, or
+        as they are with `raw`."""
         limit = asyncio.Semaphore(16)
 
         async def resolve(file_id: int) -> FileState:
@@ -304,12 +476,22 @@ class DownloadActivities:
                 except ObjectNotFound:
                     return not_found(file_id, key)
                 except StorageError as exc:
+                    if raw:
+                        raise
                     raise storage_failure(exc) from exc
                 finally:
                     on_done()
             return FileState(file_id=file_id, key=key, size=info.size)
 
         return list(await asyncio.gather(*(resolve(i) for i in file_ids)))
+
+    async def _resolve_for_parts(self, file_ids: list[int]) -> list[FileState]:
+        """Every id resolved before an archive in parts is cut; "not found" is believed only once
+        the bucket answers (see `_bucket_answers`)."""
+        resolved = await self._resolve(file_ids, lambda: None, raw=True)
+        if any(f.error_type == ErrorType.file_not_found.value for f in resolved):
+            await self._io(self.store.confirm_bucket)
+        return resolved
 
     # ------------------------------------------------------------------ package
     @activity.defn(name=PACKAGE_ARCHIVE)
@@ -319,13 +501,19 @@ class DownloadActivities:
             return await self._package(request, log_entry)
 
     async def _package(self, request: PackageInput, log_entry: AttemptLog) -> PackageResult:
-        # Every key is derived here from ids, whatever the input says.
-        checkpoints = Checkpoints(self.store, self.settings.archive_key(request.job_id), self._io)
         info = activity.info()
+        # Every key is derived here from ids, whatever the input says.
+        run_id = info.workflow_run_id if request.keys_per_run else None
+
+        def key_for(part: int) -> str:
+            return self.settings.archive_key(request.job_id, run_id, part)
+
+        checkpoints = Checkpoints(self.store, key_for(1), self._io, part_key=key_for)
         progress = last_progress(info.heartbeat_details) or PackageProgress()
         # A first attempt has nothing to resume; a retried one may find its predecessor's
         # checkpoint even if no heartbeat of it reached Temporal.
         retried_run = info.workflow_run_id if info.attempt > 1 else None
+        resolved: list[FileState] | None = None
         try:
             checkpoint = await checkpoints.to_resume(progress, retried_run)
             if checkpoint is not None and checkpoint.result is not None:
@@ -333,28 +521,48 @@ class DownloadActivities:
                     log.info("archive already complete", archive=checkpoints.archive_key)
                     return checkpoint.result
                 checkpoint = None
+            if checkpoint is None and request.max_archive_bytes and request.file_ids is not None:
+                # Parts are cut by the sources' sizes: every id is resolved before packaging.
+                resolved = await self._resolve_for_parts(request.file_ids)
+                if not available_sources(resolved):
+                    raise nothing_to_package(resolved)
         except StorageError as exc:
             error, failures = self._failed(request, progress.storage_failures, exc)
             # What the next attempt resumes from is kept, with the failure counted.
             activity.heartbeat(progress.model_copy(update={"storage_failures": failures}))
             raise error from exc
         try:
-            attempt = self._start_or_restore(request, checkpoint, progress)
+            attempt = self._start_or_restore(request, checkpoint, progress, resolved)
         except ValueError as exc:  # a writer state this version cannot continue
             if checkpoint is None:
                 raise
             log.warning("checkpoint not resumable, starting over", error=str(exc))
             await checkpoints.drop(checkpoint.upload_id)
             checkpoint = None
-            attempt = self._start_or_restore(request, None, progress)
+            if request.max_archive_bytes and request.file_ids is not None:
+                resolved = await self._resolve_for_parts(request.file_ids)
+            attempt = self._start_or_restore(request, None, progress, resolved)
         attempt.run_id = info.workflow_run_id
+        attempt.job_id, attempt.mtime = request.job_id, request.mtime
+        deflate = request.compression == "deflate"
+        if request.max_archive_bytes and attempt.named_sources is not None:
+            attempt.part_starts = plan_parts(
+                [(entry_name(s.file_id), s.size) for s in attempt.named_sources],
+                len(attempt.resolved or attempt.named_sources),
+                request.max_archive_bytes,
+                deflate,
+            )
         log_entry.counters = attempt.counters
         base = self._base_part_size(attempt.sources)
-        upload = ArchiveUpload(
-            self.store, checkpoints.archive_key, lambda n: part_size(base, n), self._io
-        )
+
+        def new_upload() -> ArchiveUpload:
+            key = key_for(attempt.part)
+            return ArchiveUpload(self.store, key, lambda n: part_size(base, n), self._io)
+
+        upload = new_upload()
         if checkpoint is not None:
-            upload.restore(checkpoint.upload_id, checkpoint.parts)
+            if checkpoint.upload_id and not checkpoint.part_stored:
+                upload.restore(checkpoint.upload_id, checkpoint.parts)
             log_entry.resumed(attempt.resumed_from)
         prefetcher = Prefetcher(
             self.store,
@@ -365,7 +573,6 @@ class DownloadActivities:
             executor=self.io,
         )
         attempt.prefetcher = prefetcher
-        deflate = request.compression == "deflate"
         live = self.feed.publishing(
             request.job_id,
             attempt.run_id,
@@ -377,6 +584,9 @@ class DownloadActivities:
             try:
                 async with prefetcher:
                     while attempt.file_index < len(attempt.sources):
+                        if attempt.file_index == attempt.next_part_start():
+                            await self._seal_part(attempt, upload, checkpoints)
+                            upload = await self._begin_part(attempt, checkpoints, new_upload)
                         await self._copy_entry(attempt, upload, checkpoints, deflate)
                 if attempt.files_done == 0:
                     await upload.abort()
@@ -384,7 +594,9 @@ class DownloadActivities:
                 await self._finish(attempt, upload, checkpoints)
             except (ValueError, ObjectChanged) as exc:
                 await upload.abort()
+                await self._discard_parts(attempt)
                 await checkpoints.discard()
+                await self._report_stopped(attempt)
                 raise source_changed(exc) from exc
             except UploadGone as exc:
                 # Completed or aborted by another attempt of this run (one Temporal had given
@@ -396,8 +608,10 @@ class DownloadActivities:
                 # Only a user's cancel discards the upload; a lost or stopping worker keeps it.
                 if details is not None and details.cancel_requested:
                     await upload.abort()
+                    await asyncio.shield(self._discard_parts(attempt))
                     await asyncio.shield(checkpoints.discard())
                     log.info("archive cancelled, upload aborted", archive=upload.key)
+                    await self._report_stopped(attempt)
                 else:
                     # The part on its way must not write a checkpoint after this attempt ended:
                     # it could land over a newer one of the attempt that resumes.
@@ -411,19 +625,30 @@ class DownloadActivities:
                     request, attempt.storage_failures, exc
                 )
                 activity.heartbeat(attempt.details())
+                if error.non_retryable:
+                    await self._report_stopped(attempt)
                 raise error from exc
         return attempt.result(upload.key)
 
     def _start_or_restore(
-        self, request: PackageInput, checkpoint: Checkpoint | None, progress: PackageProgress
+        self,
+        request: PackageInput,
+        checkpoint: Checkpoint | None,
+        progress: PackageProgress,
+        resolved: list[FileState] | None = None,
     ) -> _Attempt:
-        """The attempt's entries and position: from the checkpoint, or from the start."""
+        """The attempt's entries and position: from the checkpoint, or from the start (with
+        every id `resolved` already, for an archive in parts)."""
         named = checkpoint.sources if checkpoint is not None else None
+        if named is None and resolved is not None:
+            named = available_sources(resolved)
         if named is not None:
-            # An earlier worker resolved every id before packaging: the same list, resumed.
-            attempt = self._attempt([s.file_id for s in named], self._sources(named), checkpoint)
+            # Every id was resolved before packaging (by this attempt, or by an earlier worker
+            # that did so): the same list, resumed.
+            ids = [s.file_id for s in named]
+            attempt = self._attempt(ids, self._sources(named), checkpoint, request.mtime)
             attempt.named_sources = named
-            attempt.resolved = checkpoint.resolved if checkpoint is not None else None
+            attempt.resolved = checkpoint.resolved if checkpoint is not None else resolved
         elif request.file_ids is not None:
             ids = request.file_ids
             attempt = self._attempt(ids, self._id_sources(ids), checkpoint, request.mtime)
@@ -433,6 +658,7 @@ class DownloadActivities:
             ids = [s.file_id for s in request.sources]
             attempt = self._attempt(ids, self._sources(request.sources), checkpoint, request.mtime)
         attempt.storage_failures = progress.storage_failures
+        attempt.began_at = progress.started_at or attempt.began_at
         if checkpoint is not None:
             attempt.pointer, attempt.legacy = progress.resume, progress.checkpoint
         return attempt
@@ -461,7 +687,15 @@ class DownloadActivities:
             files_done=checkpoint.files_done,
             bytes_done=checkpoint.bytes_done,
             missing=list(checkpoint.missing),
-            resumed_from=writer.offset,
+            resumed_from=sum(p.size for p in checkpoint.archive_parts) + writer.offset,
+            # A checkpoint of an earlier version has no digest state: that file's stays unknown.
+            digest=FileDigest.restore(checkpoint.digest_state, checkpoint.file_offset)
+            if writer.in_entry
+            else None,
+            digests=dict(checkpoint.digests),
+            part=checkpoint.part,
+            parts_done=list(checkpoint.archive_parts),
+            part_stored=checkpoint.part_stored,
         )
 
     def _sources(self, sources: list[SourceFile]) -> list[Source | None]:
@@ -486,6 +720,7 @@ class DownloadActivities:
             return
         assert attempt.prefetcher is not None
         attempt.current_file = source.file_id
+        entered = time.monotonic()
         writer = attempt.writer
         if not writer.in_entry:
             await self._origin_delay()
@@ -497,14 +732,22 @@ class DownloadActivities:
                 raise ObjectChanged(f"{source.key}: removed while being packaged") from exc
             await self._bucket_answers(attempt)
             # Gone (or removed since it was resolved): the archive goes on without it.
+            attempt.pace.entered(entered)
+            attempt.pace.stopped()
             attempt.skip(not_found(source.file_id, source.key))
             return
+        size = opened.size if source.size is None else source.size
         if not writer.in_entry:
-            size = opened.size if source.size is None else source.size
-            upload.write(writer.start_entry(f"{source.file_id}.zip", size, deflate=deflate))
+            upload.write(writer.start_entry(entry_name(source.file_id), size, deflate=deflate))
+            attempt.digest = FileDigest()
+        digest = attempt.digest
+        attempt.current_size = size
+        attempt.pace.entered(entered)
         try:
             async for chunk in opened.chunks():
                 upload.write(writer.write(chunk))
+                if digest is not None:
+                    digest.update(chunk)
                 attempt.file_offset += len(chunk)
                 attempt.source_bytes_read += len(chunk)
                 attempt.bytes_done += len(chunk)
@@ -536,23 +779,73 @@ class DownloadActivities:
 
         await upload.flush(stored)
 
+    async def _close_archive(
+        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
+    ) -> None:
+        """Write the part's manifest and central directory (listing the manifest first), and
+        store its last bytes, unless a resumed checkpoint had done so already."""
+        if attempt.writer.finished:
+            return
+        upload.write(attempt.manifest_entry())
+        upload.write(attempt.writer.finish(first=MANIFEST_NAME))
+        if upload.upload_id is not None:
+            await self._store_part(attempt, upload, checkpoints)
+
+    async def _seal_part(
+        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
+    ) -> None:
+        """Complete the current part of an archive in parts, before the next one begins."""
+        await self._close_archive(attempt, upload, checkpoints)
+        if not attempt.part_stored:
+            # Completed by S3 even if this attempt is cancelled meanwhile: the next attempt
+            # finds the upload gone and the part stored (`Checkpoints.to_resume`).
+            await asyncio.shield(upload.complete())
+        attempt.parts_done.append(
+            ArchivePart(number=attempt.part, key=upload.key, size=attempt.writer.offset)
+        )
+        log.info("archive part complete", archive=upload.key, part=attempt.part)
+
+    async def _begin_part(
+        self,
+        attempt: _Attempt,
+        checkpoints: Checkpoints,
+        new_upload: Callable[[], ArchiveUpload],
+    ) -> ArchiveUpload:
+        """Start the next part: a new archive, and a checkpoint at its start, so a lost worker
+        resumes here without redoing the parts before."""
+        attempt.part += 1
+        attempt.part_stored = False
+        attempt.writer = ResumableZipWriter(mtime=attempt.mtime)
+        _, writer_state = attempt.writer.checkpoint()
+        attempt.pointer = await checkpoints.save(
+            attempt.position(writer_state)(upload_id="", parts=[])
+        )
+        attempt.legacy = None
+        activity.heartbeat(attempt.details())
+        return new_upload()
+
+    async def _discard_parts(self, attempt: _Attempt) -> None:
+        """Delete the completed parts of an archive that will never be complete."""
+        for part in attempt.parts_done:
+            with contextlib.suppress(StorageError):
+                await self._io(self.store.delete, part.key)
+
     async def _finish(
         self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
     ) -> None:
-        """Write the central directory and store the archive (one PUT if it fits in one part);
-        a multipart archive's checkpoint then keeps the result, for a late attempt."""
-        if not attempt.writer.finished:
-            upload.write(attempt.writer.finish())
-            if upload.upload_id is not None:
-                await self._store_part(attempt, upload, checkpoints)
-        if upload.upload_id is None:
+        """Write the manifest and central directory and store the archive (one PUT if it fits
+        in one part); a multipart archive's checkpoint then keeps the result, for a late
+        attempt."""
+        await self._close_archive(attempt, upload, checkpoints)
+        if upload.upload_id is None and not attempt.part_stored:
             await upload.complete()
             return
         _, writer_state = attempt.writer.checkpoint()
-        final = attempt.position(writer_state)(upload_id=upload.upload_id, parts=[])
+        final = attempt.position(writer_state)(upload_id=upload.upload_id or "", parts=[])
 
         async def complete() -> None:
-            await upload.complete()
+            if not attempt.part_stored:
+                await upload.complete()
             await checkpoints.complete(final, attempt.result(upload.key))
 
         # S3 completes the upload even if this attempt is cancelled meanwhile (a lost worker
@@ -566,6 +859,22 @@ class DownloadActivities:
                 await finishing
             raise
 
+    async def _report_stopped(self, attempt: _Attempt) -> None:
+        """Tell the workflow what was done before the job stopped here (a cancellation carries
+        no details of its own), so the job keeps its record."""
+        info = activity.info()
+        if info.workflow_id is None:
+            return
+        try:
+            handle = activity.client().get_workflow_handle(
+                info.workflow_id, run_id=info.workflow_run_id
+            )
+            await handle.signal(
+                PACKAGING_STOPPED_SIGNAL, attempt.record(), rpc_timeout=timedelta(seconds=5)
+            )
+        except Exception as exc:  # no client, or Temporal away: the job ends without it
+            log.warning("packaging record not sent", error=str(exc))
+
     async def _bucket_answers(self, attempt: _Attempt) -> None:
         """Before the first source of an attempt is taken for gone: a storage server going down
         may answer "not found" for everything, so the bucket must answer as it should."""
@@ -574,8 +883,14 @@ class DownloadActivities:
             attempt.bucket_answered = True
 
     async def _archive_stored(self, result: PackageResult) -> bool:
-        info = await self._io(self.store.stat_or_none, result.archive_key)
-        return info is not None and info.size == result.archive_size
+        parts = result.parts or [
+            ArchivePart(number=1, key=result.archive_key, size=result.archive_size)
+        ]
+        for part in parts:
+            info = await self._io(self.store.stat_or_none, part.key)
+            if info is None or info.size != part.size:
+                return False
+        return True
 
     def _base_part_size(self, sources: list[Source | None]) -> int:
         """The configured part size, larger if the known sizes need it to fit in `MAX_PARTS`."""

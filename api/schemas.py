@@ -11,8 +11,19 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from workflows.models import MAX_FILE_ID, MAX_FILES_PER_JOB, MIN_FILE_ID, FileStatus, JobStatus
+from core import bounds
+from workflows.models import (
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    MAX_FILE_ID,
+    MAX_FILES_PER_JOB,
+    MIN_FILE_ID,
+    FileStatus,
+    JobStatus,
+)
 
+# What a job's completion estimate rests on (`etaBasis`).
+EtaBasis = Literal["rate", "estimate", "estimating"]
 FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
 
 
@@ -35,6 +46,21 @@ class InitiateRequest(BaseModel):
     callback_url: AnyHttpUrl | None = Field(
         None, description="POSTed a signed JSON notice when the job ends"
     )
+    priority: int | None = Field(
+        None,
+        strict=True,
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="1 (most urgent) to 5; Temporal's task-queue priority key. Default 3, or the "
+        "caller's ceiling (PRIORITY_CEILING) when less urgent; more urgent than it is a 403",
+    )
+    max_archive_bytes: int | None = Field(
+        None,
+        ge=bounds.MIN_ARCHIVE_BYTES,
+        le=bounds.MAX_ARCHIVE_BYTES,
+        description="split the archive into standalone zips of at most this many bytes "
+        "(a file larger than that makes a part of its own); at most MAX_ARCHIVE_BYTES_LIMIT",
+    )
 
 
 class FileRequest(BaseModel):
@@ -55,6 +81,7 @@ class FileView(BaseModel):
     size: int | None = None
     error: str | None = None
     download_url: str | None = Field(default=None, serialization_alias="downloadUrl")
+    sha256: str | None = Field(default=None, description="SHA-256 (hex) of a completed file")
 
 
 class JobProgress(CamelModel):
@@ -69,6 +96,15 @@ class JobProgress(CamelModel):
     failed_files: int
     bytes_processed: int
     total_bytes: int
+    eta_basis: EtaBasis | None = Field(
+        default=None,
+        description="what `estimatedCompletionAt` comes from: the observed rate, the start "
+        "estimate, or nothing yet (`estimating`, no time given); null once the job is finished",
+    )
+    current_file_bytes: int | None = Field(
+        default=None, description="bytes of the file in work packaged so far"
+    )
+    current_file_size: int | None = Field(default=None, description="size of the file in work")
 
 
 # `updated_at` and `estimated_completion_at` are declared in both subclasses, not in the base:
@@ -85,8 +121,14 @@ class JobView(JobProgress):
     download_url: str | None = None
     expires_at: datetime | None = None
     archive_size: int | None = None
+    download_urls: list[str] | None = Field(
+        default=None,
+        description="one presigned URL per archive part (a single archive: [downloadUrl])",
+    )
+    archive_sizes: list[int] | None = Field(default=None, description="bytes of each part")
     error: str | None = None
     error_type: str | None = None
+    priority: int | None = Field(None, description="1 (most urgent) to 5")
 
 
 class JobLinks(CamelModel):
@@ -135,9 +177,17 @@ class JobSummary(CamelModel):
     job_id: str
     status: JobStatus
     total_files: int
+    completed_files: int | None = None
+    failed_files: int | None = None
+    total_bytes: int | None = None
+    progress: int | None = Field(
+        default=None, ge=0, le=100, description="as of the job's last phase change"
+    )
+    first_file_ids: list[int] | None = Field(default=None, description="up to 5 of its file ids")
     created_at: datetime
     completed_at: datetime | None = None
     error: str | None = None
+    priority: int | None = None
 
 
 class JobList(CamelModel):
@@ -150,6 +200,11 @@ class ProgressEvent(JobProgress):
 
     updated_at: datetime
     estimated_completion_at: datetime | None = None
+    changed_files: list[FileView] | None = Field(
+        default=None,
+        description="files whose state changed since the stream's previous event; a stream's "
+        "first event (also after a resume) carries every file",
+    )
 
 
 # --- the existing service's shapes ---

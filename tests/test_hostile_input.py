@@ -88,9 +88,10 @@ async def test_an_input_naming_other_objects_writes_only_the_jobs_own_archive(
     cli_start(env, settings, job_id, hostile)
     handle = env.client.get_workflow_handle(job_id, result_type=JobState)
     state = await handle.result()
-    assert state.archive_key == settings.archive_key(job_id)
+    key = settings.archive_key(job_id, (await handle.describe()).run_id)
+    assert state.archive_key == key
     assert b"".join(store.read(victim)) == source_bytes(10_002, 200)
-    assert [o.key for o in store.list_objects("archives/")] == [settings.archive_key(job_id)]
+    assert [o.key for o in store.list_objects("archives/")] == [key]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,11 @@ ANONYMOUS_OWNER = "anonymous"
 
 FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
 
+# A job's priority is Temporal's task-queue priority key itself: 1 is dispatched first, 5 last,
+# 3 (Temporal's default) when none is asked for. Owners share workers fairly within a priority.
+HIGHEST_PRIORITY, DEFAULT_PRIORITY, LOWEST_PRIORITY = 1, 3, 5
+PriorityLevel = Annotated[int, Field(ge=HIGHEST_PRIORITY, le=LOWEST_PRIORITY)]
+
 
 class JobStatus(StrEnum):
     queued = "queued"
@@ -86,6 +91,8 @@ class JobOptions(BaseModel):
         ge=bounds.MIN_DEADLINE_MINUTES * 60,
         le=bounds.MAX_DEADLINE_MINUTES * 60,
     )
+    # Split the archive into standalone zips of at most this many bytes (None: one archive).
+    max_archive_bytes: bounds.ArchiveBytes | None = None
 
 
 class DownloadRequest(BaseModel):
@@ -102,6 +109,8 @@ class DownloadRequest(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     created_at: datetime
     request_id: str | None = Field(default=None, max_length=128)
+    # Temporal's priority key of the run and its activities (None: Temporal's default).
+    priority: PriorityLevel | None = None
 
     @classmethod
     def checked(cls, payload: object, workflow_id: str) -> DownloadRequest:
@@ -123,6 +132,8 @@ class FileState(BaseModel):
     size: int | None = None
     error: str | None = None
     error_type: str | None = None
+    # SHA-256 (hex) of the file's bytes, once it is in the archive.
+    sha256: str | None = None
 
 
 class JobState(BaseModel):
@@ -137,6 +148,9 @@ class JobState(BaseModel):
     current_file: int | None = None
     archive_key: str | None = None
     archive_size: int | None = None
+    # Bytes of each archive part, in order (set by runs whose keys carry the run id; their
+    # part keys are `Settings.archive_key(job_id, run_id, n)`).
+    archive_sizes: list[int] | None = None
     error: str | None = None
     error_type: str | None = None
     callback_url: str | None = None
@@ -144,6 +158,7 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     updated_at: datetime
     completed_at: datetime | None = None
+    priority: int | None = None
 
     @classmethod
     def for_request(
@@ -159,6 +174,7 @@ class JobState(BaseModel):
             created_at=request.created_at,
             started_at=started_at,
             updated_at=started_at or request.created_at,
+            priority=request.priority,
         )
 
     @property
@@ -168,6 +184,14 @@ class JobState(BaseModel):
     @property
     def failed_files(self) -> int:
         return sum(1 for f in self.files if f.status is FileStatus.failed)
+
+
+class JobTally(BaseModel):
+    """A completed job's counts, kept in its memo for lists: its whole state is its result."""
+
+    completed_files: int
+    failed_files: int
+    total_bytes: int
 
 
 class SourceFile(BaseModel):
@@ -210,6 +234,19 @@ class PackageInput(BaseModel):
     # The budget of attempts that fail on storage errors, counted by the activity itself (lost
     # workers and deploy hand-overs use none of it); unset, Temporal's policy counts every attempt.
     storage_retry: RetryOptions | None = None
+    # Archive parts of at most this many bytes, each a standalone zip (None: one archive).
+    max_archive_bytes: bounds.ArchiveBytes | None = None
+    # Set by current workflows: archives are keyed by the run too,
+    # `Settings.archive_key(job_id, run_id, part)`; runs of earlier versions keep `archive_key(job_id)`.
+    keys_per_run: bool = False
+
+
+class ArchivePart(BaseModel):
+    """One archive of a job, complete in S3: its number (from 1), key and size."""
+
+    number: int
+    key: str
+    size: int
 
 
 class Checkpoint(BaseModel):
@@ -240,6 +277,15 @@ class Checkpoint(BaseModel):
     # The workflow run that wrote it: an attempt whose heartbeat holds no pointer adopts only a
     # checkpoint of its own run.
     run_id: str | None = None
+    # SHA-256 of every file written so far (file id -> hex), and the resumable SHA-256 state
+    # of the one being written (`activities.digests`).
+    digests: dict[int, str] = Field(default_factory=dict)
+    digest_state: str | None = None
+    # The archive part being written (from 1), and the parts completed before it.
+    part: int = 1
+    archive_parts: list[ArchivePart] = Field(default_factory=list)
+    # This part's upload is complete already (found so on resume): it is only recorded.
+    part_stored: bool = False
 
 
 class ProgressSummary(BaseModel):
@@ -256,6 +302,15 @@ class ProgressSummary(BaseModel):
     updated_at: datetime | None = None
     # Requested ids known not to be in the archive (missing or invalid), as far as known.
     unavailable: list[int] = Field(default_factory=list)
+    # When the job's first packaging attempt started (kept by every later attempt).
+    started_at: datetime | None = None
+    # The file in work: its bytes in the archive so far and its size, once known.
+    current_file_bytes: int | None = None
+    current_file_size: int | None = None
+    # What the time went on so far: seconds per file before its bytes flow (origin latency, a
+    # slow origin), and bytes per second while they flow. Completion estimates build on both.
+    file_seconds: float | None = None
+    byte_rate: float | None = None
 
 
 class ProgressNotice(ProgressSummary):
@@ -298,6 +353,21 @@ class PackageResult(BaseModel):
     # Archive offset this attempt resumed from (0 = started fresh) and source bytes it read.
     resumed_from: int = 0
     source_bytes_read: int = 0
+    # SHA-256 of every packaged file (file id -> hex); every archive part, first = archive_key.
+    digests: dict[int, str] = Field(default_factory=dict)
+    parts: list[ArchivePart] = Field(default_factory=list)
+    # When the job's packaging began (its first attempt).
+    started_at: datetime | None = None
+
+
+class PackagingRecord(BaseModel):
+    """What packaging had done when the job stopped (cancelled or failed): every file as far as
+    it got (completed with its size, failed with the reason, else pending), the bytes moved."""
+
+    files: list[FileState]
+    bytes_done: int = 0
+    total_bytes: int = 0
+    started_at: datetime | None = None
 
 
 class CallbackNotice(BaseModel):

@@ -19,8 +19,12 @@ DELETE_EXPIRED_ARCHIVES = "delete_expired_archives"
 JOB_ACTIVITIES = (RESOLVE_FILES, PACKAGE_ARCHIVE)
 
 STATUS_QUERY = "status"
+# Sent by a packaging attempt that stops the job (cancelled, or failed for good): what it did.
+PACKAGING_STOPPED_SIGNAL = "packaging_stopped"
 # Memo key of the job state, readable through `describe()` with no worker running.
 STATE_MEMO_KEY = "state"
+# Memo key of a completed job's counts (`JobTally`), for lists (its state is in its result).
+TALLY_MEMO_KEY = "tally"
 
 
 def callback_task_queue(task_queue: str) -> str:
@@ -34,7 +38,9 @@ CLEANUP_SCHEDULE_ID = "archive-cleanup"
 DOWNLOAD_STATUS = SearchAttributeKey.for_keyword("DownloadStatus")
 OWNER = SearchAttributeKey.for_keyword("Owner")
 FILE_COUNT = SearchAttributeKey.for_int("FileCount")
-SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT)
+# The job's priority (1 most urgent ... 5), as Temporal's priority key: set at start.
+DOWNLOAD_PRIORITY = SearchAttributeKey.for_int("DownloadPriority")
+SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT, DOWNLOAD_PRIORITY)
 
 
 # Server settings under which task queues dispatch fairly between owners (the fairness key);

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from temporalio.api.enums.v1 import PendingActivityState
@@ -76,8 +76,9 @@ class JobReads:
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             state = await self.completed_state(job_id, desc.run_id)
         activities = await self.pending_activities(desc)
-        view = job_view(state, desc.status, activities, desc.close_time)
-        return JobRecord(state=state, view=view, run_started=desc.start_time)
+        pace = self.pace.observed_ms_per_file
+        view = job_view(state, desc.status, activities, desc.close_time, pace)
+        return JobRecord(state=state, view=view, run_started=desc.start_time, run_id=desc.run_id)
 
     async def _current_run(self, job_id: str) -> WorkflowExecutionDescription:
         """The job's current run. Asked by its run id while that run was last seen open, which
@@ -130,7 +131,12 @@ class JobReads:
                     )
                 except Exception:  # details of another shape carry no progress
                     progress = None
-            result.append(PendingActivity(name=name, started=started, progress=progress))
+            started_at = act.last_started_time.ToDatetime(UTC) if started else None
+            result.append(
+                PendingActivity(
+                    name=name, started=started, progress=progress, started_at=started_at
+                )
+            )
         return result
 
     def status_json(self, record: JobRecord) -> bytes:
@@ -153,10 +159,33 @@ class JobReads:
             for f in view.files
         ]
         update: dict[str, Any] = {"files": files}
-        if view.status is JobStatus.completed and state.archive_key:
-            url, expires = self.links.get(state.archive_key, f"{view.job_id}.zip")
-            update.update(download_url=url, expires_at=expires)
+        keys = self.archive_keys(record)
+        if view.status is JobStatus.completed and keys:
+            links = [
+                self.links.get(key, archive_filename(view.job_id, number, len(keys)))
+                for number, key in enumerate(keys, 1)
+            ]
+            update.update(
+                download_url=links[0][0],
+                expires_at=links[0][1],
+                download_urls=[url for url, _ in links],
+                archive_sizes=state.archive_sizes or [state.archive_size or 0],
+            )
         return view.model_copy(update=update)
+
+    def archive_keys(self, record: JobRecord) -> list[str]:
+        """The keys of a completed run's archive parts, derived from the job id, the run id and
+        the part numbers (only their count is read from the run's result). Runs of earlier
+        versions, which recorded no part sizes, wrote one archive under the job id alone."""
+        state = record.state
+        if not state.archive_key:
+            return []
+        if state.archive_sizes is None or record.run_id is None:
+            return [self.settings.archive_key(state.job_id)]
+        return [
+            self.settings.archive_key(state.job_id, record.run_id, number)
+            for number in range(1, len(state.archive_sizes) + 1)
+        ]
 
     def _source_link(self, file_id: int) -> str:
         url, _ = self.links.get(self.settings.source_key(file_id), f"{file_id}.zip")
@@ -166,11 +195,15 @@ class JobReads:
         """The job with a fresh download URL, and 410 once its archive has expired."""
         record = await self.describe(job_id, owner)
         view = self.with_download(record)
-        if view.status is JobStatus.completed and record.state.archive_key:
-            info = await asyncio.to_thread(self.store.stat_or_none, record.state.archive_key)
-            if info is None:
+        keys = self.archive_keys(record)
+        if view.status is JobStatus.completed and keys:
+            infos = await asyncio.gather(
+                *(asyncio.to_thread(self.store.stat_or_none, key) for key in keys)
+            )
+            sizes = [info.size for info in infos if info is not None]
+            if len(sizes) != len(keys):
                 raise ApiError(410, "gone", "the archive has expired; retry is not possible")
-            view = view.model_copy(update={"archive_size": info.size})
+            view = view.model_copy(update={"archive_size": sizes[0], "archive_sizes": sizes})
         return view
 
     async def wait_for_result(self, job_id: str, owner: str, seconds: float) -> JobRecord | None:
@@ -184,6 +217,11 @@ class JobReads:
             pass  # failed or cancelled: the memo says why
         self.snapshots.forget(job_id)
         return await self.describe(job_id, owner)
+
+
+def archive_filename(job_id: str, part: int, parts: int) -> str:
+    """The name a browser saves part `part` of `parts` under."""
+    return f"{job_id}.zip" if parts == 1 else f"{job_id}.part{part}.zip"
 
 
 async def _memo_state(desc: WorkflowExecutionDescription, job_id: str) -> JobState:

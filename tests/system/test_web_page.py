@@ -256,7 +256,7 @@ async def test_renders_what_the_api_answers(
                 for f in early["files"]
             ],
         }
-        if "currentFileSize" not in running:
+        if running.get("currentFileSize") is None:  # null while no file is in work
             running |= {"currentFileBytes": 102_400, "currentFileSize": 300_000}
         await render(page, running)
         done, size = running["currentFileBytes"], running["currentFileSize"]
