@@ -84,13 +84,15 @@ class Services:
         return proc
 
     def api(self, **settings: object) -> tuple[subprocess.Popen[bytes], int]:
-        """An API process and its port: no rate limit, no stream caps (the load comes from one
-        address and one owner), unless told."""
+        """An API process and its port: no rate limit, no stream caps or quotas (the load
+        comes from one address and one owner), unless told."""
         port = free_port()
         unlimited = {
             "rate_limit_enabled": False,
             "streams_per_client": 1_000_000,
             "streams_per_owner": 1_000_000,
+            "quota_active_jobs_per_owner": 1_000_000,
+            "quota_files_per_owner_per_day": 100_000_000,
         }
         env = self.env(port=port, **{**unlimited, **settings})
         proc = subprocess.Popen([str(BIN / "download-api")], env=env, cwd=self.workdir)
