@@ -365,8 +365,8 @@ class MovingRun:
     outage: tuple[float, float] | None = None
     cpu: str = ""
     began: float = 0.0
-    # API describe() calls and seconds from the moment every job moves to the first job's end
-    # (before any attempt's end asks Temporal what follows).
+    # API describe() calls and seconds from the moment nine jobs in ten move to the first job's
+    # end (before any attempt's end asks Temporal what follows).
     steady: tuple[float, float] = (0.0, 0.0)
 
     def gaps(self, within: tuple[float, float] | None = None) -> list[float]:
@@ -408,7 +408,7 @@ class MovingRun:
             f"  max {max(gaps, default=float('nan')):.2f} s (jobs' own pace p99 "
             f"{quantile(self.pace(), 0.99):.2f} s) | staleness p99 "
             f"{quantile(stale, 0.99):.2f} s | API describe()/s {self.api_describes / self.elapsed:5.1f}"
-            f" (all moving: {self.steady_rate():5.1f}; per job {self.api_describes / self.jobs:.1f})"
+            f" (9 in 10 moving: {self.steady_rate():5.1f}; per job {self.api_describes / self.jobs:.1f})"
             f" | Temporal DescribeWorkflowExecution/s "
             f"{self.temporal.get('DescribeWorkflowExecution', 0.0) / self.elapsed:5.1f}"
             f" | heartbeats/job/s {self.heartbeats_per_job_second():.2f}"
@@ -486,9 +486,9 @@ async def moving_run(
             window = None
 
             async def first_end() -> tuple[float, float]:
-                while not all(f.times for f in follows):
+                while sum(bool(f.times) for f in follows) < 0.9 * len(follows):
                     if any(f.done for f in follows):
-                        return 0.0, 0.0  # a job ended before every job was seen moving
+                        return 0.0, 0.0  # a job ended before nine in ten were seen moving
                     await asyncio.sleep(0.02)
                 moving, calls = time.time(), sum([await describes(c) for c in clients])
                 while not any(f.done for f in follows):
@@ -589,7 +589,7 @@ def report_moving(runs: list[MovingRun]) -> None:
         f"bus {quantile(bus.stale(), 0.99):.2f} s vs polling {quantile(polling.stale(), 0.99):.2f} s"
     )
     print(
-        f"RESULT {jobs} jobs: API describe()/s for streams while every job moves: bus "
+        f"RESULT {jobs} jobs: API describe()/s for streams while nine jobs in ten move: bus "
         f"{bus.steady_rate():.1f} vs polling {polling.steady_rate():.1f}; over the whole run "
         f"{bus.api_describes / bus.elapsed:.1f} vs {polling.api_describes / polling.elapsed:.1f}"
         f" (bus: {bus.api_describes / jobs:.1f} per job, when its attempt ends)"
