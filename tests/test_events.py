@@ -284,7 +284,8 @@ async def test_progress_events_carry_the_files_that_changed(
     missing_failed_early = False
     for data in progress:
         changed = {f["file_id"]: f["status"] for f in data["changedFiles"]}
-        assert changed and set(changed) <= set(ids)
+        # Bytes may move with no file changing state: such an event carries no file.
+        assert set(changed) <= set(ids)
         assert all(files.get(i) != status for i, status in changed.items())  # real changes only
         files.update(changed)
         # What the changes add up to is what the event counts.
