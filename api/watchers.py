@@ -58,6 +58,8 @@ RECONNECT_MS = 3000
 BUS_GAP_SECONDS = 0.1
 # A moving job's attempt publishes at least every second: silent longer, the job is polled again.
 BUS_SILENCE_SECONDS = 2.0
+# After an attempt's end, how long one long poll waits for the run to close before polling.
+END_WAIT_SECONDS = 3.0
 EventKey = tuple[int, ...]
 _RANK = {JobStatus.queued: 0, JobStatus.processing: 1}
 
@@ -333,6 +335,27 @@ class JobWatchers:
             watch.record = live
         self.reads.offer(live)
 
+    async def _settled(self, job_id: str, owner: str, watch: _Watch) -> bool:
+        """After an attempt's end, one long poll for the run's close (instead of a describe()
+        every POLL_SECONDS, which a thousand jobs ending together would queue for the budget);
+        True once the terminal snapshot is out. A run still open (the attempt is retried, or
+        handed over) is followed as before."""
+        try:
+            record = await self.reads.wait_for_result(job_id, owner, END_WAIT_SECONDS)
+        except ApiError:
+            watch.close()
+            return True
+        except Exception as exc:  # Temporal unreachable: polling tries again, slower
+            log.info("job end wait failed", jobId=job_id, error=str(exc))
+            return False
+        if record is None:
+            return False
+        snap = self.snapshot(record, watch.latest)
+        watch.publish(record, snap)
+        if snap.terminal:
+            watch.close()
+        return snap.terminal
+
     async def _run(self, job_id: str, owner: str, watch: _Watch) -> None:
         delay = self.poll_seconds
         while not watch.closed:
@@ -349,8 +372,9 @@ class JobWatchers:
                     delay = BUS_SILENCE_SECONDS
                     continue
                 # The attempt is over: Temporal says what follows (done, retried, cancelled).
-                self.reads.snapshots.forget(job_id)
                 watch.heard, delay = None, self.poll_seconds
+                if await self._settled(job_id, owner, watch):
+                    return
                 continue
             elif covered := self._covered(watch):
                 delay = covered
