@@ -56,8 +56,9 @@ BUDGET_SLICES = 10
 RECONNECT_MS = 3000
 # A job's bus messages are turned into a snapshot at most this often (the newest one wins).
 BUS_GAP_SECONDS = 0.1
-# A moving job's attempt publishes at least every second: silent longer, the job is polled again.
-BUS_SILENCE_SECONDS = 2.0
+# A moving job's attempt publishes at least every second: silent three times as long (a
+# worker too busy to keep up, or away from the bus), the job is polled again.
+BUS_SILENCE_SECONDS = 3.0
 # After an attempt's end, how long one long poll waits for the run to close before polling.
 END_WAIT_SECONDS = 3.0
 EventKey = tuple[int, ...]
