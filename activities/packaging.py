@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError
 from activities.checkpoints import Checkpoints, last_progress
 from activities.joblog import AttemptLog, attempt_log
 from activities.prefetch import Prefetcher, Source
+from activities.sealed import as_sealed, run_archive_key, sealed_request
 from activities.storageerrors import (
     storage_failure,
     storage_retry,
@@ -274,8 +275,10 @@ class DownloadActivities:
         def details() -> dict[str, int]:
             return {"resolved": done, "total": len(request.file_ids)}
 
+        sealed = sealed_request(self.settings, request.request, request.job_id)
+        file_ids = sealed.file_ids if sealed is not None else request.file_ids
         async with heartbeating(details, self.settings.heartbeat_interval_seconds):
-            return ResolveResult(files=await self._resolve(request.file_ids, count))
+            return ResolveResult(files=await self._resolve(file_ids, count))
 
     async def _resolve(self, file_ids: list[int], on_done: Callable[[], None]) -> list[FileState]:
         limit = asyncio.Semaphore(16)
@@ -305,8 +308,12 @@ class DownloadActivities:
             return await self._package(request, log_entry)
 
     async def _package(self, request: PackageInput, log_entry: AttemptLog) -> PackageResult:
-        # Every key is derived here from ids, whatever the input says.
-        checkpoints = Checkpoints(self.store, self.settings.archive_key(request.job_id), self._io)
+        # Only for a request the API sealed, for this run: what to package comes from it, and
+        # every key is derived here from the run and the ids, whatever the input says.
+        sealed = sealed_request(self.settings, request.request, request.job_id)
+        request = as_sealed(request, sealed)
+        archive_key = run_archive_key(self.settings, sealed)
+        checkpoints = Checkpoints(self.store, archive_key, self._io)
         info = activity.info()
         progress = last_progress(info.heartbeat_details) or PackageProgress()
         # A first attempt has nothing to resume; a retried one may find its predecessor's

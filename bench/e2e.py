@@ -119,7 +119,8 @@ async def end_to_end(
     await history(client, job_id, timeline)
     timelines.append(timeline)
     view = (await http.get(f"/v1/download/status/{job_id}")).json()
-    await asyncio.to_thread(store.delete, settings.archive_key(job_id))
+    run_id = (await client.get_workflow_handle(job_id).describe()).run_id
+    await asyncio.to_thread(store.delete, settings.archive_key(job_id, run_id))
     return int(view["bytesProcessed"]), timeline.seen - timeline.answered
 
 

@@ -208,6 +208,18 @@ def read_object(s3: Minio, bucket: str, key: str) -> bytes:
         resp.release_conn()
 
 
+def archive_of(s3: Minio, settings: Settings, job_id: str) -> str:
+    """The archive of the job's (one) run: `Settings.archive_key(job_id, run_id)`."""
+    stem = settings.archive_key(job_id).removesuffix(".zip") + "."
+    found = s3.list_objects(settings.s3_bucket_name, prefix=stem)
+    keys: list[str] = [
+        o.object_name for o in found if o.object_name and o.object_name.endswith(".zip")
+    ]
+    if len(keys) != 1:
+        raise RuntimeError(f"job {job_id}: {len(keys)} archives")
+    return keys[0]
+
+
 def seed_sources(s3: Minio, settings: Settings, sources: dict[int, bytes]) -> dict[int, bytes]:
     """Upload the sources, then read every object back: the bytes archives are compared to are
     the source objects as S3 serves them (checked equal to what was written)."""
@@ -233,7 +245,7 @@ def seed_sources(s3: Minio, settings: Settings, sources: dict[int, bytes]) -> di
 def verify_archive(s3: Minio, settings: Settings, job: Job, sources: dict[int, bytes]) -> None:
     """Sets `job.problem` unless its archive holds exactly its sources' bytes."""
     try:
-        data = read_object(s3, settings.s3_bucket_name, settings.archive_key(job.job_id))
+        data = read_object(s3, settings.s3_bucket_name, archive_of(s3, settings, job.job_id))
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
             expected = [f"{file_id}.zip" for file_id in job.file_ids]

@@ -439,7 +439,8 @@ async def test_finished_job_stays_readable_after_the_worker_stops(
     assert_error(await api.delete(f"/v1/download/{job['jobId']}"), 409, "conflict")
     assert_error(await api.post(f"/v1/download/{job['jobId']}/retry"), 409)
 
-    store.delete(settings.archive_key(job["jobId"]))
+    run_id = (await env.client.get_workflow_handle(job["jobId"]).describe()).run_id
+    store.delete(settings.archive_key(job["jobId"], run_id))
     assert_error(await api.get(job["fileUrl"]), 410, "gone")
 
 
@@ -490,7 +491,8 @@ async def test_cancel_a_running_job_then_retry_it(
         assert resp.status_code == 200, resp.text
         assert resp.json() == {"jobId": job["jobId"], "cancelled": True, "status": "cancelled"}
         assert_error(await api.delete(f"/v1/download/{job['jobId']}"), 409)
-        assert store.stat_or_none(settings.archive_key(job["jobId"])) is None
+        run_id = (await env.client.get_workflow_handle(job["jobId"]).describe()).run_id
+        assert store.stat_or_none(settings.archive_key(job["jobId"], run_id)) is None
 
         retried = await api.post(f"/v1/download/{job['jobId']}/retry")
         assert retried.status_code == 200, retried.text

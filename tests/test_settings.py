@@ -113,6 +113,7 @@ SAFE_PRODUCTION = {
     "AUTH_JWT_SECRET": "j" * 40,
     "CALLBACK_SECRET": "c" * 40,
     "STREAM_TICKET_SECRET": "t" * 40,
+    "REQUEST_SEAL_SECRET": "r" * 40,
     "S3_ACCESS_KEY_ID": "downloads-service",
     "S3_SECRET_ACCESS_KEY": "s" * 40,
     "S3_PUBLIC_ENDPOINT": "https://files.example.test",
@@ -133,7 +134,8 @@ def test_production_refuses_to_start_unsafe(entry_point: str) -> None:
     said = "\n".join(lines)
     for name in ("no authentication", "CALLBACK_SECRET", "STREAM_TICKET_SECRET", "S3 credentials"):
         assert name in said
-    assert "S3_PUBLIC_ENDPOINT" in said and len(lines) == 5
+    assert "REQUEST_SEAL_SECRET" in said
+    assert "S3_PUBLIC_ENDPOINT" in said and len(lines) == 6
 
 
 @pytest.mark.parametrize(
@@ -144,6 +146,8 @@ def test_production_refuses_to_start_unsafe(entry_point: str) -> None:
         ("S3_SECRET_ACCESS_KEY", "minioadmin", "S3 credentials"),
         ("S3_PUBLIC_ENDPOINT", "", "S3_PUBLIC_ENDPOINT"),
         ("STREAM_TICKET_SECRET", "x" * 10, "STREAM_TICKET_SECRET"),
+        ("REQUEST_SEAL_SECRET", "change-me", "REQUEST_SEAL_SECRET"),
+        ("REQUEST_SEAL_SECRET", "", "REQUEST_SEAL_SECRET"),
     ],
 )
 def test_each_unsafe_production_setting_is_named(

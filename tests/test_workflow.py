@@ -54,7 +54,7 @@ async def test_archive_holds_every_file_byte_for_byte(
     assert state.status is JobStatus.completed
     assert [f.file_id for f in state.files] == [10_001, 10_002, 10_003]  # deduplicated, in order
     assert all(f.status is FileStatus.completed for f in state.files)
-    assert state.archive_key == settings.archive_key(handle.id)
+    assert state.archive_key == settings.archive_key(handle.id, handle.result_run_id)
     assert state.bytes_processed == sum(len(d) for d in sources.values())
     assert store.stat(state.archive_key).size == state.archive_size
     assert_archive_matches(read_archive(store, state.archive_key), sources)
@@ -125,7 +125,7 @@ async def test_cancel_mid_package_aborts_the_upload(
             await handle.result()
         assert isinstance(err.value.cause, CancelledError)
 
-    key = settings.archive_key(handle.id)
+    key = settings.archive_key(handle.id, handle.result_run_id)
     assert store.stat_or_none(key) is None
     with pytest.raises(UploadGone):
         store.list_parts(key, progress.resume.upload_id)

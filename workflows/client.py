@@ -46,6 +46,7 @@ from workflows.names import (
     OWNER,
     STATE_MEMO_KEY,
 )
+from workflows.sealing import seal
 
 log = get_logger(__name__)
 
@@ -103,8 +104,8 @@ def new_request(
     request_id: str | None = None,
     compression: str | None = None,
 ) -> DownloadRequest:
-    """A workflow input: ids deduplicated in their order, options from the settings."""
-    return DownloadRequest(
+    """A workflow input, sealed: ids deduplicated in their order, options from the settings."""
+    request = DownloadRequest(
         job_id=job_id,
         owner=owner,
         file_ids=list(dict.fromkeys(file_ids)),
@@ -113,6 +114,7 @@ def new_request(
         created_at=datetime.now(UTC).replace(microsecond=0),
         request_id=request_id,
     )
+    return seal(request, settings)
 
 
 async def start_download(

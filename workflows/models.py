@@ -8,6 +8,7 @@ the settings share (`core.bounds`).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -102,6 +103,15 @@ class DownloadRequest(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     created_at: datetime
     request_id: str | None = Field(default=None, max_length=128)
+    # HMAC-SHA256 (hex) over `sealed_content()` with a secret only the API and the worker hold:
+    # the worker acts for the owner only on a request the API sealed (`workflows.sealing`).
+    seal: str | None = Field(default=None, max_length=128)
+
+    def sealed_content(self) -> bytes:
+        """What the seal covers: every field but the seal, as canonical JSON. Fields at their
+        default are left out, so a field added later with a default keeps earlier seals valid."""
+        content = self.model_dump(mode="json", exclude={"seal"}, exclude_defaults=True)
+        return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def checked(cls, payload: object, workflow_id: str) -> DownloadRequest:
@@ -181,6 +191,8 @@ class ResolveInput(BaseModel):
     file_ids: list[int]
     # The id of the API request that started the job, for error reports.
     request_id: str | None = None
+    # The job's sealed request (see `PackageInput.request`).
+    request: DownloadRequest | None = None
 
 
 class ResolveResult(BaseModel):
@@ -210,6 +222,9 @@ class PackageInput(BaseModel):
     # The budget of attempts that fail on storage errors, counted by the activity itself (lost
     # workers and deploy hand-overs use none of it); unset, Temporal's policy counts every attempt.
     storage_retry: RetryOptions | None = None
+    # The job's sealed request: the attempt packages only for a request the API sealed, for the
+    # workflow run it belongs to (unset in inputs of runs from before requests were sealed).
+    request: DownloadRequest | None = None
 
 
 class Checkpoint(BaseModel):
@@ -297,6 +312,8 @@ class CallbackNotice(BaseModel):
     owner: str = ANONYMOUS_OWNER
     # The same for every retry of one notice, so receivers drop duplicates and replays.
     delivery_id: str | None = None
+    # The job's sealed request, which binds owner and URL: only such a notice is signed.
+    request: DownloadRequest | None = None
 
 
 class CleanupResult(BaseModel):

@@ -408,7 +408,8 @@ async def test_get_resumes_from_a_part_file_and_after_a_cut_connection(
         async with stack(env, public, store) as api:
             url = str(api.base_url)
             job_id = job_of(await client(url, "start", "10001", "10002", "--follow"))
-            archive = b"".join(store.read(settings.archive_key(job_id)))
+            run_id = (await env.client.get_workflow_handle(job_id).describe()).run_id
+            archive = b"".join(store.read(settings.archive_key(job_id, run_id)))
 
             # (a) A part file from an earlier run: only the rest is asked for.
             dest = tmp_path / "a.zip"
