@@ -1,9 +1,4 @@
-"""`download-client`: the commands, and the exit codes they end with.
-
-Exit codes: 0 the job completed (or the request succeeded), 1 the job failed, 2 a usage error,
-3 the job was cancelled, 4 the API is unreachable or answered an error, 5 the archive download
-failed (what arrived is kept in `FILE.part` for the next run), 130 interrupted.
-"""
+"""`download-client`: the commands, and the exit codes they end with (`EXIT_CODES`)."""
 
 from __future__ import annotations
 
@@ -17,24 +12,43 @@ from download_client.api import ApiClient
 from download_client.display import Output, job_line
 from download_client.errors import ClientError, ExitCode
 from download_client.follow import follow
-from download_client.models import Job, JobStatus
+from download_client.helptext import Command, Group
+from download_client.models import Job, JobStatus, Part
 from download_client.transfer import download
 
 DEFAULT_API = "http://localhost:3000"
 OUTCOME = {JobStatus.failed: ExitCode.failed, JobStatus.cancelled: ExitCode.cancelled}
+EXIT_CODES = """\b
+Exit codes:
+  0  the job completed with every file (or the request succeeded)
+  1  the job failed
+  2  usage error
+  3  the job was cancelled
+  4  the API is unreachable or answered an error (its message on stderr)
+  5  an archive download failed: run get again to resume
+  6  the job completed without some files: their ids on stderr"""
 
 app = typer.Typer(
+    cls=Group,
     help="Start, follow and fetch download jobs of the download service (over its HTTP API).",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+command = app.command
 
 JobArg = Annotated[str, typer.Argument(metavar="JOB", help="the job id")]
 FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="show progress until the job ends")]
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="save the archive here when completed (implies --follow)"),
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="save the archive here when completed (implies --follow); parts 2, 3… of a split "
+        "archive beside it as NAME.part2.zip, …",
+    ),
 ]
 
 
@@ -48,12 +62,14 @@ class Session:
 def options(
     ctx: typer.Context,
     api: Annotated[
-        str, typer.Option("--api", envvar="DOWNLOAD_API_URL", help="the API's base URL")
+        str,
+        typer.Option("--api", metavar="URL", envvar="DOWNLOAD_API_URL", help="the API's base URL"),
     ] = DEFAULT_API,
     token: Annotated[
         str | None,
         typer.Option(
             "--token",
+            metavar="TOKEN",
             envvar="DOWNLOAD_API_TOKEN",
             help="bearer token or API key, sent as Authorization: Bearer",
             show_default=False,
@@ -63,10 +79,13 @@ def options(
     ctx.obj = Session(ctx.with_resource(ApiClient(api.rstrip("/"), token)), Output())
 
 
-@app.command()
+@app.command(cls=Command)
 def start(
     ctx: typer.Context,
-    file_ids: Annotated[list[int], typer.Argument(metavar="ID", help="file ids to bundle")],
+    file_ids: Annotated[
+        list[int],
+        typer.Argument(metavar="ID", help="file ids to bundle (10000 to 100000000)"),
+    ],
     follow_job: FollowOpt = False,
     output: OutputOpt = None,
 ) -> None:
@@ -78,23 +97,24 @@ def start(
         raise typer.Exit(_follow_and_save(session, job.job_id, output))
 
 
-@app.command()
+@app.command(cls=Command)
 def status(ctx: typer.Context, job_id: JobArg) -> None:
-    """Show a job and its files; exits 1 if it failed, 3 if it was cancelled."""
+    """Show a job and its files; exits 1 if it failed, 3 if it was cancelled, 6 if files are
+    missing."""
     session: Session = ctx.obj
     job = session.api.status(job_id)
     session.out.job(job)
     raise typer.Exit(_outcome(session, job))
 
 
-@app.command()
+@app.command(cls=Command)
 def watch(ctx: typer.Context, job_id: JobArg) -> None:
     """Show a job's progress until it ends; exit with its outcome."""
     session: Session = ctx.obj
     raise typer.Exit(_outcome(session, _follow(session, job_id)))
 
 
-@app.command()
+@app.command(cls=Command)
 def cancel(ctx: typer.Context, job_id: JobArg) -> None:
     """Cancel a queued or running job."""
     session: Session = ctx.obj
@@ -102,7 +122,7 @@ def cancel(ctx: typer.Context, job_id: JobArg) -> None:
     session.out.line(f"{job_id} cancel requested, now {state.value}")
 
 
-@app.command()
+@app.command(cls=Command)
 def retry(
     ctx: typer.Context, job_id: JobArg, follow_job: FollowOpt = False, output: OutputOpt = None
 ) -> None:
@@ -114,35 +134,48 @@ def retry(
         raise typer.Exit(_follow_and_save(session, job_id, output))
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_jobs(
     ctx: typer.Context,
     state: Annotated[
-        JobStatus | None, typer.Option("--status", help="only jobs in this state")
+        JobStatus | None,
+        typer.Option(
+            "--status",
+            metavar="STATE",
+            help="only jobs in this state: queued, processing, completed, failed or cancelled",
+            show_choices=False,
+        ),
     ] = None,
 ) -> None:
-    """Your jobs, newest first (every page)."""
+    """Your jobs, newest first (every page), with a header line."""
     session: Session = ctx.obj
     session.out.jobs(session.api.jobs(state))
 
 
-@app.command()
+@app.command(cls=Command)
 def get(
     ctx: typer.Context,
     job_id: JobArg,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="where to save it [default: JOB.zip]")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="where to save it (default: JOB.zip); parts 2, 3… of a split archive beside it "
+            "as NAME.part2.zip, …",
+        ),
     ] = None,
 ) -> None:
-    """Download a job's archive, resuming an interrupted download; waits for a running job."""
+    """Download a job's archive (every part), resuming an interrupted download; waits for a
+    running job."""
     session: Session = ctx.obj
     job = session.api.details(job_id)
     if not job.status.terminal:
         job = _follow(session, job_id)
-    code = _outcome(session, job)
-    if code is ExitCode.completed:
+    if job.status is JobStatus.completed:
         _save(session, job_id, output or Path(f"{job_id}.zip"))
-    raise typer.Exit(code)
+    raise typer.Exit(_outcome(session, job))
 
 
 def _follow(session: Session, job_id: str) -> Job:
@@ -155,29 +188,50 @@ def _follow(session: Session, job_id: str) -> Job:
 
 
 def _follow_and_save(session: Session, job_id: str, output: Path | None) -> ExitCode:
-    code = _outcome(session, _follow(session, job_id))
-    if code is ExitCode.completed and output is not None:
+    job = _follow(session, job_id)
+    if job.status is JobStatus.completed and output is not None:
         _save(session, job_id, output)
-    return code
+    return _outcome(session, job)
 
 
 def _outcome(session: Session, job: Job) -> ExitCode:
-    """The job's exit code; a failed or cancelled job is also reported on stderr."""
+    """The job's exit code; a failed or cancelled job, and files a completed job is without, are
+    also reported on stderr."""
     if job.status is JobStatus.failed:
         session.out.error(f"job {job.job_id} failed: {job.error or 'no reason given'}")
     elif job.status is JobStatus.cancelled:
         session.out.error(f"job {job.job_id} was cancelled")
+    elif job.status is JobStatus.completed and (job.failed or job.failed_files):
+        failed = job.failed
+        count = len(failed) or job.failed_files
+        named = ", ".join(f"{f.file_id} ({f.error})" if f.error else str(f.file_id) for f in failed)
+        session.out.error(
+            f"job {job.job_id} completed without {count} of {job.total_files} files"
+            + (f": {named}" if named else "")
+        )
+        return ExitCode.partial
     return OUTCOME.get(job.status, ExitCode.completed)
 
 
+def part_path(dest: Path, part: Part) -> Path:
+    """Part 1 is saved as `dest`, part n beside it as `NAME.partN.zip` (as the service names
+    its parts)."""
+    if part.number == 1:
+        return dest
+    return dest.with_name(f"{dest.stem}.part{part.number}{dest.suffix}")
+
+
 def _save(session: Session, job_id: str, dest: Path) -> None:
-    # Asked again for a fresh presigned URL, even right after the completed event.
+    # Asked again for fresh presigned URLs, even right after the completed event.
     job = session.api.details(job_id)
-    if job.download_url is None:
+    parts = job.parts
+    if not parts:
         raise ClientError(f"job {job_id} has no archive")
-    with session.out.transfer(dest) as bar:
-        size = download(job.download_url, dest, job.archive_size, bar)
-    session.out.line(f"saved {dest} ({size} bytes)", "green")
+    for part in parts:
+        path = part_path(dest, part)
+        with session.out.transfer(path) as bar:
+            got = download(part.url, path, part.size, bar)
+        session.out.line(f"saved {path} ({got} bytes)", "green")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     cancelled = 3
     api = 4
     transfer = 5
+    partial = 6  # completed, but without some of the requested files
 
 
 class ClientError(Exception):

@@ -1,6 +1,6 @@
 """What the service itself serves, apart from jobs: `GET /` (JSON for API clients, the web page
 for browsers), `/health` and `/readyz` (readiness, cached briefly), `/livez` (liveness, no I/O)
-and `/metrics` for Prometheus."""
+and `/metrics` for Prometheus, and `/favicon.ico` (the page's icon, for browsers that ask there)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ async def index(request: Request, services: ServicesDep) -> Response:
         authRequired=services.settings.auth_enabled,
     )
     return JSONResponse(info.model_dump(), headers=vary)
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    # An SVG: every current browser shows it, whatever the name it was asked for by.
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
 @router.get(

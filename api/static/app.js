@@ -52,17 +52,29 @@ function showError(err) {
 }
 
 // --- formatting ---
+// Sizes in binary units, as the service counts them (1 KiB = 1024 bytes).
 function bytes(n) {
   if (n == null) return "";
   let i = 0;
   for (; n >= 1024 && i < 4; i += 1) n /= 1024;
-  return `${i ? n.toFixed(1) : n} ${["B", "KB", "MB", "GB", "TB"][i]}`;
+  return `${i ? n.toFixed(1) : n} ${["B", "KiB", "MiB", "GiB", "TiB"][i]}`;
 }
 
 function fromNow(iso) {
   const s = Math.max(0, Math.round((new Date(iso) - Date.now()) / 1000));
   return s < 90 ? `${s} s` : `${Math.round(s / 60)} min`;
 }
+
+// "5 minutes ago", in the browser's language.
+const RELATIVE = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+function ago(iso) {
+  const s = Math.round((new Date(iso) - Date.now()) / 1000);
+  const steps = [[60, "second"], [3600, "minute", 60], [86400, "hour", 3600], [Infinity, "day", 86400]];
+  const [, unit, per = 1] = steps.find(([limit]) => Math.abs(s) < limit);
+  return RELATIVE.format(Math.round(s / per), unit);
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 function setTime(el, iso, text) {
   el.dateTime = iso;
@@ -75,6 +87,33 @@ function link(href, text, label) {
   return a;
 }
 
+function element(tag, props, ...children) {
+  const el = Object.assign(document.createElement(tag), props);
+  el.append(...children);
+  return el;
+}
+
+// A time in words ("5 minutes ago"), the exact local time on hover.
+function relativeTime(iso) {
+  const el = element("time", { dateTime: iso, textContent: ago(iso) });
+  el.title = new Date(iso).toLocaleString();
+  return el;
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // No clipboard API (a page over plain HTTP on another host): copy from a selected field.
+    const field = element("textarea", { value: text, readOnly: true });
+    document.body.append(field);
+    field.select();
+    const copied = document.execCommand("copy");
+    field.remove();
+    if (!copied) throw new Error("The link could not be copied: open it and copy it from the address bar.");
+  }
+}
+
 // --- the job view ---
 function render(job) {
   state.job = job;
@@ -84,12 +123,14 @@ function render(job) {
   $("job-status").textContent = $("job-status").dataset.status = job.status;
   $("bar").value = job.progress ?? 0;
   $("percent").textContent = `${job.progress ?? 0}%`;
+  $("priority").hidden = job.priority == null;
+  $("priority").textContent = job.priority == null ? "" : `· priority ${job.priority}`;
   renderDetail(job, finished);
   renderArchive(job);
   $("error").textContent = job.error || "";
   $("cancel").hidden = finished;
   $("retry").hidden = !["failed", "cancelled"].includes(job.status);
-  if (job.files) renderFiles(job.files);
+  if (job.files) renderFiles(job);
   const ui = state.info.temporalUiUrl;
   $("temporal-link").hidden = !ui;
   if (ui) $("temporal-link").href = `${ui}/namespaces/default/workflows/${encodeURIComponent(job.jobId)}`;
@@ -102,31 +143,82 @@ function renderDetail(job, finished) {
   const failed = job.failedFiles ? `, ${job.failedFiles} failed` : "";
   const size = job.totalBytes ? `; ${bytes(job.bytesProcessed)} of ${bytes(job.totalBytes)}` : "";
   $("detail").textContent = `${job.completedFiles ?? 0} of ${job.totalFiles} files done${failed}${size}`;
-  const eta = job.estimatedCompletionAt;
-  $("eta").hidden = finished || !eta;
-  if (eta && !finished) setTime($("eta-time"), eta, `${fromNow(eta)} (${new Date(eta).toLocaleTimeString()})`);
+  const eta = etaShown(job, finished);
+  $("eta").hidden = eta !== "time";
+  $("estimating").hidden = eta !== "estimating";
+  if (eta === "time") {
+    const at = job.estimatedCompletionAt;
+    setTime($("eta-time"), at, `${fromNow(at)} (${new Date(at).toLocaleTimeString()})`);
+  }
 }
 
+// "time", "estimating" or "none". The API says when its figure is a guess (etaBasis
+// "estimating"); a server that does not say (no etaBasis at all) is not trusted before 10 % of
+// the job is done, when its figure comes from too little to mean anything.
+function etaShown(job, finished) {
+  if (finished) return "none";
+  const early = job.etaBasis === undefined && (job.progress ?? 0) < 10;
+  if (job.etaBasis === "estimating" || early || !job.estimatedCompletionAt) return "estimating";
+  return "time";
+}
+
+// Every part of the archive (one for most jobs), each with its size and a copy-link button.
 function renderArchive(job) {
-  const ready = job.status === "completed" && Boolean(job.downloadUrl);
-  $("archive").hidden = $("link").hidden = !ready;
+  const urls = job.downloadUrls?.length ? job.downloadUrls : [job.downloadUrl].filter(Boolean);
+  const sizes = job.archiveSizes?.length === urls.length ? job.archiveSizes : [job.archiveSize];
+  const ready = job.status === "completed" && urls.length > 0;
+  $("archives").hidden = !ready;
   if (!ready) return;
-  $("link").href = job.downloadUrl;
-  $("archive-size").value = job.archiveSize ?? "";
-  $("archive-size").textContent = bytes(job.archiveSize) || "size unknown";
+  const many = urls.length > 1;
+  $("archives-title").textContent = many ? `Archive in ${urls.length} parts` : "Archive";
+  $("parts").replaceChildren(...urls.map((url, i) => {
+    const name = many ? `Download part ${i + 1} of ${urls.length}` : "Download the archive";
+    const a = element("a", { href: url, className: "button", textContent: name });
+    const size = element("data", { value: sizes[i] ?? "", textContent: bytes(sizes[i]) || "size unknown" });
+    const what = many ? `the link of part ${i + 1}` : "the archive link";
+    const copy = element("button", { type: "button", textContent: "Copy link" });
+    copy.setAttribute("aria-label", `Copy ${what}`);
+    const said = element("span", { className: "muted" });
+    said.setAttribute("role", "status");
+    copy.addEventListener("click", () => copyText(url).then(
+      () => { said.textContent = "Copied"; },
+      (err) => showError(err),
+    ));
+    return element("li", {}, a, " ", size, " ", copy, " ", said);
+  }));
   if (job.expiresAt) setTime($("expires"), job.expiresAt);
 }
 
-function renderFiles(files) {
-  $("files").replaceChildren(...files.map((f) => {
+function renderFiles(job) {
+  const missing = [];
+  $("files").replaceChildren(...job.files.map((f) => {
     const li = document.createElement("li");
     li.dataset.status = f.status;
     const why = f.error ? ` (${f.error})` : "";
-    const size = f.size != null ? `, ${bytes(f.size)}` : "";
+    if (f.status === "failed") missing.push(`${f.file_id}${why}`);
+    const working = f.status === "processing" && f.file_id === job.currentFile && job.currentFileSize != null;
+    let size = f.size != null ? `, ${bytes(f.size)}` : "";
+    if (working) size = `, ${bytes(job.currentFileBytes ?? 0)} of ${bytes(job.currentFileSize)}`;
     li.textContent = `${f.file_id}: ${f.status}${why}${size} `;
+    if (working) {
+      const bar = element("progress", { max: job.currentFileSize || 1, value: job.currentFileBytes ?? 0 });
+      bar.setAttribute("aria-label", `File ${f.file_id} progress`);
+      li.append(bar);
+    }
     if (f.downloadUrl) li.append(link(f.downloadUrl, "download", `Download file ${f.file_id}`));
+    if (f.sha256) li.title = `SHA-256 ${f.sha256}`;
     return li;
   }));
+  $("missing").hidden = missing.length === 0;
+  $("missing").textContent = `Not in the archive: ${missing.join(", ")}`;
+}
+
+// Files whose state changed (a progress event's changedFiles) replace their entries.
+function mergeFiles(files, changed) {
+  const byId = new Map(changed.map((f) => [f.file_id, f]));
+  const merged = (files || []).map((f) => byId.get(f.file_id) || f);
+  const known = new Set(merged.map((f) => f.file_id));
+  return merged.concat(changed.filter((f) => !known.has(f.file_id)));
 }
 
 // --- following a job ---
@@ -175,8 +267,14 @@ async function follow(id) {
 
 function onProgress(generation, progress) {
   if (generation !== state.follow) return;
-  render({ ...state.job, ...progress });
-  // Progress events carry no files[]: ask for them when a file finishes, and now and then.
+  const { changedFiles, ...figures } = progress;
+  if (Array.isArray(changedFiles)) {
+    // The event says which files changed (the stream's first event: all of them).
+    render({ ...state.job, ...figures, files: mergeFiles(state.job.files, changedFiles) });
+    return;
+  }
+  render({ ...state.job, ...figures });
+  // A server whose events carry no files: ask for them when a file finishes, and now and then.
   const filesDone = progress.completedFiles + progress.failedFiles;
   if (filesDone !== state.filesDone || Date.now() - state.filesAt > FILES_REFRESH_MS) {
     state.filesDone = filesDone;
@@ -280,6 +378,8 @@ async function loadJobs(more = false) {
   }
 }
 
+// A job in the list: its id and state, then what tells it apart: its file ids and count, how far
+// it got, its size, when it was created (in words), its priority.
 function jobItem(job) {
   const li = document.createElement("li");
   li.dataset.job = job.jobId;
@@ -287,10 +387,17 @@ function jobItem(job) {
   a.addEventListener("click", (e) => { e.preventDefault(); openJob(job.jobId, true); });
   const status = document.createElement("strong");
   status.textContent = status.dataset.status = job.status;
-  const files = `${job.totalFiles} file${job.totalFiles === 1 ? "" : "s"}`;
-  const when = Object.assign(document.createElement("span"), { className: "muted",
-    textContent: ` · ${files} · ${new Date(job.createdAt).toLocaleString()}${job.error ? ` · ${job.error}` : ""}` });
-  li.append(a, " ", status, when);
+  const ids = job.firstFileIds?.length ? `: ${job.firstFileIds.join(", ")}` : "";
+  const more = ids && job.totalFiles > job.firstFileIds.length ? ", …" : "";
+  const facts = [`${plural(job.totalFiles, "file")}${ids}${more}`];
+  if (job.completedFiles != null) facts.push(`${job.completedFiles} done`);
+  if (job.failedFiles) facts.push(`${job.failedFiles} failed`);
+  if (job.status === "processing" && job.progress != null) facts.push(`${job.progress}%`);
+  if (job.totalBytes) facts.push(bytes(job.totalBytes));
+  if (job.priority != null) facts.push(`priority ${job.priority}`);
+  const about = element("span", { className: "muted about" }, facts.join(" · "), " · created ",
+    relativeTime(job.createdAt), job.error ? ` · ${job.error}` : "");
+  li.append(a, " ", status, about);
   return li;
 }
 

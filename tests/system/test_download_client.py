@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,8 +29,11 @@ from temporalio.testing import WorkflowEnvironment
 from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import BIN, free_port
+from download_client.cli import part_path
+from download_client.display import eta
 from download_client.errors import ExitCode
 from download_client.follow import STREAM_ATTEMPTS
+from download_client.models import Job, Part
 from tests.helpers import assert_archive_matches, put_sources, serve, slow_origin, wait_for
 from worker import build_worker
 
@@ -279,7 +283,11 @@ async def test_start_follow_output_saves_the_archive_and_lists_the_job(
         assert "\x1b" not in run.stdout + run.stderr
         job_id = job_of(run)
         assert run.lines[0].split()[1] == "queued"
+        # Before anything moved, the time left is not a guess presented as a figure.
+        assert run.lines[0].endswith("eta estimating…"), run
         assert any(ln.startswith(f"{job_id} completed 100% files 2/2") for ln in run.lines), run
+        # Sizes in binary units: 90 000 bytes of sources.
+        assert any("87.9 KiB/87.9 KiB" in ln for ln in run.lines), run
         assert run.lines[-1] == f"saved {dest} ({dest.stat().st_size} bytes)"
         with zipfile.ZipFile(dest) as archive:
             assert_archive_matches(archive, sources)
@@ -301,9 +309,34 @@ async def test_start_follow_output_saves_the_archive_and_lists_the_job(
         await wait_for(listed)  # visibility is eventually consistent
         completed = await client(url, "list", "--status", "completed", token=token)
         assert completed.code == 0, completed
-        assert [ln.split()[:2] for ln in completed.lines] == [[job_id, "completed"]]
+        header, *rows = completed.lines
+        assert header.split() == [
+            "JOB",
+            "STATUS",
+            "FILES",
+            "FAILED",
+            "SIZE",
+            "CREATED",
+            "TOOK",
+            "FILE",
+            "IDS",
+            "ERROR",
+        ]
+        assert [ln.split()[:2] for ln in rows] == [[job_id, "completed"]]
+        # Columns line up under the header; times in words.
+        row = rows[0]
+        assert row[header.index("CREATED") :].startswith(("just now", *"123456789")), completed
+        assert re.search(r"(just now|\d+ (s|min) ago) +\d+ s ", row), completed
+        page = (
+            await api.get("/v1/downloads", headers={"Authorization": f"Bearer {token}"})
+        ).json()["jobs"]
+        summary = next(j for j in page if j["jobId"] == job_id)
+        if summary.get("totalBytes"):
+            assert "87.9 KiB" in row[header.index("SIZE") :], completed
+        if summary.get("firstFileIds"):
+            assert "10001 10002" in row[header.index("FILE IDS") :], completed
         failed = await client(url, "list", "--status", "failed", token=token)
-        assert failed.code == 0 and failed.stdout == ""
+        assert failed.code == 0 and [ln.split() for ln in failed.lines] == [header.split()]
 
 
 async def test_failed_job_exits_with_the_failed_code_and_can_be_retried(
@@ -352,6 +385,87 @@ async def test_cancel_a_running_job_ends_watch_with_the_cancelled_code(
 
         again = await client(url, "cancel", job_id)
         assert again.code == ExitCode.api and "already cancelled" in again.stderr
+
+
+async def test_partial_job_names_the_failed_ids_and_exits_with_its_own_code(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, tmp_path: Path
+) -> None:
+    sources = put_sources(store, settings, {10_001: 3_000})
+    dest = tmp_path / "bundle.zip"
+    async with stack(env, settings, store) as api:
+        url = str(api.base_url)
+        run = await client(url, "start", "10001", "99999", "--follow", "-o", str(dest))
+        assert run.code == ExitCode.partial, run
+        job_id = job_of(run)
+        message = f"error: job {job_id} completed without 1 of 2 files: 99999 (not found)"
+        assert run.stderr.strip() == message, run
+        # What is there is saved all the same.
+        assert run.lines[-1].startswith(f"saved {dest}")
+        with zipfile.ZipFile(dest) as archive:
+            assert archive.read("10001.zip") == sources[10_001]
+
+        for command in (["status", job_id], ["watch", job_id], ["get", job_id, "-o", str(dest)]):
+            again = await client(url, *command)
+            assert again.code == ExitCode.partial, (command, again)
+            assert again.stderr.strip() == message, (command, again)
+        status = await client(url, "status", job_id)
+        assert "  99999 failed - not found" in status.lines, status
+        assert any(ln.startswith("  archive (") for ln in status.lines), status
+
+
+async def test_help_reads_naturally() -> None:
+    """No Python type names beside options (`<bool>` on a flag); the exit codes are listed."""
+    for args in ([], ["start"], ["get"], ["list"], ["status"]):
+        run = await client("http://unused.invalid", *args, "--help")
+        assert run.code == 0, (args, run)
+        assert not re.search(r"<(bool|str|int|path|list\[int\])>", run.stdout), run.stdout
+        assert "Usage: download-client" in run.stdout
+    top = await client("http://unused.invalid", "--help")
+    assert "--api URL" in " ".join(top.stdout.split()) or re.search(r"--api +URL", top.stdout)
+    for code in range(7):
+        assert re.search(rf"^\W*{code}  \w", top.stdout, re.M), (code, top.stdout)
+    start = await client("http://unused.invalid", "start", "--help")
+    assert re.search(r"--follow +-f +show progress", start.stdout), start.stdout
+    assert "ID..." in start.stdout and "FILE" in start.stdout
+
+
+def test_eta_is_estimating_until_the_api_says_otherwise() -> None:
+    """The time left as `watch` and `--follow` print it, from the API's status fields."""
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    later = (now + timedelta(seconds=42)).isoformat()
+    body = {"jobId": "j", "status": "processing", "progress": 0, "totalFiles": 3}
+    # A server that says what its figure rests on.
+    assert eta(Job.from_json({**body, "etaBasis": "estimating"}), now) == "estimating…"
+    assert eta(Job.from_json({**body, "etaBasis": "rate", "estimatedCompletionAt": later}), now)
+    assert (
+        eta(Job.from_json({**body, "etaBasis": "estimate", "estimatedCompletionAt": later}), now)
+        == "42 s"
+    )
+    # One that does not: no figure before 10 % of the job is done, however many files are.
+    assert (
+        eta(Job.from_json({**body, "completedFiles": 2, "estimatedCompletionAt": later}), now)
+        == "estimating…"
+    )
+    assert eta(Job.from_json({**body, "estimatedCompletionAt": later}), now) == "estimating…"
+    done_one = {**body, "completedFiles": 1, "progress": 40, "estimatedCompletionAt": later}
+    assert eta(Job.from_json(done_one), now) == "42 s"
+    # Ended: none.
+    assert eta(Job.from_json({**done_one, "status": "completed", "etaBasis": None}), now) is None
+
+
+def test_every_archive_part_is_saved_beside_the_first() -> None:
+    body = {
+        "jobId": "j",
+        "status": "completed",
+        "downloadUrl": "http://s3/a",
+        "archiveSize": 10,
+    }
+    assert Job.from_json(body).parts == [Part(1, "http://s3/a", 10)]
+    split = {**body, "downloadUrls": ["http://s3/a", "http://s3/b"], "archiveSizes": [10, 4]}
+    parts = Job.from_json(split).parts
+    assert parts == [Part(1, "http://s3/a", 10), Part(2, "http://s3/b", 4)]
+    dest = Path("out/bundle.zip")
+    assert [part_path(dest, p) for p in parts] == [dest, Path("out/bundle.part2.zip")]
 
 
 # --- errors ---
