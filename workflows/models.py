@@ -93,7 +93,8 @@ class DownloadRequest(BaseModel):
     """Input of `DownloadWorkflow`; workflow id = `job_id`.
 
     Validated by the workflow itself, whoever started it. It names no S3 key: the worker derives
-    every key from the job id and file ids with its own templates.
+    every key from the job id, run id and file ids with its own templates. Sealed by the API
+    (`seal`), which is what lets the worker act for its owner.
     """
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
@@ -209,7 +210,8 @@ def available_sources(files: list[FileState]) -> list[SourceFile]:
 
 
 class PackageInput(BaseModel):
-    # The archive's key is derived from it by the worker (S3_ARCHIVE_KEY_TEMPLATE).
+    # The archive's key is derived by the worker from the run Temporal says the attempt belongs
+    # to (workflow id, run id: `Settings.archive_key`), never from this input.
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     sources: list[SourceFile] = Field(default_factory=list)
     # Set instead of `sources` for short id lists: the packaging attempt resolves them itself.
