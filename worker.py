@@ -27,6 +27,7 @@ from core.config import Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing, worker_runtime
 from core.storage import ObjectStore
+from core.temporalenv import describe
 from workflows.cleanup import ArchiveCleanupWorkflow
 from workflows.client import connect, ensure_cleanup_schedule
 from workflows.download import DownloadWorkflow
@@ -86,8 +87,8 @@ async def run(settings: Settings) -> None:
         return
     await ensure_cleanup_schedule(client, settings)
     async with build_worker(client, settings, store):
-        queue, address = settings.temporal_task_queue, settings.temporal_address
-        log.info("worker started", task_queue=queue, temporal=address)
+        temporal = describe(settings.temporal_client_config())
+        log.info("worker started", task_queue=settings.temporal_task_queue, temporal=temporal)
         # Everything made so far (modules, the SDK, schemas) lives as long as the process: out
         # of the collector's sight, collections triggered by the many short-lived objects of
         # each S3 request no longer walk it again and again.

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+from api.codec import codec_server
 from api.errors import install_error_handlers
 from api.middleware import install_middleware
 from api.routes import downloads, events, legacy, service
@@ -28,7 +29,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = services = await build_services(settings)
         try:
-            yield
+            async with codec_server(settings):  # the Web UI's codec endpoint, when configured
+                yield
         finally:
             await services.aclose()
 

@@ -5,8 +5,11 @@ Variable names of the existing service are kept (PORT, S3_*, RATE_LIMIT_*, DOWNL
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
+import os
 import sys
 from enum import StrEnum
 from functools import cached_property
@@ -15,8 +18,9 @@ from typing import Annotated, Self
 
 from pydantic import AwareDatetime, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from temporalio.envconfig import ClientConnectConfig
 
-from core import bounds
+from core import bounds, temporalenv
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -98,6 +102,31 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_task_queue: str = "downloads"
     temporal_ui_url: str = "http://localhost:8233"
+    # Temporal's own client variables (the `temporal` CLI's), read through the SDK's environment
+    # configuration (core/temporalenv.py); settings so that `.env` can carry them too. Precedence:
+    # the environment, then `.env`, then the TOML profile, then localhost:7233 / default.
+    temporal_profile: str | None = None
+    temporal_config_file: str | None = None
+    temporal_api_key: str | None = None
+    temporal_tls: bool | None = None
+    temporal_tls_client_cert_path: str | None = None
+    temporal_tls_client_cert_data: str | None = None
+    temporal_tls_client_key_path: str | None = None
+    temporal_tls_client_key_data: str | None = None
+    temporal_tls_server_ca_cert_path: str | None = None
+    temporal_tls_server_ca_cert_data: str | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_tls_disable_host_verification: bool = False
+    # Production refuses a plaintext connection to Temporal unless this says the network is private.
+    temporal_trusted_network: bool = False
+    # Payload encryption (core/payloadcodec.py): comma-separated id:base64-key pairs (32-byte
+    # AES-256 keys); the first encodes, all decode. Off when unset.
+    payload_encryption_keys: str | None = None
+    # The codec endpoint for the Temporal Web UI, served by the API process (0 = off), and the
+    # origins allowed to call it (the Web UI's, TEMPORAL_UI_URL, when unset).
+    codec_host: str = "127.0.0.1"
+    codec_port: int = Field(0, ge=0, le=65535)
+    codec_cors_origins: str | None = None
     # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1); owners
     # as jobs name them: `key:<name>` for API keys, `jwt:<sub>` for tokens.
     owner_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
@@ -230,6 +259,45 @@ class Settings(BaseSettings):
             raise ValueError("weights must be positive")
         return value
 
+    @field_validator("temporal_tls", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("payload_encryption_keys")
+    @classmethod
+    def _parse_encryption_keys(cls, value: str | None) -> str | None:
+        if value:
+            parse_encryption_keys(value)
+        return value
+
+    @property
+    def encryption_keys(self) -> list[tuple[str, bytes]]:
+        return parse_encryption_keys(self.payload_encryption_keys or "")
+
+    @property
+    def codec_origins(self) -> list[str]:
+        origins = self.codec_cors_origins or self.temporal_ui_url
+        return [o.strip().rstrip("/") for o in origins.split(",") if o.strip()]
+
+    def temporal_environment(self) -> dict[str, str]:
+        """Temporal's client variables as the SDK reads them: the process environment, with
+        what these settings were given (environment, `.env` or code) on top."""
+        # An empty variable (`TEMPORAL_API_KEY=` as in .env.example) is an unset one.
+        env = {k: v for k, v in os.environ.items() if v or not k.startswith("TEMPORAL_")}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if not name.startswith("temporal_") or value is None:
+                continue
+            env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+            if not value and not isinstance(value, bool):
+                del env[name.upper()]
+        return env
+
+    def temporal_client_config(self) -> ClientConnectConfig:
+        """`Client.connect` arguments: address, namespace, API key, TLS (ValueError if unusable)."""
+        return temporalenv.client_config(self.temporal_environment())
+
     def owner_weight(self, owner: str) -> float:
         return self.owner_weights.get(owner, 1.0)
 
@@ -276,6 +344,21 @@ class Settings(BaseSettings):
             return self.request_seal_secret.encode()
         material = f"{self.s3_access_key_id}\n{self.s3_secret_access_key}".encode()
         return hashlib.sha256(b"request-seal\n" + material).digest()
+
+
+def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:
+    """`id:base64key,...` → [(id, key)] in order; ValueError naming the bad entry."""
+    keys: list[tuple[str, bytes]] = []
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        key_id, _, encoded = pair.partition(":")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            key = b""
+        if not key_id or len(key) != 32 or key_id in dict(keys):
+            raise ValueError(f"entry {key_id or pair[:8]!r}: want a new id:base64 of 32 bytes")
+        keys.append((key_id, key))
+    return keys
 
 
 def describe_error(exc: ValidationError) -> str:
@@ -350,7 +433,17 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         print(describe_error(exc), file=sys.stderr)
         raise SystemExit(2) from None
+    try:
+        temporal = settings.temporal_client_config()
+    except ValueError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     problems = production_problems(settings)
+    if temporalenv.is_plaintext(temporal) and not settings.temporal_trusted_network:
+        problems.append(
+            "the connection to Temporal is plaintext: give TLS (TEMPORAL_TLS_*, TEMPORAL_API_KEY "
+            "or a TEMPORAL_PROFILE with them) or set TEMPORAL_TRUSTED_NETWORK=true"
+        )
     if settings.environment is Environment.production and problems:
         for problem in problems:
             print(f"unsafe production configuration: {problem}", file=sys.stderr)

@@ -32,18 +32,27 @@ LOCAL_DEFAULTS = {
 
 
 def check_ports(settings: Settings) -> list[str]:
+    codec_port = settings.codec_port if ui_codec_flags(settings) else 0
     wanted = {
         "PORT (API)": settings.port,
         "TEMPORAL_PORT (Temporal frontend)": settings.temporal_port,
         "TEMPORAL_UI_PORT (Temporal Web UI)": settings.temporal_ui_port,
         "S3_PORT (S3 server)": settings.s3_port,
         "WORKER_METRICS_PORT (worker metrics)": settings.worker_metrics_port,
+        "CODEC_PORT (the Web UI's codec endpoint)": codec_port,
     }
     return [
         f"port {port} for {name} is already in use: stop what holds it or set another value"
         for name, port in wanted.items()
         if port and port_in_use(port)
     ]
+
+
+def ui_codec_flags(settings: Settings) -> list[str]:
+    """The Web UI decodes encrypted payloads through the API's codec endpoint, when it is on."""
+    if not (settings.payload_encryption_keys and settings.codec_port):
+        return []
+    return ["--ui-codec-endpoint", f"http://localhost:{settings.codec_port}"]
 
 
 def stack_environment(settings: Settings, data: Path) -> dict[str, str]:
@@ -60,12 +69,23 @@ def stack_environment(settings: Settings, data: Path) -> dict[str, str]:
         TEMPORAL_DYNAMIC_CONFIG=" ".join(fairness_flags()),
         TEMPORAL_ADDRESS=f"{BIND}:{settings.temporal_port}",
         TEMPORAL_UI_URL=f"http://localhost:{settings.temporal_ui_port}",
+        TEMPORAL_UI_CODEC=" ".join(ui_codec_flags(settings)),
         S3_PORT=str(settings.s3_port),
         S3_ENDPOINT=f"http://{BIND}:{settings.s3_port}",
         S3_PUBLIC_ENDPOINT=settings.s3_public_endpoint or f"http://localhost:{settings.s3_port}",
         S3_ACCESS_KEY_ID=settings.s3_access_key_id,
         S3_SECRET_ACCESS_KEY=settings.s3_secret_access_key,
         PYTHONUNBUFFERED="1",
+    )
+    # The local server is plaintext and takes no API key: an operator's Temporal profile or
+    # credentials (environment, `.env`, TOML file) do not apply to it.
+    for name in [n for n in env if n.startswith(("TEMPORAL_TLS_", "TEMPORAL_GRPC_META_"))]:
+        del env[name]
+    env.update(
+        TEMPORAL_CONFIG_FILE=os.devnull,
+        TEMPORAL_PROFILE="",
+        TEMPORAL_API_KEY="",
+        TEMPORAL_TLS="false",
     )
     return env
 

@@ -117,6 +117,7 @@ SAFE_PRODUCTION = {
     "S3_ACCESS_KEY_ID": "downloads-service",
     "S3_SECRET_ACCESS_KEY": "s" * 40,
     "S3_PUBLIC_ENDPOINT": "https://files.example.test",
+    "TEMPORAL_TRUSTED_NETWORK": "true",
 }
 
 
@@ -134,8 +135,8 @@ def test_production_refuses_to_start_unsafe(entry_point: str) -> None:
     said = "\n".join(lines)
     for name in ("no authentication", "CALLBACK_SECRET", "STREAM_TICKET_SECRET", "S3 credentials"):
         assert name in said
-    assert "REQUEST_SEAL_SECRET" in said
-    assert "S3_PUBLIC_ENDPOINT" in said and len(lines) == 6
+    assert "REQUEST_SEAL_SECRET" in said and "TEMPORAL_TRUSTED_NETWORK" in said
+    assert "S3_PUBLIC_ENDPOINT" in said and len(lines) == 7
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +25,14 @@ from temporalio.common import (
 )
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
 from core.config import Settings
 from core.observability import get_logger
+from core.payloadcodec import EncryptionCodec
+from core.temporalenv import describe
 from workflows.models import (
     ANONYMOUS_OWNER,
     DownloadRequest,
@@ -51,6 +55,15 @@ from workflows.sealing import seal
 log = get_logger(__name__)
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """Pydantic payloads, encrypted when PAYLOAD_ENCRYPTION_KEYS is set (API and worker alike)."""
+    if not settings.payload_encryption_keys:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter, payload_codec=EncryptionCodec(settings.encryption_keys)
+    )
+
+
 async def connect(
     settings: Settings,
     *,
@@ -58,15 +71,18 @@ async def connect(
     lazy: bool = False,
     wait_seconds: float = 0.0,
 ) -> Client:
-    """Connect with the project's data converter and tracing; optionally wait for the server."""
+    """Connect as every Temporal client does (address, namespace, API key, TLS from the settings,
+    the environment and the TOML profile: see core/temporalenv.py), with the project's data
+    converter and tracing; optionally wait for the server."""
+    config = settings.temporal_client_config()
+    where = describe(config)
     deadline = asyncio.get_running_loop().time() + wait_seconds
     delay = 0.5
     while True:
         try:
             return await Client.connect(
-                settings.temporal_address,
-                namespace=settings.temporal_namespace,
-                data_converter=pydantic_data_converter,
+                **config,
+                data_converter=data_converter(settings),
                 interceptors=[TracingInterceptor()],
                 runtime=runtime,
                 lazy=lazy,
@@ -74,7 +90,7 @@ async def connect(
         except (RuntimeError, RPCError) as exc:
             if asyncio.get_running_loop().time() >= deadline:
                 raise
-            log.info("waiting for temporal", address=settings.temporal_address, error=str(exc))
+            log.info("waiting for temporal", temporal=where, error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
