@@ -23,7 +23,7 @@ from activities.callbacks import CallbackActivities
 from activities.errorreports import ErrorTrackingInterceptor
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
-from core.config import Settings, load_settings
+from core.config import Process, Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing, worker_runtime
 from core.storage import ObjectStore
@@ -114,7 +114,7 @@ def share_malloc_arenas(arenas: int = 2) -> None:
 
 def main() -> None:
     share_malloc_arenas()
-    settings = load_settings()
+    settings = load_settings(Process.worker)
     setup_logging(settings, "worker")
     setup_tracing(settings, "worker")
     setup_error_tracking(settings, "worker")

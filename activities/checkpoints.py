@@ -18,6 +18,13 @@ or the network was away) has done the work, and the attempt retried in its place
 result instead of packaging again. Whole checkpoints heartbeated by earlier workers are still
 resumed from.
 
+An archive in parts keeps one checkpoint, beside its first part. It names the part being
+written and the parts completed before it; at the start of each part it is written once with no
+upload (the part's first bytes are not stored yet), and a part whose upload S3 says is gone is
+taken as complete if its object has the size the finished writer says. A retried attempt whose
+last heartbeat names an earlier upload (the object moved on to the next part before that
+heartbeat reached Temporal) adopts the object if its run wrote it.
+
 A checkpoint or upload that S3 says is gone is only taken for gone once the bucket answers: a
 storage server that is going down may answer "not found" for everything.
 """
@@ -81,9 +88,18 @@ def last_progress(details: Sequence[Any]) -> PackageProgress | None:
 class Checkpoints:
     """Reads and writes the checkpoints of one archive; calls S3 through `run_io`."""
 
-    def __init__(self, store: ObjectStore, archive_key: str, run_io: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        archive_key: str,
+        run_io: Callable[..., Any],
+        *,
+        part_key: Callable[[int], str] | None = None,
+    ) -> None:
+        # One checkpoint per job, beside its (first) archive; `part_key(n)` names part n.
         self.store, self.archive_key, self.run_io = store, archive_key, run_io
         self.key = checkpoint_key(archive_key)
+        self.part_key = part_key or (lambda _: archive_key)
 
     async def save(self, checkpoint: Checkpoint) -> ResumePointer:
         """Keep `checkpoint` (whose parts are stored) in S3; the pointer to heartbeat."""
@@ -121,6 +137,12 @@ class Checkpoints:
         if progress is None or progress.resume is None:
             return await self._unannounced(run_id) if run_id is not None else None
         kept = await self._load(progress.resume)
+        if kept is None and run_id is not None:
+            # The object may have moved on to another upload (the next part of an archive in
+            # parts) while the heartbeat naming it had not reached Temporal yet.
+            kept = await self._unannounced(run_id)
+            if kept is not None:
+                return kept
         if kept is None:
             await self._abort(progress.resume.upload_id)
             return None
@@ -162,12 +184,19 @@ class Checkpoints:
         return await self._verified(kept, None)
 
     async def _verified(self, checkpoint: Checkpoint, parts: Parts | None) -> Checkpoint | None:
-        """`checkpoint` with its parts' ETags, if S3 holds exactly those parts."""
+        """`checkpoint` with its parts' ETags, if S3 holds exactly those parts. A checkpoint at
+        the start of an archive part names no upload; one whose archive part is complete
+        (finished writer, upload gone, object of that size stored) is marked `part_stored`."""
+        if not checkpoint.upload_id:
+            return checkpoint
+        key = self.part_key(checkpoint.part)
         try:
-            stored = await self.run_io(
-                self.store.list_parts, self.archive_key, checkpoint.upload_id
-            )
+            stored = await self.run_io(self.store.list_parts, key, checkpoint.upload_id)
         except UploadGone:
+            if checkpoint.writer.get("finished") is True:
+                info = await self.run_io(self.store.stat_or_none, key)
+                if info is not None and info.size == checkpoint.writer.get("offset"):
+                    return checkpoint.model_copy(update={"parts": [], "part_stored": True})
             return None  # expired or aborted: start over
         if parts is None:
             count = checkpoint.part_count or 0
@@ -180,10 +209,12 @@ class Checkpoints:
         elif any(stored.get(number) != etag for number, etag in parts):
             parts = None
         if parts is None:
-            await self._abort(checkpoint.upload_id)
+            await self._abort(checkpoint.upload_id, key)
             return None
         return checkpoint.model_copy(update={"parts": parts})
 
-    async def _abort(self, upload_id: str) -> None:
+    async def _abort(self, upload_id: str, key: str | None = None) -> None:
+        if not upload_id:
+            return
         with contextlib.suppress(StorageError):
-            await self.run_io(self.store.abort_upload, self.archive_key, upload_id)
+            await self.run_io(self.store.abort_upload, key or self.archive_key, upload_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import math
 import random
 import time
@@ -30,7 +31,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.checkpoints import Checkpoints, last_progress
+from activities.digests import FileDigest
 from activities.joblog import AttemptLog, attempt_log
+from activities.manifest import MANIFEST_NAME, FileLine, manifest, plan_parts
 from activities.prefetch import Prefetcher, Source
 from activities.sealed import as_sealed, run_archive_key, sealed_request
 from activities.storageerrors import (
@@ -55,6 +58,7 @@ from workflows.errors import ErrorType, nothing_to_package, source_changed, work
 from workflows.models import (
     MAX_FILE_ID,
     MIN_FILE_ID,
+    ArchivePart,
     Checkpoint,
     FileState,
     FileStatus,
@@ -66,6 +70,7 @@ from workflows.models import (
     ResumePointer,
     RetryOptions,
     SourceFile,
+    available_sources,
 )
 from workflows.names import PACKAGE_ARCHIVE, RESOLVE_FILES
 
@@ -109,6 +114,10 @@ def _backoff(budget: RetryOptions, failures: int) -> timedelta | None:
         return None
     delay = budget.initial_interval_seconds * budget.backoff_coefficient ** (failures - 1)
     return timedelta(seconds=min(delay, budget.maximum_interval_seconds))
+
+
+def entry_name(file_id: int) -> str:
+    return f"{file_id}.zip"
 
 
 def invalid_id(file_id: int) -> FileState:
@@ -163,6 +172,19 @@ class _Attempt:
     run_id: str | None = None
     # The bucket answered since this attempt began (see `_bucket_answers`).
     bucket_answered: bool = False
+    # For the manifest: the job, and the time stamped on every entry.
+    job_id: str = ""
+    mtime: datetime | None = None
+    # The SHA-256 of the entry being written, and of every entry written (file id -> hex).
+    digest: FileDigest | None = None
+    digests: dict[int, str] = field(default_factory=dict)
+    # The archive part being written (from 1), the parts completed before it, and the
+    # indexes of the entries that begin parts 2, 3, ... (`activities.manifest.plan_parts`).
+    part: int = 1
+    parts_done: list[ArchivePart] = field(default_factory=list)
+    part_starts: list[int] = field(default_factory=list)
+    # This part's upload was found complete on resume: it is only recorded.
+    part_stored: bool = False
 
     def counters(self) -> dict[str, int]:
         return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
@@ -189,9 +211,11 @@ class _Attempt:
         elapsed = time.monotonic() - self.started
         moved = self.source_bytes_read
         unavailable = self.unavailable
+        # Resolved before packaging: `ids` are the available ones, `resolved` every requested id.
+        requested = len(self.resolved) if self.named_sources and self.resolved else len(self.ids)
         return PackageProgress(
             files_done=self.files_done,
-            total_files=len(self.ids) - len(unavailable),
+            total_files=requested - len(unavailable),
             bytes_done=self.bytes_done,
             total_bytes=self.total_bytes(),
             current_file=self.current_file,
@@ -217,19 +241,83 @@ class _Attempt:
             "sources": self.named_sources,
             "resolved": resolved,
             "run_id": self.run_id,
+            "digests": dict(self.digests),
+            "digest_state": self.digest.state()
+            if self.digest is not None and self.writer.in_entry
+            else None,
+            "part": self.part,
+            "archive_parts": list(self.parts_done),
         }
         return lambda **upload: Checkpoint(**fields, **upload)
 
     def result(self, archive_key: str) -> PackageResult:
+        """The outcome once the last part, stored under `archive_key`, is complete."""
+        parts = [
+            *self.parts_done,
+            ArchivePart(number=self.part, key=archive_key, size=self.writer.offset),
+        ]
         return PackageResult(
-            archive_key=archive_key,
-            archive_size=self.writer.offset,
+            archive_key=parts[0].key,
+            archive_size=parts[0].size,
             files_packaged=self.files_done,
             bytes_packaged=self.bytes_done,
             missing=self.missing,
             resolved=self.resolved,
             resumed_from=self.resumed_from,
             source_bytes_read=self.source_bytes_read,
+            digests=dict(self.digests),
+            parts=parts,
+        )
+
+    def next_part_start(self) -> int | None:
+        """The index of the entry that begins the next part, if there is one."""
+        return self.part_starts[self.part - 1] if self.part <= len(self.part_starts) else None
+
+    def manifest_entry(self) -> bytes:
+        """The current part's `manifest.json`: its entry's bytes, written last in the part."""
+        starts = [0, *self.part_starts, len(self.sources)]
+        failed: dict[int, FileState] = {
+            f.file_id: f for f in self.resolved or () if f.status is FileStatus.failed
+        }
+        for file_id in self.missing:
+            failed.setdefault(file_id, not_found(file_id, ""))
+        written: dict[int, int] = {}  # this part's entries: file id -> size
+        sizes = {f.file_id: f.size for f in self.resolved or ()}
+        for index in range(starts[self.part - 1], min(starts[self.part], self.file_index)):
+            source = self.sources[index]
+            if source is not None and source.file_id not in failed:
+                written[source.file_id] = source.size or sizes.get(source.file_id) or 0
+        part_files = [
+            [s.file_id for s in self.sources[a:b] if s is not None and s.file_id not in failed]
+            for a, b in itertools.pairwise(starts)
+        ]
+        requested = [f.file_id for f in self.resolved or ()] if self.named_sources else self.ids
+        lines = []
+        for file_id in dict.fromkeys([*requested, *failed]):
+            if file_id in written:
+                lines.append(
+                    FileLine(
+                        file_id,
+                        "completed",
+                        name=entry_name(file_id),
+                        size=written[file_id],
+                        sha256=self.digests.get(file_id),
+                    )
+                )
+            elif (state := failed.get(file_id)) is not None:
+                lines.append(
+                    FileLine(file_id, "failed", error=state.error, error_type=state.error_type)
+                )
+        data = manifest(
+            job_id=self.job_id,
+            created_at=self.mtime,
+            part=self.part,
+            part_files=part_files,
+            files=lines,
+        )
+        writer = self.writer
+        return (
+            writer.start_entry(MANIFEST_NAME, len(data)) + writer.write(data) + writer.end_entry()
         )
 
     def skip(self, state: FileState | None) -> None:
@@ -242,6 +330,9 @@ class _Attempt:
 
     def written(self, source: Source, size: int) -> None:
         """The current entry is complete in the archive."""
+        if self.digest is not None:
+            self.digests[source.file_id] = self.digest.hexdigest()
+        self.digest = None
         if self.resolving and self.resolved is not None:
             self.resolved.append(FileState(file_id=source.file_id, key=source.key, size=size))
         self.file_index, self.file_offset = self.file_index + 1, 0
@@ -280,7 +371,11 @@ class DownloadActivities:
         async with heartbeating(details, self.settings.heartbeat_interval_seconds):
             return ResolveResult(files=await self._resolve(file_ids, count))
 
-    async def _resolve(self, file_ids: list[int], on_done: Callable[[], None]) -> list[FileState]:
+    async def _resolve(
+        self, file_ids: list[int], on_done: Callable[[], None], *, raw: bool = False
+    ) -> list[FileState]:
+        """Every id's size, or why it is unavailable; storage errors as `ApplicationError`s, or
+        as they are with `raw`."""
         limit = asyncio.Semaphore(16)
 
         async def resolve(file_id: int) -> FileState:
@@ -293,12 +388,22 @@ class DownloadActivities:
                 except ObjectNotFound:
                     return not_found(file_id, key)
                 except StorageError as exc:
+                    if raw:
+                        raise
                     raise storage_failure(exc) from exc
                 finally:
                     on_done()
             return FileState(file_id=file_id, key=key, size=info.size)
 
         return list(await asyncio.gather(*(resolve(i) for i in file_ids)))
+
+    async def _resolve_for_parts(self, file_ids: list[int]) -> list[FileState]:
+        """Every id resolved before an archive in parts is cut; "not found" is believed only once
+        the bucket answers (see `_bucket_answers`)."""
+        resolved = await self._resolve(file_ids, lambda: None, raw=True)
+        if any(f.error_type == ErrorType.file_not_found.value for f in resolved):
+            await self._io(self.store.confirm_bucket)
+        return resolved
 
     # ------------------------------------------------------------------ package
     @activity.defn(name=PACKAGE_ARCHIVE)
@@ -312,13 +417,17 @@ class DownloadActivities:
         # every key is derived here from the run and the ids, whatever the input says.
         sealed = sealed_request(self.settings, request.request, request.job_id)
         request = as_sealed(request, sealed)
-        archive_key = run_archive_key(self.settings, sealed)
-        checkpoints = Checkpoints(self.store, archive_key, self._io)
         info = activity.info()
+
+        def key_for(part: int) -> str:
+            return run_archive_key(self.settings, request.keys_per_run, part)
+
+        checkpoints = Checkpoints(self.store, key_for(1), self._io, part_key=key_for)
         progress = last_progress(info.heartbeat_details) or PackageProgress()
         # A first attempt has nothing to resume; a retried one may find its predecessor's
         # checkpoint even if no heartbeat of it reached Temporal.
         retried_run = info.workflow_run_id if info.attempt > 1 else None
+        resolved: list[FileState] | None = None
         try:
             checkpoint = await checkpoints.to_resume(progress, retried_run)
             if checkpoint is not None and checkpoint.result is not None:
@@ -326,28 +435,48 @@ class DownloadActivities:
                     log.info("archive already complete", archive=checkpoints.archive_key)
                     return checkpoint.result
                 checkpoint = None
+            if checkpoint is None and request.max_archive_bytes and request.file_ids is not None:
+                # Parts are cut by the sources' sizes: every id is resolved before packaging.
+                resolved = await self._resolve_for_parts(request.file_ids)
+                if not available_sources(resolved):
+                    raise nothing_to_package(resolved)
         except StorageError as exc:
             error, failures = self._failed(request, progress.storage_failures, exc)
             # What the next attempt resumes from is kept, with the failure counted.
             activity.heartbeat(progress.model_copy(update={"storage_failures": failures}))
             raise error from exc
         try:
-            attempt = self._start_or_restore(request, checkpoint, progress)
+            attempt = self._start_or_restore(request, checkpoint, progress, resolved)
         except ValueError as exc:  # a writer state this version cannot continue
             if checkpoint is None:
                 raise
             log.warning("checkpoint not resumable, starting over", error=str(exc))
             await checkpoints.drop(checkpoint.upload_id)
             checkpoint = None
-            attempt = self._start_or_restore(request, None, progress)
+            if request.max_archive_bytes and request.file_ids is not None:
+                resolved = await self._resolve_for_parts(request.file_ids)
+            attempt = self._start_or_restore(request, None, progress, resolved)
         attempt.run_id = info.workflow_run_id
+        attempt.job_id, attempt.mtime = request.job_id, request.mtime
+        deflate = request.compression == "deflate"
+        if request.max_archive_bytes and attempt.named_sources is not None:
+            attempt.part_starts = plan_parts(
+                [(entry_name(s.file_id), s.size) for s in attempt.named_sources],
+                len(attempt.resolved or attempt.named_sources),
+                request.max_archive_bytes,
+                deflate,
+            )
         log_entry.counters = attempt.counters
         base = self._base_part_size(attempt.sources)
-        upload = ArchiveUpload(
-            self.store, checkpoints.archive_key, lambda n: part_size(base, n), self._io
-        )
+
+        def new_upload() -> ArchiveUpload:
+            key = key_for(attempt.part)
+            return ArchiveUpload(self.store, key, lambda n: part_size(base, n), self._io)
+
+        upload = new_upload()
         if checkpoint is not None:
-            upload.restore(checkpoint.upload_id, checkpoint.parts)
+            if checkpoint.upload_id and not checkpoint.part_stored:
+                upload.restore(checkpoint.upload_id, checkpoint.parts)
             log_entry.resumed(attempt.resumed_from)
         prefetcher = Prefetcher(
             self.store,
@@ -358,11 +487,13 @@ class DownloadActivities:
             executor=self.io,
         )
         attempt.prefetcher = prefetcher
-        deflate = request.compression == "deflate"
         async with heartbeating(attempt.details, self.settings.heartbeat_interval_seconds):
             try:
                 async with prefetcher:
                     while attempt.file_index < len(attempt.sources):
+                        if attempt.file_index == attempt.next_part_start():
+                            await self._seal_part(attempt, upload, checkpoints)
+                            upload = await self._begin_part(attempt, checkpoints, new_upload)
                         await self._copy_entry(attempt, upload, checkpoints, deflate)
                 if attempt.files_done == 0:
                     await upload.abort()
@@ -370,6 +501,7 @@ class DownloadActivities:
                 await self._finish(attempt, upload, checkpoints)
             except (ValueError, ObjectChanged) as exc:
                 await upload.abort()
+                await self._discard_parts(attempt)
                 await checkpoints.discard()
                 raise source_changed(exc) from exc
             except UploadGone as exc:
@@ -382,6 +514,7 @@ class DownloadActivities:
                 # Only a user's cancel discards the upload; a lost or stopping worker keeps it.
                 if details is not None and details.cancel_requested:
                     await upload.abort()
+                    await asyncio.shield(self._discard_parts(attempt))
                     await asyncio.shield(checkpoints.discard())
                     log.info("archive cancelled, upload aborted", archive=upload.key)
                 else:
@@ -401,15 +534,24 @@ class DownloadActivities:
         return attempt.result(upload.key)
 
     def _start_or_restore(
-        self, request: PackageInput, checkpoint: Checkpoint | None, progress: PackageProgress
+        self,
+        request: PackageInput,
+        checkpoint: Checkpoint | None,
+        progress: PackageProgress,
+        resolved: list[FileState] | None = None,
     ) -> _Attempt:
-        """The attempt's entries and position: from the checkpoint, or from the start."""
+        """The attempt's entries and position: from the checkpoint, or from the start (with
+        every id `resolved` already, for an archive in parts)."""
         named = checkpoint.sources if checkpoint is not None else None
+        if named is None and resolved is not None:
+            named = available_sources(resolved)
         if named is not None:
-            # An earlier worker resolved every id before packaging: the same list, resumed.
-            attempt = self._attempt([s.file_id for s in named], self._sources(named), checkpoint)
+            # Every id was resolved before packaging (by this attempt, or by an earlier worker
+            # that did so): the same list, resumed.
+            ids = [s.file_id for s in named]
+            attempt = self._attempt(ids, self._sources(named), checkpoint, request.mtime)
             attempt.named_sources = named
-            attempt.resolved = checkpoint.resolved if checkpoint is not None else None
+            attempt.resolved = checkpoint.resolved if checkpoint is not None else resolved
         elif request.file_ids is not None:
             ids = request.file_ids
             attempt = self._attempt(ids, self._id_sources(ids), checkpoint, request.mtime)
@@ -447,7 +589,15 @@ class DownloadActivities:
             files_done=checkpoint.files_done,
             bytes_done=checkpoint.bytes_done,
             missing=list(checkpoint.missing),
-            resumed_from=writer.offset,
+            resumed_from=sum(p.size for p in checkpoint.archive_parts) + writer.offset,
+            # A checkpoint of an earlier version has no digest state: that file's stays unknown.
+            digest=FileDigest.restore(checkpoint.digest_state, checkpoint.file_offset)
+            if writer.in_entry
+            else None,
+            digests=dict(checkpoint.digests),
+            part=checkpoint.part,
+            parts_done=list(checkpoint.archive_parts),
+            part_stored=checkpoint.part_stored,
         )
 
     def _sources(self, sources: list[SourceFile]) -> list[Source | None]:
@@ -487,10 +637,14 @@ class DownloadActivities:
             return
         if not writer.in_entry:
             size = opened.size if source.size is None else source.size
-            upload.write(writer.start_entry(f"{source.file_id}.zip", size, deflate=deflate))
+            upload.write(writer.start_entry(entry_name(source.file_id), size, deflate=deflate))
+            attempt.digest = FileDigest()
+        digest = attempt.digest
         try:
             async for chunk in opened.chunks():
                 upload.write(writer.write(chunk))
+                if digest is not None:
+                    digest.update(chunk)
                 attempt.file_offset += len(chunk)
                 attempt.source_bytes_read += len(chunk)
                 attempt.bytes_done += len(chunk)
@@ -522,23 +676,73 @@ class DownloadActivities:
 
         await upload.flush(stored)
 
+    async def _close_archive(
+        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
+    ) -> None:
+        """Write the part's manifest and central directory (listing the manifest first), and
+        store its last bytes, unless a resumed checkpoint had done so already."""
+        if attempt.writer.finished:
+            return
+        upload.write(attempt.manifest_entry())
+        upload.write(attempt.writer.finish(first=MANIFEST_NAME))
+        if upload.upload_id is not None:
+            await self._store_part(attempt, upload, checkpoints)
+
+    async def _seal_part(
+        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
+    ) -> None:
+        """Complete the current part of an archive in parts, before the next one begins."""
+        await self._close_archive(attempt, upload, checkpoints)
+        if not attempt.part_stored:
+            # Completed by S3 even if this attempt is cancelled meanwhile: the next attempt
+            # finds the upload gone and the part stored (`Checkpoints.to_resume`).
+            await asyncio.shield(upload.complete())
+        attempt.parts_done.append(
+            ArchivePart(number=attempt.part, key=upload.key, size=attempt.writer.offset)
+        )
+        log.info("archive part complete", archive=upload.key, part=attempt.part)
+
+    async def _begin_part(
+        self,
+        attempt: _Attempt,
+        checkpoints: Checkpoints,
+        new_upload: Callable[[], ArchiveUpload],
+    ) -> ArchiveUpload:
+        """Start the next part: a new archive, and a checkpoint at its start, so a lost worker
+        resumes here without redoing the parts before."""
+        attempt.part += 1
+        attempt.part_stored = False
+        attempt.writer = ResumableZipWriter(mtime=attempt.mtime)
+        _, writer_state = attempt.writer.checkpoint()
+        attempt.pointer = await checkpoints.save(
+            attempt.position(writer_state)(upload_id="", parts=[])
+        )
+        attempt.legacy = None
+        activity.heartbeat(attempt.details())
+        return new_upload()
+
+    async def _discard_parts(self, attempt: _Attempt) -> None:
+        """Delete the completed parts of an archive that will never be complete."""
+        for part in attempt.parts_done:
+            with contextlib.suppress(StorageError):
+                await self._io(self.store.delete, part.key)
+
     async def _finish(
         self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints
     ) -> None:
-        """Write the central directory and store the archive (one PUT if it fits in one part);
-        a multipart archive's checkpoint then keeps the result, for a late attempt."""
-        if not attempt.writer.finished:
-            upload.write(attempt.writer.finish())
-            if upload.upload_id is not None:
-                await self._store_part(attempt, upload, checkpoints)
-        if upload.upload_id is None:
+        """Write the manifest and central directory and store the archive (one PUT if it fits
+        in one part); a multipart archive's checkpoint then keeps the result, for a late
+        attempt."""
+        await self._close_archive(attempt, upload, checkpoints)
+        if upload.upload_id is None and not attempt.part_stored:
             await upload.complete()
             return
         _, writer_state = attempt.writer.checkpoint()
-        final = attempt.position(writer_state)(upload_id=upload.upload_id, parts=[])
+        final = attempt.position(writer_state)(upload_id=upload.upload_id or "", parts=[])
 
         async def complete() -> None:
-            await upload.complete()
+            if not attempt.part_stored:
+                await upload.complete()
             await checkpoints.complete(final, attempt.result(upload.key))
 
         # S3 completes the upload even if this attempt is cancelled meanwhile (a lost worker
@@ -560,8 +764,14 @@ class DownloadActivities:
             attempt.bucket_answered = True
 
     async def _archive_stored(self, result: PackageResult) -> bool:
-        info = await self._io(self.store.stat_or_none, result.archive_key)
-        return info is not None and info.size == result.archive_size
+        parts = result.parts or [
+            ArchivePart(number=1, key=result.archive_key, size=result.archive_size)
+        ]
+        for part in parts:
+            info = await self._io(self.store.stat_or_none, part.key)
+            if info is None or info.size != part.size:
+                return False
+        return True
 
     def _base_part_size(self, sources: list[Source | None]) -> int:
         """The configured part size, larger if the known sizes need it to fit in `MAX_PARTS`."""

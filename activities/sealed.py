@@ -38,12 +38,13 @@ def sealed_request(
     return sealed
 
 
-def run_archive_key(settings: Settings, sealed: DownloadRequest | None) -> str:
-    """The archive of this activity's run: its own object (`archive_key(job id, run id)`), or
-    for a run from before sealing the key it has been writing (`archives/{job_id}.zip`)."""
+def run_archive_key(settings: Settings, per_run: bool, part: int = 1) -> str:
+    """Part `part` of this activity's run's archive, named after the workflow and run Temporal
+    gives the activity: `archive_key(job id, run id, part)`, or for a run of a version that kept
+    one archive per job (`per_run` false: only from before sealing) `archives/{job_id}.zip`."""
     info = activity.info()
     assert info.workflow_id is not None  # checked by `sealed_request`
-    return settings.archive_key(info.workflow_id, info.workflow_run_id if sealed else None)
+    return settings.archive_key(info.workflow_id, info.workflow_run_id if per_run else None, part)
 
 
 def as_sealed(request: PackageInput, sealed: DownloadRequest | None) -> PackageInput:
@@ -57,5 +58,7 @@ def as_sealed(request: PackageInput, sealed: DownloadRequest | None) -> PackageI
             "compression": sealed.options.compression,
             "mtime": sealed.created_at,
             "storage_retry": sealed.options.retry,
+            "max_archive_bytes": sealed.options.max_archive_bytes,
+            "keys_per_run": True,
         }
     )

@@ -17,13 +17,13 @@ from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
 from api.routes.service import STATIC
 from api.services import build_services
-from core.config import Settings, load_settings
+from core.config import Process, Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import redact_span_query, setup_logging, setup_tracing
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or load_settings()
+    settings = settings or load_settings(Process.api)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(Process.api)
     setup_logging(settings, "api")
     uvicorn.run(
         create_app(settings),

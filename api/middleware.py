@@ -57,6 +57,10 @@ RATE_LIMIT_EXEMPT = (
     "/favicon.ico",
 )
 MOUNTS = ("/static/", "/docs/assets/")
+# Answers of the job API carry presigned links, stream tickets or state that changes: neither a
+# browser nor a shared cache keeps them (a route may say otherwise for its own answer).
+NO_STORE_PREFIX = "/v1/"
+NO_STORE = (b"cache-control", b"no-store")
 # Set by this middleware alone: a route's own value is dropped.
 _REPLACED = {b"server", b"x-request-id", b"x-trace-id"}
 RawHeaders = list[tuple[bytes, bytes]]
@@ -137,7 +141,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message["headers"] = self._headers(message.get("headers", ()), request_id)
+                message["headers"] = self._headers(
+                    message.get("headers", ()), request_id, scope["path"]
+                )
             await send(message)
 
         try:
@@ -164,13 +170,17 @@ class RequestContextMiddleware:
                 client=scope["state"]["client_ip"],
             )
 
-    def _headers(self, headers: Iterable[tuple[bytes, bytes]], request_id: str) -> RawHeaders:
+    def _headers(
+        self, headers: Iterable[tuple[bytes, bytes]], request_id: str, path: str
+    ) -> RawHeaders:
         """The response's headers less `Server`, with the request id, the trace id and every
-        default header the response does not set itself."""
+        default header the response does not set itself (`no-store` on the job API's)."""
         own = [(k, v) for k, v in headers if k.lower() not in _REPLACED]
         present = {k.lower() for k, _ in own}
         own.append((b"x-request-id", request_id.encode()))
         own.extend(h for h in self.defaults if h[0] not in present)
+        if path.startswith(NO_STORE_PREFIX) and NO_STORE[0] not in present:
+            own.append(NO_STORE)
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             own.append((b"x-trace-id", format(span.trace_id, "032x").encode()))

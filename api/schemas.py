@@ -11,7 +11,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from workflows.models import MAX_FILE_ID, MAX_FILES_PER_JOB, MIN_FILE_ID, FileStatus, JobStatus
+from core import bounds
+from workflows.models import (
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    MAX_FILE_ID,
+    MAX_FILES_PER_JOB,
+    MIN_FILE_ID,
+    FileStatus,
+    JobStatus,
+)
 
 FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
 
@@ -35,6 +44,21 @@ class InitiateRequest(BaseModel):
     callback_url: AnyHttpUrl | None = Field(
         None, description="POSTed a signed JSON notice when the job ends"
     )
+    priority: int | None = Field(
+        None,
+        strict=True,
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="1 (most urgent) to 5; Temporal's task-queue priority key. Default 3, or the "
+        "caller's ceiling (PRIORITY_CEILING) when less urgent; more urgent than it is a 403",
+    )
+    max_archive_bytes: int | None = Field(
+        None,
+        ge=bounds.MIN_ARCHIVE_BYTES,
+        le=bounds.MAX_ARCHIVE_BYTES,
+        description="split the archive into standalone zips of at most this many bytes "
+        "(a file larger than that makes a part of its own); at most MAX_ARCHIVE_BYTES_LIMIT",
+    )
 
 
 class FileRequest(BaseModel):
@@ -55,6 +79,7 @@ class FileView(BaseModel):
     size: int | None = None
     error: str | None = None
     download_url: str | None = Field(default=None, serialization_alias="downloadUrl")
+    sha256: str | None = Field(default=None, description="SHA-256 (hex) of a completed file")
 
 
 class JobProgress(CamelModel):
@@ -85,8 +110,14 @@ class JobView(JobProgress):
     download_url: str | None = None
     expires_at: datetime | None = None
     archive_size: int | None = None
+    download_urls: list[str] | None = Field(
+        default=None,
+        description="one presigned URL per archive part (a single archive: [downloadUrl])",
+    )
+    archive_sizes: list[int] | None = Field(default=None, description="bytes of each part")
     error: str | None = None
     error_type: str | None = None
+    priority: int | None = Field(None, description="1 (most urgent) to 5")
 
 
 class JobLinks(CamelModel):
@@ -138,6 +169,7 @@ class JobSummary(CamelModel):
     created_at: datetime
     completed_at: datetime | None = None
     error: str | None = None
+    priority: int | None = None
 
 
 class JobList(CamelModel):

@@ -47,8 +47,9 @@ class JobRecord:
     state: JobState
     view: JobView
     run_started: datetime
-    # The run whose archive the job serves (`Settings.archive_key(job_id, run_id, part)`); None
-    # for a run from before sealing, whose archive is named after the job id alone.
+    # The run whose archive the job serves: its parts' keys are `Settings.archive_key(job_id,
+    # run_id, part)`; None for a run from before sealing, whose one archive is named after the
+    # job id alone.
     run_id: str | None = None
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
@@ -131,13 +132,21 @@ def _view(state: JobState, status: JobStatus, progress: ProgressSummary | None =
         completed_at=state.completed_at if status.terminal else None,
         estimated_completion_at=eta,
         archive_size=state.archive_size if status is JobStatus.completed else None,
+        archive_sizes=state.archive_sizes if status is JobStatus.completed else None,
         error=state.error if status in (JobStatus.failed, JobStatus.cancelled) else None,
         error_type=state.error_type if status is JobStatus.failed else None,
+        priority=state.priority,
     )
 
 
 def _file(f: FileState) -> FileView:
-    return FileView(file_id=f.file_id, status=f.status, size=f.size, error=f.error)
+    return FileView(
+        file_id=f.file_id,
+        status=f.status,
+        size=f.size,
+        error=f.error,
+        sha256=f.sha256 if f.status is FileStatus.completed else None,
+    )
 
 
 def _files_with_progress(

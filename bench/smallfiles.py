@@ -203,8 +203,9 @@ class JobRun:
         self.store.delete(checkpoint_key(key))
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             entries = archive.infolist()
-            assert len(entries) == len(self.file_ids), (
-                f"archive has {len(entries)} entries, expected {len(self.file_ids)}"
+            # Its sources, and the manifest.
+            assert len(entries) == len(self.file_ids) + 1, (
+                f"archive has {len(entries)} entries, expected {len(self.file_ids) + 1}"
             )
             bad = archive.testzip()
             assert bad is None, f"archive entry {bad} is corrupt"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import random
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import zipfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -208,18 +210,6 @@ def read_object(s3: Minio, bucket: str, key: str) -> bytes:
         resp.release_conn()
 
 
-def archive_of(s3: Minio, settings: Settings, job_id: str) -> str:
-    """The archive of the job's (one) run: `Settings.archive_key(job_id, run_id)`."""
-    stem = settings.archive_key(job_id).removesuffix(".zip") + "."
-    found = s3.list_objects(settings.s3_bucket_name, prefix=stem)
-    keys: list[str] = [
-        o.object_name for o in found if o.object_name and o.object_name.endswith(".zip")
-    ]
-    if len(keys) != 1:
-        raise RuntimeError(f"job {job_id}: {len(keys)} archives")
-    return keys[0]
-
-
 def seed_sources(s3: Minio, settings: Settings, sources: dict[int, bytes]) -> dict[int, bytes]:
     """Upload the sources, then read every object back: the bytes archives are compared to are
     the source objects as S3 serves them (checked equal to what was written)."""
@@ -243,13 +233,17 @@ def seed_sources(s3: Minio, settings: Settings, sources: dict[int, bytes]) -> di
 
 
 def verify_archive(s3: Minio, settings: Settings, job: Job, sources: dict[int, bytes]) -> None:
-    """Sets `job.problem` unless its archive holds exactly its sources' bytes."""
+    """Sets `job.problem` unless its archive holds exactly its sources' bytes, and its manifest
+    (listed first) their SHA-256."""
     try:
-        data = read_object(s3, settings.s3_bucket_name, archive_of(s3, settings, job.job_id))
+        # The key of the run that completed, as its presigned URL names it (path-style).
+        path = urllib.parse.urlsplit(job.view["downloadUrl"]).path
+        key = urllib.parse.unquote(path.split("/", 2)[2])
+        data = read_object(s3, settings.s3_bucket_name, key)
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
-            expected = [f"{file_id}.zip" for file_id in job.file_ids]
-            if sorted(names) != sorted(expected):
+            expected = ["manifest.json", *(f"{file_id}.zip" for file_id in job.file_ids)]
+            if names[:1] != ["manifest.json"] or sorted(names) != sorted(expected):
                 missing = sorted(set(expected) - set(names))[:3]
                 extra = sorted(set(names) - set(expected))[:3]
                 job.problem = (
@@ -261,6 +255,12 @@ def verify_archive(s3: Minio, settings: Settings, job: Job, sources: dict[int, b
                 # zipfile checks each entry's CRC-32 as it reads it.
                 if archive.read(f"{file_id}.zip") != sources[file_id]:
                     job.problem = f"entry {file_id}.zip differs from its source"
+                    return
+            listed = json.loads(archive.read("manifest.json"))["files"]
+            digests = {line["fileId"]: line.get("sha256") for line in listed}
+            for file_id in job.file_ids:
+                if digests.get(file_id) != hashlib.sha256(sources[file_id]).hexdigest():
+                    job.problem = f"manifest digest of {file_id} differs from its source"
                     return
     except Exception as exc:
         job.problem = f"archive unreadable: {type(exc).__name__}: {exc}"

@@ -32,3 +32,9 @@ HEARTBEAT_TIMEOUT_SECONDS = 30.0
 DEADLINE_MINUTES = 360
 MIN_DEADLINE_MINUTES = 1
 MAX_DEADLINE_MINUTES = 7 * 24 * 60
+
+# A job's archive split into parts of at most this many bytes (a single file larger than the
+# limit makes a part of its own): from 1 MiB up to what one S3 object may hold (5 TiB).
+MIN_ARCHIVE_BYTES = 1 << 20
+MAX_ARCHIVE_BYTES = 5 << 40
+ArchiveBytes = Annotated[int, Field(ge=MIN_ARCHIVE_BYTES, le=MAX_ARCHIVE_BYTES)]

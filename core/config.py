@@ -35,6 +35,15 @@ class Compression(StrEnum):
     deflate = "deflate"
 
 
+class Process(StrEnum):
+    """Which process reads the settings: production checks what that process uses."""
+
+    api = "api"
+    worker = "worker"
+    # A one-shot tool (`download-stack seed`): only its storage credential matters.
+    tool = "tool"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
@@ -57,6 +66,15 @@ class Settings(BaseSettings):
     rate_limit_storage_uri: str = Field(
         "memory://", pattern=r"^(memory://|(redis|rediss|memcached)://\S+)$"
     )
+
+    # --- per-owner quotas (counted in RATE_LIMIT_STORAGE_URI, like the rate limit) ---
+    # Jobs queued or processing at once, per owner; starts beyond get 429.
+    quota_active_jobs_per_owner: int = Field(100, ge=1)
+    # Files started (retries included) per owner per UTC day; starts beyond get 429.
+    quota_files_per_owner_per_day: int = Field(100_000, ge=1)
+    # How long Temporal's visibility may take to count a start: starts this recent are counted
+    # by the API itself.
+    quota_visibility_lag_seconds: int = Field(10, ge=1, le=3600)
 
     # --- auth (off unless a secret, public key or API keys are set) ---
     auth_jwt_secret: str | None = None
@@ -96,6 +114,8 @@ class Settings(BaseSettings):
     presign_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
     archive_ttl_hours: float = Field(24.0, gt=0)
     archive_compression: Compression = Compression.stored
+    # The largest `max_archive_bytes` a job may ask for (its archive then comes in parts).
+    max_archive_bytes_limit: bounds.ArchiveBytes = 50 << 30
 
     # --- temporal ---
     temporal_address: str = "localhost:7233"
@@ -130,6 +150,11 @@ class Settings(BaseSettings):
     # Owners' shares of the workers: comma-separated owner=weight pairs (others weigh 1); owners
     # as jobs name them: `key:<name>` for API keys, `jwt:<sub>` for tokens.
     owner_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    # The most urgent priority (1 most urgent ... 5) a job may ask for, and owners' own
+    # ceilings as owner=priority pairs: a job asking for more is refused (403); one asking for
+    # none runs at 3, or at its owner's ceiling when that is less urgent.
+    priority_ceiling: int = Field(3, ge=1, le=5)
+    owner_priority_ceilings: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
 
     # --- worker ---
     worker_max_concurrent_activities: int = Field(20, ge=1)
@@ -301,6 +326,29 @@ class Settings(BaseSettings):
     def owner_weight(self, owner: str) -> float:
         return self.owner_weights.get(owner, 1.0)
 
+    @field_validator("owner_priority_ceilings", mode="before")
+    @classmethod
+    def _parse_priority_ceilings(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        ceilings: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            owner, _, priority = pair.rpartition("=")
+            if not owner:
+                raise ValueError(f"{pair!r} is not owner=priority")
+            ceilings[owner] = priority
+        return ceilings
+
+    @field_validator("owner_priority_ceilings")
+    @classmethod
+    def _priority_range(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(not 1 <= priority <= 5 for priority in value.values()):
+            raise ValueError("priorities are 1 (most urgent) to 5")
+        return value
+
+    def priority_ceiling_of(self, owner: str) -> int:
+        return self.owner_priority_ceilings.get(owner, self.priority_ceiling)
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.auth_jwt_secret or self.auth_jwt_public_key or self.api_keys)
@@ -323,9 +371,9 @@ class Settings(BaseSettings):
         return self.s3_source_key_template.format(file_id=file_id)
 
     def archive_key(self, job_id: str, run_id: str | None = None, part: int = 1) -> str:
-        """The archive a run of `job_id` writes: one object per run (and per part), so a later
-        run under the same id never replaces what an earlier run's link serves. Without a run
-        id: the form runs from before this wrote (`archives/{job_id}.zip`)."""
+        """The archive of a job's run, part `part`: `archives/J.zip` (runs of earlier versions),
+        `archives/J.<run id>.zip`, `archives/J.<run id>.part2.zip`, ... One object per run, so a
+        later run under the same id never replaces what an earlier run's link serves."""
         key = self.s3_archive_key_template.format(job_id=job_id)
         if run_id is None and part == 1:
             return key
@@ -384,22 +432,33 @@ def _weak(secret: str | None) -> bool:
     )
 
 
-def production_problems(settings: Settings) -> list[str]:
-    """Why these settings are unsafe to expose, one line each (empty: safe enough to start)."""
+# X-Forwarded-For believed from networks wider than these would let nearly anyone choose the
+# address the rate limits and stream caps count.
+MIN_PROXY_PREFIX = {4: 8, 6: 48}
+MIN_API_KEY_CHARS = 32
+
+
+def production_problems(settings: Settings, process: Process | None = None) -> list[str]:
+    """Why these settings are unsafe to expose, one line each (empty: safe enough to start).
+
+    `process` limits the checks to what that process uses (None: every check)."""
+    api = process in (None, Process.api)
+    worker = process in (None, Process.worker)
     problems = []
-    if not settings.auth_enabled:
+    if api and not settings.auth_enabled:
         problems.append(
             "no authentication: set AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_API_KEYS"
         )
-    if _weak(settings.callback_secret):
+    if worker and _weak(settings.callback_secret):
         problems.append(
             f"CALLBACK_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
         )
-    if _weak(settings.auth_jwt_secret):
+    # Empty (compose's `${AUTH_JWT_SECRET:-}` with API keys alone) is unset.
+    if api and _weak(settings.auth_jwt_secret or None):
         problems.append(
             f"AUTH_JWT_SECRET is an example value or shorter than {MIN_SECRET_BYTES} bytes"
         )
-    if settings.stream_ticket_secret is None or _weak(settings.stream_ticket_secret):
+    if api and (settings.stream_ticket_secret is None or _weak(settings.stream_ticket_secret)):
         problems.append(
             f"STREAM_TICKET_SECRET must be set (the same on every API replica), at least "
             f"{MIN_SECRET_BYTES} bytes"
@@ -415,18 +474,68 @@ def production_problems(settings: Settings) -> list[str]:
         )
     if any(pair in DEFAULT_S3_CREDENTIALS or _weak(pair[1]) for pair in credentials):
         problems.append("S3 credentials are well-known defaults or a short secret")
-    if not settings.s3_public_endpoint:
+    if api and not settings.s3_public_endpoint:
         problems.append(
             "S3_PUBLIC_ENDPOINT is unset: download links would name the internal S3 endpoint"
+        )
+    if api:
+        problems.extend(_api_problems(settings))
+    if worker and settings.callback_allow_private:
+        problems.append(
+            "CALLBACK_ALLOW_PRIVATE=true: callbacks could reach the service's private network"
         )
     return problems
 
 
-def load_settings(**overrides: object) -> Settings:
+def _api_problems(settings: Settings) -> list[str]:
+    """The checks of what only the API uses: proxies, presigning, API keys, JWT claims."""
+    problems = []
+    broad = [
+        str(net)
+        for net in settings.trusted_proxy_networks
+        if net.prefixlen < MIN_PROXY_PREFIX[net.version]
+    ]
+    if broad:
+        problems.append(
+            f"TRUSTED_PROXIES is too broad ({', '.join(broad)}): name the proxies in front, "
+            f"IPv4 /{MIN_PROXY_PREFIX[4]} or narrower, IPv6 /{MIN_PROXY_PREFIX[6]} or narrower"
+        )
+    presign = settings.s3_presign_access_key_id
+    if not (presign and settings.s3_presign_secret_access_key):
+        problems.append(
+            "S3_PRESIGN_ACCESS_KEY_ID / S3_PRESIGN_SECRET_ACCESS_KEY unset: download links "
+            "must be signed by a read-only user"
+        )
+    elif presign == settings.s3_access_key_id:
+        problems.append(
+            "S3_PRESIGN_ACCESS_KEY_ID is the service's own S3 user: links must be signed by a "
+            "read-only user of their own"
+        )
+    short = [
+        key
+        for key in settings.api_keys
+        if not key.startswith("sha256:") and len(key) < MIN_API_KEY_CHARS
+    ]
+    if short:
+        problems.append(
+            f"AUTH_API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_CHARS} characters"
+        )
+    if settings.auth_jwt_public_key and not (
+        settings.auth_jwt_audience and settings.auth_jwt_issuer
+    ):
+        problems.append(
+            "AUTH_JWT_PUBLIC_KEY needs AUTH_JWT_AUDIENCE and AUTH_JWT_ISSUER: else any token "
+            "that key's issuer signed, for any service, is accepted"
+        )
+    return problems
+
+
+def load_settings(process: Process | None = None, **overrides: object) -> Settings:
     """Read settings; on a bad value exit with one clear line per variable, no traceback.
 
     With ENVIRONMENT=production, an unsafe configuration stops the process the same way, one
-    line per problem: the API and the worker refuse to start wide open.
+    line per problem: the API and the worker refuse to start wide open (each checked for what
+    it uses: `process`).
     """
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
@@ -438,8 +547,14 @@ def load_settings(**overrides: object) -> Settings:
     except ValueError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    problems = production_problems(settings)
-    if temporalenv.is_plaintext(temporal) and not settings.temporal_trusted_network:
+    problems = production_problems(settings, process)
+    # A one-shot tool (the seed job) does not reach Temporal.
+    uses_temporal = process is not Process.tool
+    if (
+        uses_temporal
+        and temporalenv.is_plaintext(temporal)
+        and not settings.temporal_trusted_network
+    ):
         problems.append(
             "the connection to Temporal is plaintext: give TLS (TEMPORAL_TLS_*, TEMPORAL_API_KEY "
             "or a TEMPORAL_PROFILE with them) or set TEMPORAL_TRUSTED_NETWORK=true"

@@ -18,6 +18,9 @@ Format choices:
   directory; a header offset at or beyond the limit is stored in the central directory's zip64
   extra field; 65535 entries or more, or a central directory that starts or ends at or beyond
   the limit, add the ZIP64 end-of-central-directory record and locator;
+* the central directory may list one entry first (``finish(first=name)``) whatever its place
+  in the data, so an entry written last (a manifest whose content is known only at the end)
+  is the first that readers list;
 * a checkpoint in a DEFLATED entry ends the compressor's output with ``Z_FULL_FLUSH``
   (byte-aligned, dictionary reset, no final block) and continues with a fresh compressor, so
   the raw deflate stream stays valid across a resume and the output is the same whether or not
@@ -495,15 +498,22 @@ class ResumableZipWriter:
         self._offset += len(out)
         return out
 
-    def finish(self) -> bytes:
-        """Return the central directory and end records; the archive is then complete."""
+    def finish(self, *, first: str | None = None) -> bytes:
+        """Return the central directory and end records; the archive is then complete.
+
+        The central directory lists the entries in the order they were written, except the
+        entry named ``first``, listed first: readers (``unzip -l``, ``zipfile.namelist()``, the
+        Windows and macOS archive tools) list entries in central-directory order, so an entry
+        whose content is only known at the end (a manifest) is still shown first.
+        """
         if self._current is not None:
             raise RuntimeError(f"entry {self._current.name!r} is still open")
         if self._finished:
             raise RuntimeError("archive already finished")
         limit = self._limit
         cd_offset = self._offset
-        parts = [self._central_record(entry) for entry in self._entries]
+        entries = sorted(self._entries, key=lambda entry: entry.name != first)
+        parts = [self._central_record(entry) for entry in entries]
         cd_size = sum(map(len, parts))
         count = len(self._entries)
         if _needs_eocd64(count, cd_size, cd_offset, limit):

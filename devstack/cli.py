@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from core.config import Settings, load_settings
+from core.config import Process, Settings, load_settings
 from core.storage import ObjectStore
 from devstack.demo_data import DEMO_FILES, seed_directory, seed_store
 from devstack.servers import BIN, BIND, port_in_use
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="download-stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "seed"], nargs="?", default="run")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    settings = load_settings(Process.tool if args.command == "seed" else None)
     sys.exit(run(settings) if args.command == "run" else seed(settings))
 
 

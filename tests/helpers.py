@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -128,11 +129,23 @@ def read_archive(store: ObjectStore, key: str) -> zipfile.ZipFile:
 
 
 def assert_archive_matches(archive: zipfile.ZipFile, expected: dict[int, bytes]) -> None:
-    """Every entry is present, CRC-valid and equal to its source byte for byte."""
+    """Every entry is present, CRC-valid and equal to its source byte for byte; the manifest is
+    listed first and gives each entry's size and SHA-256."""
     assert archive.testzip() is None
-    assert sorted(archive.namelist()) == sorted(f"{i}.zip" for i in expected)
+    names = archive.namelist()
+    assert names[0] == "manifest.json"
+    assert sorted(names[1:]) == sorted(f"{i}.zip" for i in expected)
+    listed = {f["fileId"]: f for f in archive_manifest(archive)["files"]}
     for file_id, data in expected.items():
         assert archive.read(f"{file_id}.zip") == data, f"entry {file_id} differs"
+        line = listed[file_id]
+        assert (line["status"], line["size"]) == ("completed", len(data))
+        assert line["sha256"] == hashlib.sha256(data).hexdigest(), f"digest of {file_id}"
+
+
+def archive_manifest(archive: zipfile.ZipFile) -> Json:
+    manifest: Json = json.loads(archive.read("manifest.json"))
+    return manifest
 
 
 async def start_job(

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from core.config import Settings, load_settings
+from core.config import Process, Settings, load_settings
 from devstack.servers import BIN
 
 
@@ -116,15 +116,50 @@ SAFE_PRODUCTION = {
     "REQUEST_SEAL_SECRET": "r" * 40,
     "S3_ACCESS_KEY_ID": "downloads-service",
     "S3_SECRET_ACCESS_KEY": "s" * 40,
+    "S3_PRESIGN_ACCESS_KEY_ID": "downloads-reader",
+    "S3_PRESIGN_SECRET_ACCESS_KEY": "r" * 40,
     "S3_PUBLIC_ENDPOINT": "https://files.example.test",
     "TEMPORAL_TRUSTED_NETWORK": "true",
 }
 
 
-@pytest.mark.parametrize("entry_point", ["download-api", "download-worker"])
-def test_production_refuses_to_start_unsafe(entry_point: str) -> None:
-    """Every unsafe setting is named, one line each, and the process exits before serving."""
-    env = {"PATH": "/usr/bin:/bin", "ENVIRONMENT": "production", "CALLBACK_SECRET": "change-me"}
+@pytest.mark.parametrize(
+    ("entry_point", "expected"),
+    [
+        (
+            "download-api",
+            [
+                "no authentication",
+                "STREAM_TICKET_SECRET",
+                "REQUEST_SEAL_SECRET",
+                "S3 credentials",
+                "S3_PUBLIC_ENDPOINT",
+                "S3_PRESIGN_ACCESS_KEY_ID",
+                "TEMPORAL_TRUSTED_NETWORK",
+            ],
+        ),
+        (
+            "download-worker",
+            [
+                "CALLBACK_SECRET",
+                "REQUEST_SEAL_SECRET",
+                "S3 credentials",
+                "CALLBACK_ALLOW_PRIVATE",
+                "TEMPORAL_TRUSTED_NETWORK",
+            ],
+        ),
+    ],
+)
+def test_production_refuses_to_start_unsafe(entry_point: str, expected: list[str]) -> None:
+    """Every unsafe setting the process uses is named, one line each, and the process exits
+    before serving; the worker is not asked for the API's secrets, nor the API for the
+    worker's."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ENVIRONMENT": "production",
+        "CALLBACK_SECRET": "change-me",
+        "CALLBACK_ALLOW_PRIVATE": "true",
+    }
     proc = subprocess.run(
         [str(BIN / entry_point)], env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -132,42 +167,89 @@ def test_production_refuses_to_start_unsafe(entry_point: str) -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert all(line.startswith("unsafe production configuration: ") for line in lines), lines
-    said = "\n".join(lines)
-    for name in ("no authentication", "CALLBACK_SECRET", "STREAM_TICKET_SECRET", "S3 credentials"):
-        assert name in said
-    assert "REQUEST_SEAL_SECRET" in said and "TEMPORAL_TRUSTED_NETWORK" in said
-    assert "S3_PUBLIC_ENDPOINT" in said and len(lines) == 7
+    assert len(lines) == len(expected), lines
+    for line, name in zip(lines, expected, strict=True):
+        assert name in line
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "named"),
+    ("changes", "named"),
     [
-        ("AUTH_JWT_SECRET", "short", "AUTH_JWT_SECRET"),
-        ("CALLBACK_SECRET", "change-me", "CALLBACK_SECRET"),
-        ("S3_SECRET_ACCESS_KEY", "minioadmin", "S3 credentials"),
-        ("S3_PUBLIC_ENDPOINT", "", "S3_PUBLIC_ENDPOINT"),
-        ("STREAM_TICKET_SECRET", "x" * 10, "STREAM_TICKET_SECRET"),
-        ("REQUEST_SEAL_SECRET", "change-me", "REQUEST_SEAL_SECRET"),
-        ("REQUEST_SEAL_SECRET", "", "REQUEST_SEAL_SECRET"),
+        ({"AUTH_JWT_SECRET": "short"}, "AUTH_JWT_SECRET"),
+        ({"CALLBACK_SECRET": "change-me"}, "CALLBACK_SECRET"),
+        ({"S3_SECRET_ACCESS_KEY": "minioadmin", "S3_ACCESS_KEY_ID": "minioadmin"}, "S3 creden"),
+        ({"S3_PUBLIC_ENDPOINT": ""}, "S3_PUBLIC_ENDPOINT"),
+        ({"STREAM_TICKET_SECRET": "x" * 10}, "STREAM_TICKET_SECRET"),
+        ({"CALLBACK_ALLOW_PRIVATE": "true"}, "CALLBACK_ALLOW_PRIVATE"),
+        ({"TRUSTED_PROXIES": "10.0.0.2,0.0.0.0/0"}, "TRUSTED_PROXIES is too broad (0.0.0.0/0)"),
+        ({"TRUSTED_PROXIES": "::/0"}, "TRUSTED_PROXIES is too broad (::/0)"),
+        ({"TRUSTED_PROXIES": "128.0.0.0/1"}, "TRUSTED_PROXIES is too broad"),
+        ({"TRUSTED_PROXIES": "2001:db8::/32"}, "TRUSTED_PROXIES is too broad"),
+        ({"S3_PRESIGN_ACCESS_KEY_ID": ""}, "signed by a read-only user"),
+        ({"S3_PRESIGN_SECRET_ACCESS_KEY": ""}, "signed by a read-only user"),
+        ({"S3_PRESIGN_ACCESS_KEY_ID": "downloads-service"}, "the service's own S3 user"),
+        ({"AUTH_API_KEYS": f"{'k' * 40}=alice,{'k' * 31}=bob"}, "1 key(s) shorter than 32"),
+        ({"AUTH_JWT_PUBLIC_KEY": "pem", "AUTH_JWT_ISSUER": "https://id"}, "AUTH_JWT_AUDIENCE"),
+        ({"AUTH_JWT_PUBLIC_KEY": "pem", "AUTH_JWT_AUDIENCE": "downloads"}, "AUTH_JWT_ISSUER"),
+        ({"REQUEST_SEAL_SECRET": "change-me"}, "REQUEST_SEAL_SECRET"),
+        ({"REQUEST_SEAL_SECRET": ""}, "REQUEST_SEAL_SECRET"),
     ],
 )
 def test_each_unsafe_production_setting_is_named(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    name: str,
-    value: str,
+    changes: dict[str, str],
     named: str,
 ) -> None:
     for key, safe in SAFE_PRODUCTION.items():
         monkeypatch.setenv(key, safe)
     assert load_settings(_env_file=None).environment == "production"  # the safe baseline starts
-    monkeypatch.setenv(name, value)
-    if name == "S3_SECRET_ACCESS_KEY":
-        monkeypatch.setenv("S3_ACCESS_KEY_ID", "minioadmin")
+    for name, value in changes.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit):
         load_settings(_env_file=None)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert named in line
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"TRUSTED_PROXIES": "10.0.0.0/8,fd00:10:244::/56"},
+        {"AUTH_API_KEYS": f"{'k' * 32}=alice,sha256:{'ab' * 32}=bob"},
+        {"AUTH_JWT_PUBLIC_KEY": "pem", "AUTH_JWT_ISSUER": "https://id", "AUTH_JWT_AUDIENCE": "dl"},
+    ],
+)
+def test_production_accepts_what_is_narrow_enough(
+    monkeypatch: pytest.MonkeyPatch, changes: dict[str, str]
+) -> None:
+    """A pod network as the proxies, keys of 32 characters or given as digests (whose length
+    cannot be known), a public key with both claims pinned."""
+    for key, value in {**SAFE_PRODUCTION, **changes}.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings(_env_file=None).environment == "production"
+
+
+def test_each_process_is_asked_for_what_it_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker starts without the API's secrets (auth, tickets, presigning), the API without
+    the worker's (callbacks), a tool such as `download-stack seed` with its storage only."""
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("S3_ACCESS_KEY_ID", "downloads-worker")
+    monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "w" * 40)
+    assert load_settings(Process.tool, _env_file=None)  # reaches no Temporal: plaintext or not
+    monkeypatch.setenv("TEMPORAL_TRUSTED_NETWORK", "true")
+    with pytest.raises(SystemExit):
+        load_settings(Process.worker, _env_file=None)  # CALLBACK_SECRET is the example value
+    monkeypatch.setenv("CALLBACK_SECRET", "c" * 40)
+    assert load_settings(Process.worker, _env_file=None)
+    with pytest.raises(SystemExit):
+        load_settings(Process.api, _env_file=None)
+    for key in ("AUTH_JWT_SECRET", "STREAM_TICKET_SECRET", "S3_PUBLIC_ENDPOINT"):
+        monkeypatch.setenv(key, SAFE_PRODUCTION[key])
+    monkeypatch.setenv("S3_PRESIGN_ACCESS_KEY_ID", "downloads-reader")
+    monkeypatch.setenv("S3_PRESIGN_SECRET_ACCESS_KEY", "r" * 40)
+    monkeypatch.setenv("CALLBACK_SECRET", "change-me")
+    assert load_settings(Process.api, _env_file=None)
 
 
 def test_development_starts_with_the_local_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

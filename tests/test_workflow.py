@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 
 import pytest
@@ -55,6 +56,8 @@ async def test_archive_holds_every_file_byte_for_byte(
     assert [f.file_id for f in state.files] == [10_001, 10_002, 10_003]  # deduplicated, in order
     assert all(f.status is FileStatus.completed for f in state.files)
     assert state.archive_key == settings.archive_key(handle.id, handle.result_run_id)
+    assert state.archive_sizes == [state.archive_size]
+    assert all(f.sha256 == hashlib.sha256(sources[f.file_id]).hexdigest() for f in state.files)
     assert state.bytes_processed == sum(len(d) for d in sources.values())
     assert store.stat(state.archive_key).size == state.archive_size
     assert_archive_matches(read_archive(store, state.archive_key), sources)

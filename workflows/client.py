@@ -44,6 +44,7 @@ from workflows.models import (
 from workflows.names import (
     CLEANUP_SCHEDULE_ID,
     CLEANUP_WORKFLOW,
+    DOWNLOAD_PRIORITY,
     DOWNLOAD_STATUS,
     DOWNLOAD_WORKFLOW,
     FILE_COUNT,
@@ -95,8 +96,11 @@ async def connect(
             delay = min(delay * 2, 5.0)
 
 
-def job_options(settings: Settings, compression: str | None = None) -> JobOptions:
-    """Per-job options fixed at start from the deployment's settings."""
+def job_options(
+    settings: Settings, compression: str | None = None, max_archive_bytes: int | None = None
+) -> JobOptions:
+    """Per-job options fixed at start from the deployment's settings (and the caller's
+    archive part size)."""
     return JobOptions(
         compression=compression or settings.archive_compression.value,  # type: ignore[arg-type]
         retry=RetryOptions(
@@ -107,6 +111,7 @@ def job_options(settings: Settings, compression: str | None = None) -> JobOption
         ),
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         deadline_seconds=settings.job_deadline_minutes * 60,
+        max_archive_bytes=max_archive_bytes,
     )
 
 
@@ -119,6 +124,8 @@ def new_request(
     callback_url: str | None = None,
     request_id: str | None = None,
     compression: str | None = None,
+    priority: int | None = None,
+    max_archive_bytes: int | None = None,
 ) -> DownloadRequest:
     """A workflow input, sealed: ids deduplicated in their order, options from the settings."""
     request = DownloadRequest(
@@ -126,9 +133,10 @@ def new_request(
         owner=owner,
         file_ids=list(dict.fromkeys(file_ids)),
         callback_url=callback_url,
-        options=job_options(settings, compression),
+        options=job_options(settings, compression, max_archive_bytes),
         created_at=datetime.now(UTC).replace(microsecond=0),
         request_id=request_id,
+        priority=priority,
     )
     return seal(request, settings)
 
@@ -142,6 +150,13 @@ async def start_download(
 ) -> WorkflowHandle[Any, JobState]:
     """Start the job's workflow with its initial memo and search attributes (readable at once)."""
     initial = JobState.for_request(request, JobStatus.queued)
+    attributes: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(DOWNLOAD_STATUS, JobStatus.queued.value),
+        SearchAttributePair(OWNER, request.owner),
+        SearchAttributePair(FILE_COUNT, len(request.file_ids)),
+    ]
+    if request.priority is not None:
+        attributes.append(SearchAttributePair(DOWNLOAD_PRIORITY, request.priority))
     return await client.start_workflow(
         DOWNLOAD_WORKFLOW,
         request,
@@ -149,17 +164,13 @@ async def start_download(
         task_queue=settings.temporal_task_queue,
         result_type=JobState,
         memo={STATE_MEMO_KEY: initial},
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(DOWNLOAD_STATUS, JobStatus.queued.value),
-                SearchAttributePair(OWNER, request.owner),
-                SearchAttributePair(FILE_COUNT, len(request.file_ids)),
-            ]
-        ),
+        search_attributes=TypedSearchAttributes(attributes),
         id_reuse_policy=id_reuse_policy,
         # Owners share workers fairly: the task queues dispatch round robin between fairness
-        # keys (weighted), and the job's activities inherit its key.
+        # keys (weighted), and the job's activities inherit its key. The priority key comes
+        # first (lower sooner); the activities inherit it too.
         priority=Priority(
+            priority_key=request.priority,
             fairness_key=fairness_key(request.owner),
             fairness_weight=settings.owner_weight(request.owner),
         ),

@@ -115,6 +115,8 @@ class DownloadWorkflow:
                     mtime=request.created_at,
                     request_id=request.request_id,
                     storage_retry=request.options.retry,
+                    max_archive_bytes=request.options.max_archive_bytes,
+                    keys_per_run=True,
                     request=request,
                 ),
                 start_to_close_timeout=timedelta(seconds=request.options.package_timeout_seconds),
@@ -186,9 +188,12 @@ class DownloadWorkflow:
                 f.error_type = ErrorType.file_not_found.value
             else:
                 f.status = FileStatus.completed
+                f.sha256 = result.digests.get(f.file_id)
         state.bytes_processed = result.bytes_packaged
         state.archive_key = result.archive_key
         state.archive_size = result.archive_size
+        if result.parts:
+            state.archive_sizes = [part.size for part in result.parts]
         self._finish(JobStatus.completed)
 
     def _record_unavailable(self, err: BaseException) -> None:
@@ -204,6 +209,7 @@ class DownloadWorkflow:
         if status is not JobStatus.completed:
             state.error, state.error_type = error, kind
             state.archive_key = None
+            state.archive_sizes = None
         state.completed_at = workflow.now()
         # A completed job's final state is the workflow result, readable from history; the memo
         # is still needed when a callback keeps the run open after the job is decided.

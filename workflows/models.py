@@ -33,6 +33,11 @@ ANONYMOUS_OWNER = "anonymous"
 
 FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
 
+# A job's priority is Temporal's task-queue priority key itself: 1 is dispatched first, 5 last,
+# 3 (Temporal's default) when none is asked for. Owners share workers fairly within a priority.
+HIGHEST_PRIORITY, DEFAULT_PRIORITY, LOWEST_PRIORITY = 1, 3, 5
+PriorityLevel = Annotated[int, Field(ge=HIGHEST_PRIORITY, le=LOWEST_PRIORITY)]
+
 
 class JobStatus(StrEnum):
     queued = "queued"
@@ -87,6 +92,8 @@ class JobOptions(BaseModel):
         ge=bounds.MIN_DEADLINE_MINUTES * 60,
         le=bounds.MAX_DEADLINE_MINUTES * 60,
     )
+    # Split the archive into standalone zips of at most this many bytes (None: one archive).
+    max_archive_bytes: bounds.ArchiveBytes | None = None
 
 
 class DownloadRequest(BaseModel):
@@ -104,6 +111,8 @@ class DownloadRequest(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     created_at: datetime
     request_id: str | None = Field(default=None, max_length=128)
+    # Temporal's priority key of the run and its activities (None: Temporal's default).
+    priority: PriorityLevel | None = None
     # HMAC-SHA256 (hex) over `sealed_content()` with a secret only the API and the worker hold:
     # the worker acts for the owner only on a request the API sealed (`workflows.sealing`).
     seal: str | None = Field(default=None, max_length=128)
@@ -134,6 +143,8 @@ class FileState(BaseModel):
     size: int | None = None
     error: str | None = None
     error_type: str | None = None
+    # SHA-256 (hex) of the file's bytes, once it is in the archive.
+    sha256: str | None = None
 
 
 class JobState(BaseModel):
@@ -148,6 +159,9 @@ class JobState(BaseModel):
     current_file: int | None = None
     archive_key: str | None = None
     archive_size: int | None = None
+    # Bytes of each archive part, in order (set by runs whose keys carry the run id; their
+    # part keys are `Settings.archive_key(job_id, run_id, n)`).
+    archive_sizes: list[int] | None = None
     error: str | None = None
     error_type: str | None = None
     callback_url: str | None = None
@@ -155,6 +169,7 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     updated_at: datetime
     completed_at: datetime | None = None
+    priority: int | None = None
 
     @classmethod
     def for_request(
@@ -170,6 +185,7 @@ class JobState(BaseModel):
             created_at=request.created_at,
             started_at=started_at,
             updated_at=started_at or request.created_at,
+            priority=request.priority,
         )
 
     @property
@@ -224,9 +240,22 @@ class PackageInput(BaseModel):
     # The budget of attempts that fail on storage errors, counted by the activity itself (lost
     # workers and deploy hand-overs use none of it); unset, Temporal's policy counts every attempt.
     storage_retry: RetryOptions | None = None
+    # Archive parts of at most this many bytes, each a standalone zip (None: one archive).
+    max_archive_bytes: bounds.ArchiveBytes | None = None
+    # Set by current workflows: archives are keyed by the run too,
+    # `Settings.archive_key(job_id, run_id, part)`; runs of earlier versions keep `archive_key(job_id)`.
+    keys_per_run: bool = False
     # The job's sealed request: the attempt packages only for a request the API sealed, for the
     # workflow run it belongs to (unset in inputs of runs from before requests were sealed).
     request: DownloadRequest | None = None
+
+
+class ArchivePart(BaseModel):
+    """One archive of a job, complete in S3: its number (from 1), key and size."""
+
+    number: int
+    key: str
+    size: int
 
 
 class Checkpoint(BaseModel):
@@ -257,6 +286,15 @@ class Checkpoint(BaseModel):
     # The workflow run that wrote it: an attempt whose heartbeat holds no pointer adopts only a
     # checkpoint of its own run.
     run_id: str | None = None
+    # SHA-256 of every file written so far (file id -> hex), and the resumable SHA-256 state
+    # of the one being written (`activities.digests`).
+    digests: dict[int, str] = Field(default_factory=dict)
+    digest_state: str | None = None
+    # The archive part being written (from 1), and the parts completed before it.
+    part: int = 1
+    archive_parts: list[ArchivePart] = Field(default_factory=list)
+    # This part's upload is complete already (found so on resume): it is only recorded.
+    part_stored: bool = False
 
 
 class ProgressSummary(BaseModel):
@@ -305,6 +343,9 @@ class PackageResult(BaseModel):
     # Archive offset this attempt resumed from (0 = started fresh) and source bytes it read.
     resumed_from: int = 0
     source_bytes_read: int = 0
+    # SHA-256 of every packaged file (file id -> hex); every archive part, first = archive_key.
+    digests: dict[int, str] = Field(default_factory=dict)
+    parts: list[ArchivePart] = Field(default_factory=list)
 
 
 class CallbackNotice(BaseModel):

@@ -34,7 +34,9 @@ CLEANUP_SCHEDULE_ID = "archive-cleanup"
 DOWNLOAD_STATUS = SearchAttributeKey.for_keyword("DownloadStatus")
 OWNER = SearchAttributeKey.for_keyword("Owner")
 FILE_COUNT = SearchAttributeKey.for_int("FileCount")
-SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT)
+# The job's priority (1 most urgent ... 5), as Temporal's priority key: set at start.
+DOWNLOAD_PRIORITY = SearchAttributeKey.for_int("DownloadPriority")
+SEARCH_ATTRIBUTES = (DOWNLOAD_STATUS, OWNER, FILE_COUNT, DOWNLOAD_PRIORITY)
 
 
 # Server settings under which task queues dispatch fairly between owners (the fairness key);

@@ -4,6 +4,7 @@
 - `reads`: describe a job and show it (status, details, download links), with the caches that
   let many readers share one Temporal read;
 - `commands`: start, retry and cancel a job's workflow;
+- `quotas`: the owner's active jobs and files a day, checked before a start;
 - `listing`: the caller's jobs from visibility, a page at a time, and the running jobs' count.
 """
 

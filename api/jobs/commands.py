@@ -14,13 +14,14 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.errors import ApiError
 from api.jobs import RPC_TIMEOUT
+from api.jobs.quotas import OwnerQuotas
 from api.jobs.reads import JobReads
 from api.views import JobRecord
 from core.config import Settings
 from core.metrics import DOWNLOAD_JOBS
 from core.observability import get_logger
 from workflows.client import new_request, start_download
-from workflows.models import JobStatus
+from workflows.models import DEFAULT_PRIORITY, DownloadRequest, JobStatus
 from workflows.sealing import seal
 
 log = get_logger("api.jobs")
@@ -40,6 +41,7 @@ class JobCommands:
 
     def __init__(self, client: Client, settings: Settings, reads: JobReads) -> None:
         self.client, self.settings, self.reads = client, settings, reads
+        self.quotas = OwnerQuotas(client, settings)
 
     async def start(
         self,
@@ -49,8 +51,11 @@ class JobCommands:
         callback_url: str | None,
         request_id: str | None,
         idempotency_key: str | None,
+        priority: int | None = None,
+        max_archive_bytes: int | None = None,
     ) -> JobRecord:
-        """Start the job's workflow; an id already in use returns that job (after a sanity check)."""
+        """Start the job's workflow within the owner's quotas and priority ceiling; an id
+        already in use returns that job (after a sanity check)."""
         job_id = new_job_id(owner, idempotency_key)
         request = new_request(
             self.settings,
@@ -59,20 +64,53 @@ class JobCommands:
             owner=owner,
             callback_url=callback_url,
             request_id=request_id,
+            priority=self._priority(owner, priority),
+            max_archive_bytes=max_archive_bytes,
         )
+        try:
+            admission = await self.quotas.admit(owner, len(request.file_ids))
+        except ApiError:
+            if idempotency_key is None:
+                raise
+            # A repeated request for a job that exists is answered, whatever the quota says.
+            with contextlib.suppress(ApiError):
+                return self._same_request(await self.reads.describe(job_id, owner), request)
+            raise
         try:
             await start_download(self.client, self.settings, request)
         except WorkflowAlreadyStartedError:
-            record = await self.reads.describe(job_id, owner)
-            if [f.file_id for f in record.state.files] != request.file_ids:
-                raise ApiError(
-                    409, "idempotency_conflict", "Idempotency-Key was used for a different request"
-                ) from None
-            return record
+            await self.quotas.release(admission)
+            return self._same_request(await self.reads.describe(job_id, owner), request)
+        except BaseException:
+            await self.quotas.release(admission)
+            raise
         DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
         log.info("job started", jobId=job_id, files=len(request.file_ids), owner=owner)
         self.reads.snapshots.forget(job_id)
         return await self.reads.describe(job_id, owner)
+
+    def _priority(self, owner: str, asked: int | None) -> int:
+        """The job's priority: as asked, within the owner's ceiling (1 is the most urgent)."""
+        ceiling = self.settings.priority_ceiling_of(owner)
+        if asked is None:
+            return max(DEFAULT_PRIORITY, ceiling)
+        if asked < ceiling:
+            raise ApiError(
+                403,
+                "priority_not_allowed",
+                f"priority {asked} is more urgent than this caller may ask for: {ceiling} to 5 "
+                "(1 is the most urgent)",
+                details={"ceiling": ceiling},
+            )
+        return asked
+
+    @staticmethod
+    def _same_request(record: JobRecord, request: DownloadRequest) -> JobRecord:
+        if [f.file_id for f in record.state.files] != request.file_ids:
+            raise ApiError(
+                409, "idempotency_conflict", "Idempotency-Key was used for a different request"
+            )
+        return record
 
     async def retry(self, job_id: str, owner: str) -> JobRecord:
         """Run a failed or cancelled job again under the same id, with its original input."""
@@ -91,6 +129,7 @@ class JobCommands:
             original.model_copy(update={"created_at": datetime.now(UTC).replace(microsecond=0)}),
             self.settings,
         )
+        admission = await self.quotas.admit(owner, len(request.file_ids))
         try:
             # Only a run that did not complete may be replaced.
             await start_download(
@@ -100,7 +139,11 @@ class JobCommands:
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             )
         except WorkflowAlreadyStartedError:
-            pass  # retried concurrently by another request: report that run
+            # Retried concurrently by another request: report that run.
+            await self.quotas.release(admission)
+        except BaseException:
+            await self.quotas.release(admission)
+            raise
         else:
             DOWNLOAD_JOBS.labels(JobStatus.queued.value).inc()
             log.info("job retried", jobId=job_id)

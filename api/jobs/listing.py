@@ -51,6 +51,7 @@ class JobListing:
                     created_at=view.created_at,
                     completed_at=view.completed_at,
                     error=view.error,
+                    priority=view.priority,
                 )
             )
         next_token = pages.next_page_token

@@ -85,12 +85,15 @@ class JobReads:
         desc = await self._current_run(job_id)
         if desc.workflow_type != names.DOWNLOAD_WORKFLOW:
             raise ApiError.not_found(job_id)
-        request, run_id = await self.run_request(job_id, desc)
-        archive_key = self.settings.archive_key(job_id, run_id)
+        request, sealed_run = await self.run_request(job_id, desc)
         state = await _memo_state(desc, job_id)
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             state = await self.completed_state(job_id, desc.run_id)
-        elif state.status is JobStatus.completed:
+        # Runs from before sealing kept one archive per job, unless their version recorded the
+        # sizes of parts named after the run.
+        run_id = sealed_run or (desc.run_id if state.archive_sizes is not None else None)
+        archive_key = self.settings.archive_key(job_id, run_id)
+        if desc.status != WorkflowExecutionStatus.COMPLETED and state.status is JobStatus.completed:
             state = await self._confirmed(state, archive_key)
         state = state.model_copy(
             update={
@@ -106,10 +109,10 @@ class JobReads:
     async def run_request(
         self, job_id: str, desc: WorkflowExecutionDescription
     ) -> tuple[DownloadRequest, str | None]:
-        """The request the run was started with, if the API sealed it for this job, with the run
-        id its archive is named after; a run from before sealing (started before
-        REQUEST_SEAL_LEGACY_BEFORE, by Temporal's clock) has its archive under the job id alone.
-        Any other run is no job of ours: 404. Read once per run and process."""
+        """The request the run was started with, if the API sealed it for this job, with the
+        run's id; a run from before sealing (started before REQUEST_SEAL_LEGACY_BEFORE, by
+        Temporal's clock) with None. Any other run is no job of ours: 404. Read once per run and
+        process."""
         if desc.run_id not in self.run_requests:
             request = await self.start_request(job_id, desc.run_id)
             trusted: tuple[DownloadRequest, str | None] | None = None
@@ -226,10 +229,33 @@ class JobReads:
             for f in view.files
         ]
         update: dict[str, Any] = {"files": files}
-        if view.status is JobStatus.completed and state.archive_key:
-            url, expires = self.links.get(state.archive_key, f"{view.job_id}.zip")
-            update.update(download_url=url, expires_at=expires)
+        keys = self.archive_keys(record)
+        if view.status is JobStatus.completed and keys:
+            links = [
+                self.links.get(key, archive_filename(view.job_id, number, len(keys)))
+                for number, key in enumerate(keys, 1)
+            ]
+            update.update(
+                download_url=links[0][0],
+                expires_at=links[0][1],
+                download_urls=[url for url, _ in links],
+                archive_sizes=state.archive_sizes or [state.archive_size or 0],
+            )
         return view.model_copy(update=update)
+
+    def archive_keys(self, record: JobRecord) -> list[str]:
+        """The keys of a completed run's archive parts, derived from the job id, the run id and
+        the part numbers (only their count is read from the run's result). Runs of earlier
+        versions, which recorded no part sizes, wrote one archive under the job id alone."""
+        state = record.state
+        if not state.archive_key:
+            return []
+        if record.run_id is None:
+            return [self.settings.archive_key(state.job_id)]
+        return [
+            self.settings.archive_key(state.job_id, record.run_id, number)
+            for number in range(1, len(state.archive_sizes or [0]) + 1)
+        ]
 
     def _source_link(self, file_id: int) -> str:
         url, _ = self.links.get(self.settings.source_key(file_id), f"{file_id}.zip")
@@ -239,11 +265,15 @@ class JobReads:
         """The job with a fresh download URL, and 410 once its archive has expired."""
         record = await self.describe(job_id, owner)
         view = self.with_download(record)
-        if view.status is JobStatus.completed and record.state.archive_key:
-            info = await asyncio.to_thread(self.store.stat_or_none, record.state.archive_key)
-            if info is None:
+        keys = self.archive_keys(record)
+        if view.status is JobStatus.completed and keys:
+            infos = await asyncio.gather(
+                *(asyncio.to_thread(self.store.stat_or_none, key) for key in keys)
+            )
+            sizes = [info.size for info in infos if info is not None]
+            if len(sizes) != len(keys):
                 raise ApiError(410, "gone", "the archive has expired; retry is not possible")
-            view = view.model_copy(update={"archive_size": info.size})
+            view = view.model_copy(update={"archive_size": sizes[0], "archive_sizes": sizes})
         return view
 
     async def wait_for_result(self, job_id: str, owner: str, seconds: float) -> JobRecord | None:
@@ -257,6 +287,11 @@ class JobReads:
             pass  # failed or cancelled: the memo says why
         self.snapshots.forget(job_id)
         return await self.describe(job_id, owner)
+
+
+def archive_filename(job_id: str, part: int, parts: int) -> str:
+    """The name a browser saves part `part` of `parts` under."""
+    return f"{job_id}.zip" if parts == 1 else f"{job_id}.part{part}.zip"
 
 
 async def _memo_state(desc: WorkflowExecutionDescription, job_id: str) -> JobState:

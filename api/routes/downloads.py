@@ -29,7 +29,7 @@ router = APIRouter(tags=["downloads"])
 @router.post(
     "/v1/download/initiate",
     response_model=InitiateResponse,
-    responses=error_responses(400, 401, 409, 413),
+    responses=error_responses(400, 401, 403, 409, 413),
     summary="Start a download job",
 )
 async def initiate(
@@ -39,12 +39,17 @@ async def initiate(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> InitiateResponse:
     """Returns at once; the job runs as a workflow. Repeats with one `Idempotency-Key` get one job."""
+    limit = services.settings.max_archive_bytes_limit
+    if body.max_archive_bytes is not None and body.max_archive_bytes > limit:
+        raise ApiError(400, "bad_request", f"max_archive_bytes is at most {limit}")
     record = await services.commands.start(
         owner=owner,
         file_ids=list(body.file_ids),
         callback_url=str(body.callback_url) if body.callback_url else None,
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
+        priority=body.priority,
+        max_archive_bytes=body.max_archive_bytes,
     )
     return _started(record, services.reads.pace, total_file_ids=len(body.file_ids))
 
@@ -92,13 +97,21 @@ async def details(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> J
         302: {"description": "to a fresh presigned URL"},
         **error_responses(401, 404, 409, 410),
     },
-    summary="Redirect to the archive",
+    summary="Redirect to the archive (part 1, or `?part=N` of an archive in parts)",
 )
-async def file(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> RedirectResponse:
+async def file(
+    job_id: JobIdDep,
+    owner: OwnerDep,
+    services: ServicesDep,
+    part: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> RedirectResponse:
     view = await services.reads.details(job_id, owner)
     if view.download_url is None:
         raise ApiError.conflict(f"the job is {view.status.value}; there is no archive")
-    return RedirectResponse(view.download_url, status_code=302)
+    urls = view.download_urls or [view.download_url]
+    if part > len(urls):
+        raise ApiError(404, "not_found", f"the archive has {len(urls)} part(s)")
+    return RedirectResponse(urls[part - 1], status_code=302)
 
 
 @router.delete(

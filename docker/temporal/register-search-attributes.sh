@@ -5,7 +5,7 @@ set -eu
 
 address="${TEMPORAL_ADDRESS:-temporal:7233}"
 namespace="${TEMPORAL_NAMESPACE:-default}"
-attributes="${SEARCH_ATTRIBUTES:-DownloadStatus=Keyword Owner=Keyword FileCount=Int}"
+attributes="${SEARCH_ATTRIBUTES:-DownloadStatus=Keyword Owner=Keyword FileCount=Int DownloadPriority=Int}"
 
 # The namespace exists only once auto-setup has finished.
 tries=0
