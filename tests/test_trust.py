@@ -452,9 +452,8 @@ async def test_runs_from_before_sealing_keep_their_archive_only_before_the_cutof
     env: WorkflowEnvironment, keyed: Settings, store: ObjectStore
 ) -> None:
     """A run started (unsealed) before the deploy that turned sealing on: with
-    REQUEST_SEAL_LEGACY_BEFORE after its start, its worker still packages it, under the key
-    it was begun with, and the API serves that archive to the owner its input names; a run
-    started after the cutoff gets neither."""
+    REQUEST_SEAL_LEGACY_BEFORE after its start, its worker still packages it and the API serves
+    its archive to the owner its input names; with the cutoff before its start, neither."""
     put_sources(store, keyed, {10_001: 100})
     deploy = keyed.model_copy(
         update={"request_seal_legacy_before": datetime.now(UTC) + timedelta(hours=1)}
@@ -465,16 +464,47 @@ async def test_runs_from_before_sealing_keep_their_archive_only_before_the_cutof
     async with build_worker(env.client, deploy, store):
         handle = await start_download(env.client, deploy, legacy)
         state: JobState = await handle.result()
-    assert state.archive_key == keyed.archive_key(job_id) == f"archives/{job_id}.zip"
+    assert state.archive_key == keyed.archive_key(job_id, handle.result_run_id)
 
     async with api_client(deploy) as api:
         status = await api.get(f"/v1/download/status/{job_id}", headers=AS_ALICE)
         assert status.json()["status"] == "completed"
         file = await api.get(f"/v1/download/{job_id}/file", headers=AS_ALICE)
-        assert file.status_code == 302 and f"/archives/{job_id}.zip?" in file.headers["location"]
+        assert file.status_code == 302
+        assert f"/{state.archive_key}?" in file.headers["location"]
         assert_error(await api.get(f"/v1/download/{job_id}", headers=AS_MALLORY), 404)
 
     started = (await handle.describe()).start_time
+    after = keyed.model_copy(update={"request_seal_legacy_before": started - timedelta(seconds=1)})
+    async with api_client(after) as api:
+        assert_error(await api.get(f"/v1/download/{job_id}/file", headers=AS_ALICE), 404)
+    async with build_worker(env.client, after, store):
+        again = await start_as_anyone(env.client, legacy, job_id, keyed.temporal_task_queue)
+        await fails_invalid(again)
+
+
+async def test_a_run_from_before_per_run_archives_is_served_its_job_id_key(
+    env: WorkflowEnvironment, keyed: Settings, store: ObjectStore
+) -> None:
+    """Versions before per-run archives wrote `archives/{job_id}.zip` and recorded no part
+    sizes: such a run, started before the cutoff, is served that key; the same result from a
+    run started after it, or from a sealed run, is not."""
+    foreign = f"old-version-{uuid.uuid4()}"
+    job_id = f"job-{uuid.uuid4()}"
+    store.put_bytes(keyed.archive_key(job_id), b"an archive of an earlier version")
+    FORGED[job_id] = forged_state(job_id, f"key:{ALICE}", keyed.archive_key(job_id))
+    assert FORGED[job_id].archive_sizes is None
+    unsealed = new_request(keyed, job_id, [10_001], owner=f"key:{ALICE}")
+    unsealed = unsealed.model_copy(update={"seal": None})
+    async with Worker(env.client, task_queue=foreign, workflows=[ForgedDownload]):
+        handle = await start_as_anyone(env.client, unsealed, job_id, foreign)
+        await handle.result()
+    started = (await handle.describe()).start_time
+
+    before = keyed.model_copy(update={"request_seal_legacy_before": started + timedelta(hours=1)})
+    async with api_client(before) as api:
+        file = await api.get(f"/v1/download/{job_id}/file", headers=AS_ALICE)
+        assert file.status_code == 302 and f"/archives/{job_id}.zip?" in file.headers["location"]
     after = keyed.model_copy(update={"request_seal_legacy_before": started - timedelta(seconds=1)})
     async with api_client(after) as api:
         assert_error(await api.get(f"/v1/download/{job_id}/file", headers=AS_ALICE), 404)
