@@ -463,7 +463,9 @@ def production_problems(settings: Settings, process: Process | None = None) -> l
             f"STREAM_TICKET_SECRET must be set (the same on every API replica), at least "
             f"{MIN_SECRET_BYTES} bytes"
         )
-    if settings.request_seal_secret is None or _weak(settings.request_seal_secret):
+    if (api or worker) and (
+        settings.request_seal_secret is None or _weak(settings.request_seal_secret)
+    ):
         problems.append(
             f"REQUEST_SEAL_SECRET must be set (API and worker), at least {MIN_SECRET_BYTES} bytes"
         )

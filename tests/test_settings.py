@@ -238,6 +238,7 @@ def test_each_process_is_asked_for_what_it_uses(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "w" * 40)
     assert load_settings(Process.tool, _env_file=None)  # reaches no Temporal: plaintext or not
     monkeypatch.setenv("TEMPORAL_TRUSTED_NETWORK", "true")
+    monkeypatch.setenv("REQUEST_SEAL_SECRET", SAFE_PRODUCTION["REQUEST_SEAL_SECRET"])
     with pytest.raises(SystemExit):
         load_settings(Process.worker, _env_file=None)  # CALLBACK_SECRET is the example value
     monkeypatch.setenv("CALLBACK_SECRET", "c" * 40)

@@ -312,6 +312,8 @@ SAFE_PRODUCTION = {
     "REQUEST_SEAL_SECRET": "r" * 40,
     "S3_ACCESS_KEY_ID": "downloads-service",
     "S3_SECRET_ACCESS_KEY": "s" * 40,
+    "S3_PRESIGN_ACCESS_KEY_ID": "downloads-reader",
+    "S3_PRESIGN_SECRET_ACCESS_KEY": "p" * 40,
     "S3_PUBLIC_ENDPOINT": "https://files.example.test",
 }
 
