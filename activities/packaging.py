@@ -65,6 +65,7 @@ from workflows.models import (
     PackageInput,
     PackageProgress,
     PackageResult,
+    PackagingRecord,
     ResolveInput,
     ResolveResult,
     ResumePointer,
@@ -72,7 +73,7 @@ from workflows.models import (
     SourceFile,
     available_sources,
 )
-from workflows.names import PACKAGE_ARCHIVE, RESOLVE_FILES
+from workflows.names import PACKAGE_ARCHIVE, PACKAGING_STOPPED_SIGNAL, RESOLVE_FILES
 
 log = get_logger(__name__)
 
@@ -140,6 +141,40 @@ def not_found(file_id: int, key: str) -> FileState:
 
 
 @dataclass
+class _Pace:
+    """Where an attempt's time goes: before each file's bytes flow (origin latency, a slow
+    origin), and while they flow. Reported in the heartbeat for completion estimates."""
+
+    files: int = 0
+    waiting: float = 0.0
+    streaming: float = 0.0
+    # Set while a file's bytes flow: since when.
+    flowing_since: float | None = None
+
+    def entered(self, since: float) -> None:
+        """A file's bytes start to flow (or it was found unavailable) `since` it was begun."""
+        now = time.monotonic()
+        self.files += 1
+        self.waiting += now - since
+        self.flowing_since = now
+
+    def stopped(self) -> None:
+        if self.flowing_since is not None:
+            self.streaming += time.monotonic() - self.flowing_since
+            self.flowing_since = None
+
+    def figures(self, moved: int) -> tuple[float | None, float | None]:
+        """Seconds per file before its bytes flow, and bytes per second while they flow."""
+        if not self.files:
+            return None, None
+        streaming = self.streaming
+        if self.flowing_since is not None:
+            streaming += time.monotonic() - self.flowing_since
+        rate = moved / streaming if moved > 0 and streaming > 0 else None
+        return self.waiting / self.files, rate
+
+
+@dataclass
 class _Attempt:
     """One packaging attempt: its entries, where it stands, and what it reports."""
 
@@ -185,6 +220,11 @@ class _Attempt:
     part_starts: list[int] = field(default_factory=list)
     # This part's upload was found complete on resume: it is only recorded.
     part_stored: bool = False
+    # When the job's packaging began (its first attempt), the size of the file in work, and
+    # where this attempt's time went.
+    began_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    current_size: int | None = None
+    pace: _Pace = field(default_factory=_Pace)
 
     def counters(self) -> dict[str, int]:
         return {"bytesRead": self.source_bytes_read, "bytesDone": self.bytes_done}
@@ -213,6 +253,8 @@ class _Attempt:
         unavailable = self.unavailable
         # Resolved before packaging: `ids` are the available ones, `resolved` every requested id.
         requested = len(self.resolved) if self.named_sources and self.resolved else len(self.ids)
+        file_seconds, byte_rate = self.pace.figures(moved)
+        in_work = self.current_file is not None
         return PackageProgress(
             files_done=self.files_done,
             total_files=requested - len(unavailable),
@@ -222,6 +264,11 @@ class _Attempt:
             rate=moved / elapsed if elapsed > 1 and moved > 0 else None,
             updated_at=datetime.now(UTC),
             unavailable=unavailable,
+            started_at=self.began_at,
+            current_file_bytes=self.file_offset if in_work else None,
+            current_file_size=self.current_size if in_work else None,
+            file_seconds=file_seconds,
+            byte_rate=byte_rate,
             checkpoint=self.legacy if self.pointer is None else None,
             resume=self.pointer,
             storage_failures=self.storage_failures,
@@ -250,6 +297,32 @@ class _Attempt:
         }
         return lambda **upload: Checkpoint(**fields, **upload)
 
+    def record(self) -> PackagingRecord:
+        """Every file as far as this attempt got, for a job that stops here."""
+        failed = {f.file_id: f for f in self.resolved or () if f.status is FileStatus.failed}
+        sizes = {f.file_id: f.size for f in self.resolved or ()}
+        missing = set(self.missing)
+        files = []
+        for index, file_id in enumerate(self.ids):
+            source = self.sources[index]
+            if file_id in failed:
+                files.append(failed[file_id].model_copy(update={"key": None}))
+            elif source is None:
+                files.append(invalid_id(file_id))
+            elif file_id in missing:
+                files.append(not_found(file_id, source.key).model_copy(update={"key": None}))
+            elif index < self.file_index:
+                size = source.size if source.size is not None else sizes.get(file_id)
+                files.append(FileState(file_id=file_id, status=FileStatus.completed, size=size))
+            else:
+                files.append(FileState(file_id=file_id))
+        return PackagingRecord(
+            files=files,
+            bytes_done=self.bytes_done,
+            total_bytes=self.total_bytes(),
+            started_at=self.began_at,
+        )
+
     def result(self, archive_key: str) -> PackageResult:
         """The outcome once the last part, stored under `archive_key`, is complete."""
         parts = [
@@ -267,6 +340,7 @@ class _Attempt:
             source_bytes_read=self.source_bytes_read,
             digests=dict(self.digests),
             parts=parts,
+            started_at=self.began_at,
         )
 
     def next_part_start(self) -> int | None:
@@ -327,6 +401,7 @@ class _Attempt:
         elif state is not None:
             self.missing.append(state.file_id)
         self.file_index, self.file_offset = self.file_index + 1, 0
+        self.current_file = self.current_size = None
 
     def written(self, source: Source, size: int) -> None:
         """The current entry is complete in the archive."""
@@ -337,6 +412,8 @@ class _Attempt:
             self.resolved.append(FileState(file_id=source.file_id, key=source.key, size=size))
         self.file_index, self.file_offset = self.file_index + 1, 0
         self.files_done += 1
+        self.current_file = self.current_size = None
+        self.pace.stopped()
 
 
 class DownloadActivities:
@@ -503,6 +580,7 @@ class DownloadActivities:
                 await upload.abort()
                 await self._discard_parts(attempt)
                 await checkpoints.discard()
+                await self._report_stopped(attempt)
                 raise source_changed(exc) from exc
             except UploadGone as exc:
                 # Completed or aborted by another attempt of this run (one Temporal had given
@@ -517,6 +595,7 @@ class DownloadActivities:
                     await asyncio.shield(self._discard_parts(attempt))
                     await asyncio.shield(checkpoints.discard())
                     log.info("archive cancelled, upload aborted", archive=upload.key)
+                    await self._report_stopped(attempt)
                 else:
                     # The part on its way must not write a checkpoint after this attempt ended:
                     # it could land over a newer one of the attempt that resumes.
@@ -530,6 +609,8 @@ class DownloadActivities:
                     request, attempt.storage_failures, exc
                 )
                 activity.heartbeat(attempt.details())
+                if error.non_retryable:
+                    await self._report_stopped(attempt)
                 raise error from exc
         return attempt.result(upload.key)
 
@@ -561,6 +642,7 @@ class DownloadActivities:
             ids = [s.file_id for s in request.sources]
             attempt = self._attempt(ids, self._sources(request.sources), checkpoint, request.mtime)
         attempt.storage_failures = progress.storage_failures
+        attempt.began_at = progress.started_at or attempt.began_at
         if checkpoint is not None:
             attempt.pointer, attempt.legacy = progress.resume, progress.checkpoint
         return attempt
@@ -622,6 +704,7 @@ class DownloadActivities:
             return
         assert attempt.prefetcher is not None
         attempt.current_file = source.file_id
+        entered = time.monotonic()
         writer = attempt.writer
         if not writer.in_entry:
             await self._origin_delay()
@@ -633,13 +716,17 @@ class DownloadActivities:
                 raise ObjectChanged(f"{source.key}: removed while being packaged") from exc
             await self._bucket_answers(attempt)
             # Gone (or removed since it was resolved): the archive goes on without it.
+            attempt.pace.entered(entered)
+            attempt.pace.stopped()
             attempt.skip(not_found(source.file_id, source.key))
             return
+        size = opened.size if source.size is None else source.size
         if not writer.in_entry:
-            size = opened.size if source.size is None else source.size
             upload.write(writer.start_entry(entry_name(source.file_id), size, deflate=deflate))
             attempt.digest = FileDigest()
         digest = attempt.digest
+        attempt.current_size = size
+        attempt.pace.entered(entered)
         try:
             async for chunk in opened.chunks():
                 upload.write(writer.write(chunk))
@@ -755,6 +842,22 @@ class DownloadActivities:
             with contextlib.suppress(Exception):
                 await finishing
             raise
+
+    async def _report_stopped(self, attempt: _Attempt) -> None:
+        """Tell the workflow what was done before the job stopped here (a cancellation carries
+        no details of its own), so the job keeps its record."""
+        info = activity.info()
+        if info.workflow_id is None:
+            return
+        try:
+            handle = activity.client().get_workflow_handle(
+                info.workflow_id, run_id=info.workflow_run_id
+            )
+            await handle.signal(
+                PACKAGING_STOPPED_SIGNAL, attempt.record(), rpc_timeout=timedelta(seconds=5)
+            )
+        except Exception as exc:  # no client, or Temporal away: the job ends without it
+            log.warning("packaging record not sent", error=str(exc))
 
     async def _bucket_answers(self, attempt: _Attempt) -> None:
         """Before the first source of an attempt is taken for gone: a storage server going down

@@ -133,7 +133,8 @@ class Pace:
     """Time per file of the jobs this process has seen complete, for `estimatedTimeMs`.
 
     Until a job has been observed the configured ESTIMATED_MS_PER_FILE stands; then a moving
-    average of each completed job's processing time (started to completed) per file.
+    average of each completed job's processing time (packaging started to completed) per file,
+    which running jobs' completion estimates also rest on until their own rate means something.
     """
 
     WEIGHT = 0.2  # of the newest observation
@@ -152,3 +153,8 @@ class Pace:
 
     def estimate_ms(self, files: int) -> int:
         return round(self.ms_per_file * files)
+
+    @property
+    def observed_ms_per_file(self) -> float | None:
+        """The time per file seen on finished jobs; None while only the configured guess."""
+        return self.ms_per_file if self.observed else None

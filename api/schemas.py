@@ -22,6 +22,8 @@ from workflows.models import (
     JobStatus,
 )
 
+# What a job's completion estimate rests on (`etaBasis`).
+EtaBasis = Literal["rate", "estimate", "estimating"]
 FileId = Annotated[int, Field(strict=True, ge=MIN_FILE_ID, le=MAX_FILE_ID, examples=[10_001])]
 
 
@@ -94,6 +96,15 @@ class JobProgress(CamelModel):
     failed_files: int
     bytes_processed: int
     total_bytes: int
+    eta_basis: EtaBasis | None = Field(
+        default=None,
+        description="what `estimatedCompletionAt` comes from: the observed rate, the start "
+        "estimate, or nothing yet (`estimating`, no time given); null once the job is finished",
+    )
+    current_file_bytes: int | None = Field(
+        default=None, description="bytes of the file in work packaged so far"
+    )
+    current_file_size: int | None = Field(default=None, description="size of the file in work")
 
 
 # `updated_at` and `estimated_completion_at` are declared in both subclasses, not in the base:
@@ -166,6 +177,13 @@ class JobSummary(CamelModel):
     job_id: str
     status: JobStatus
     total_files: int
+    completed_files: int | None = None
+    failed_files: int | None = None
+    total_bytes: int | None = None
+    progress: int | None = Field(
+        default=None, ge=0, le=100, description="as of the job's last phase change"
+    )
+    first_file_ids: list[int] | None = Field(default=None, description="up to 5 of its file ids")
     created_at: datetime
     completed_at: datetime | None = None
     error: str | None = None
@@ -182,6 +200,11 @@ class ProgressEvent(JobProgress):
 
     updated_at: datetime
     estimated_completion_at: datetime | None = None
+    changed_files: list[FileView] | None = Field(
+        default=None,
+        description="files whose state changed since the stream's previous event; a stream's "
+        "first event (also after a resume) carries every file",
+    )
 
 
 # --- the existing service's shapes ---

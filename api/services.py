@@ -62,7 +62,7 @@ async def build_services(settings: Settings) -> Services:
     if settings.auth_enabled and tickets.per_process:
         log.warning("STREAM_TICKET_SECRET is unset: tickets hold for this API process only")
     reads = JobReads(client, settings, store)
-    listing = JobListing(client)
+    listing = JobListing(client, reads)
     services = Services(
         settings=settings,
         store=store,

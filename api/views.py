@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio.client import WorkflowExecutionStatus
 
-from api.schemas import FileView, JobView
+from api.schemas import EtaBasis, FileView, JobView
 from workflows import names
 from workflows.errors import ErrorType, public_message
 from workflows.models import FileState, FileStatus, JobState, JobStatus, ProgressSummary
@@ -37,6 +37,8 @@ class PendingActivity:
     name: str
     started: bool
     progress: ProgressSummary | None = None
+    # When its current attempt started.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ def job_view(
     run_status: WorkflowExecutionStatus | None,
     activities: Sequence[PendingActivity] = (),
     closed_at: datetime | None = None,
+    ms_per_file: float | None = None,
 ) -> JobView:
-    """Map the workflow's memo, run status and pending activities to the client's view."""
+    """Map the workflow's memo, run status and pending activities to the client's view;
+    `ms_per_file` is the time per file observed on finished jobs (`api.caches.Pace`)."""
     if run_status is not None and run_status in _CLOSED:
         return _closed_view(state, run_status, closed_at)
     if state.status.terminal:
@@ -70,7 +74,12 @@ def job_view(
     package = pending.get(names.PACKAGE_ARCHIVE)
     if package is not None:
         status = JobStatus.processing if package.started else JobStatus.queued
-        return _view(state, status, package.progress)
+        # Packaging began with its first attempt (a retried one may be waiting for a worker).
+        began = package.progress.started_at if package.progress else None
+        began = began or (package.started_at if package.started else None)
+        if state.started_at is None and began is not None:
+            state = state.model_copy(update={"started_at": began})
+        return _view(state, status, package.progress, ms_per_file)
     if (resolve := pending.get(names.RESOLVE_FILES)) is not None:
         return _view(state, JobStatus.processing if resolve.started else JobStatus.queued)
     return _view(state, state.status)
@@ -97,12 +106,19 @@ def _closed_view(
     return _view(state, status)
 
 
-def _view(state: JobState, status: JobStatus, progress: ProgressSummary | None = None) -> JobView:
+def _view(
+    state: JobState,
+    status: JobStatus,
+    progress: ProgressSummary | None = None,
+    ms_per_file: float | None = None,
+) -> JobView:
     files = [_file(f) for f in state.files]
     done, total = state.bytes_processed, state.total_bytes
     current = state.current_file if status is JobStatus.processing else None
+    current_bytes = current_size = None
     updated = state.updated_at
-    eta = None
+    eta: datetime | None = None
+    basis: EtaBasis | None = None if status.terminal else "estimating"
     if status is JobStatus.completed:
         done = total = max(done, total) if total else done
     elif progress is not None:
@@ -110,21 +126,28 @@ def _view(state: JobState, status: JobStatus, progress: ProgressSummary | None =
         done, total = progress.bytes_done, progress.total_bytes or total
         if status is JobStatus.processing:
             current = progress.current_file
-            eta = _estimate(progress)
+            current_bytes, current_size = progress.current_file_bytes, progress.current_file_size
         if progress.updated_at is not None and progress.updated_at > updated:
             updated = progress.updated_at
     completed = sum(1 for f in files if f.status is FileStatus.completed)
     failed = sum(1 for f in files if f.status is FileStatus.failed)
+    in_work = current_bytes / current_size if current_bytes and current_size else 0.0
+    fraction = work_done(completed + failed + in_work, len(files), done, total)
+    if status is JobStatus.processing and progress is not None:
+        eta, basis = _estimate(progress, in_work, ms_per_file)
     return JobView(
         job_id=state.job_id,
         status=status,
-        progress=_percent(status, done, total, completed, len(files)),
+        progress=100 if status is JobStatus.completed else _percent(fraction),
         current_file=current,
         total_files=len(files),
         completed_files=completed,
         failed_files=failed,
         bytes_processed=done,
         total_bytes=total,
+        eta_basis=basis,
+        current_file_bytes=current_bytes,
+        current_file_size=current_size,
         files=files,
         created_at=state.created_at,
         started_at=state.started_at,
@@ -172,22 +195,65 @@ def _files_with_progress(
     return views
 
 
-def _percent(status: JobStatus, done: int, total: int, completed: int, count: int) -> int:
-    if status is JobStatus.completed:
-        return 100
-    if total > 0:
-        ratio = done / total
-    elif count > 0:
-        ratio = completed / count
-    else:
-        ratio = 0.0
+# `progress` blends the share of files settled (the file in work counted by its bytes) with
+# the share of bytes packaged: one large file does not hold a job of many files at 0 %, and
+# many small ones do not hide a large one.
+FILES_WEIGHT = 0.5
+# The observed rate is trusted once packaging has run this long and moved this much...
+RATE_MIN_SECONDS = 3.0
+RATE_MIN_BYTES = 1 << 20
+# ...and it never strays more than this factor from the observed pace of finished jobs.
+ETA_CLAMP = 10.0
+
+
+def work_done(files_settled: float, files: int, bytes_done: int, total_bytes: int) -> float:
+    """The share of a job's work done, from 0 to 1."""
+    by_files = min(1.0, files_settled / files) if files else 0.0
+    if total_bytes <= 0:
+        return by_files
+    by_bytes = min(1.0, bytes_done / total_bytes)
+    return FILES_WEIGHT * by_files + (1 - FILES_WEIGHT) * by_bytes
+
+
+def _percent(fraction: float) -> int:
     # 100 means finished: the last part is still being written until the job completes.
-    return max(0, min(99, math.floor(ratio * 100)))
+    return max(0, min(99, math.floor(fraction * 100)))
 
 
-def _estimate(progress: ProgressSummary) -> datetime | None:
-    if not progress.rate or progress.rate <= 0 or progress.total_bytes <= 0:
+def _estimate(
+    progress: ProgressSummary, in_work: float, ms_per_file: float | None
+) -> tuple[datetime | None, EtaBasis]:
+    """When the job should complete, and what that rests on ("rate", "estimate" or
+    "estimating": nothing yet). Relative to the heartbeat's time, so the view stays pure."""
+    at = progress.updated_at or datetime.now(UTC)
+    files_left = max(0.0, progress.total_files - progress.files_done - in_work)
+    bytes_left = max(0, progress.total_bytes - progress.bytes_done)
+    estimate = ms_per_file / 1000 * files_left if ms_per_file else None
+    remaining = _by_rate(progress, at, bytes_left)
+    basis: EtaBasis
+    if remaining is not None:
+        if estimate is not None:
+            remaining = min(max(remaining, estimate / ETA_CLAMP), estimate * ETA_CLAMP)
+        basis = "rate"
+    elif estimate is not None:
+        remaining, basis = estimate, "estimate"
+    else:
+        return None, "estimating"
+    eta = at + timedelta(seconds=remaining)
+    return eta.replace(microsecond=eta.microsecond // 1000 * 1000), basis
+
+
+def _by_rate(progress: ProgressSummary, at: datetime, bytes_left: int) -> float | None:
+    """Seconds left at the pace observed: each file not begun costs the time files took before
+    their bytes flowed, each byte left the time bytes took to flow. None until that means
+    something (a few seconds of packaging, a file done or some bytes moved)."""
+    spent = (at - progress.started_at).total_seconds() if progress.started_at else 0.0
+    moved = progress.files_done > 0 or progress.bytes_done >= RATE_MIN_BYTES
+    if spent < RATE_MIN_SECONDS or not moved or progress.file_seconds is None:
         return None
-    remaining = max(0, progress.total_bytes - progress.bytes_done) / progress.rate
-    base = progress.updated_at or datetime.now(UTC)
-    return (base + timedelta(seconds=remaining)).replace(microsecond=0)
+    if bytes_left and not progress.byte_rate:
+        return None
+    begun = 1 if progress.current_file_size is not None else 0
+    not_begun = max(0, progress.total_files - progress.files_done - begun)
+    flowing = bytes_left / progress.byte_rate if bytes_left and progress.byte_rate else 0.0
+    return not_begun * progress.file_seconds + flowing

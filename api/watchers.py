@@ -6,6 +6,11 @@ or per transport. Subscribers only ever need the newest snapshot, so a slow one 
 progress instead of queueing it. A snapshot is encoded once per transport and sent as is.
 `StreamSlots` caps the open streams of both transports per owner and per client address.
 
+A `progress` event names the files whose state changed since the stream's previous event
+(`changedFiles`; every file in a stream's first event). A snapshot is encoded with the changes
+since the watcher's previous one, which is what a subscriber that keeps up was sent last; one
+that skipped snapshots, or has just come, is sent an encoding of its own.
+
 Event ids are ordered keys derived from the job's state (run, terminal, bytes, files, status):
 a client resuming with `Last-Event-ID` (SSE) or `lastEventId` (WebSocket) gets only newer events,
 from any API replica.
@@ -26,7 +31,7 @@ from sse_starlette import ServerSentEvent
 
 from api.errors import ApiError
 from api.jobs.reads import JobReads
-from api.schemas import JobView, ProgressEvent
+from api.schemas import FileView, JobView, ProgressEvent
 from api.views import JobRecord
 from core.metrics import ACTIVE_SSE
 from core.observability import get_logger
@@ -70,21 +75,53 @@ class Snapshot:
     terminal: bool
     event: bytes  # the SSE event
     message: str  # the WebSocket message: {"id", "event", "data"}
+    record: JobRecord
+    view: JobView
+    # The snapshot whose files `changedFiles` is relative to (None: it carries every file).
+    since: EventKey | None = None
 
 
-def snapshot(record: JobRecord, view: JobView) -> Snapshot:
-    """Encoded once and sent as is to every subscriber; terminal events carry the whole job."""
+def changed_files(before: list[FileView] | None, after: list[FileView]) -> list[FileView]:
+    """The files of `after` whose state differs from `before` (all of them without `before`);
+    a fresh presigned link is no change."""
+    if before is None:
+        return list(after)
+    seen = {f.file_id: f.model_dump(exclude={"download_url"}) for f in before}
+    return [f for f in after if seen.get(f.file_id) != f.model_dump(exclude={"download_url"})]
+
+
+def snapshot(record: JobRecord, view: JobView, previous: Snapshot | None = None) -> Snapshot:
+    """Encoded once and sent as is to every subscriber whose last event was `previous`;
+    terminal events carry the whole job."""
     key = event_key(record)
     if view.status.terminal:
         name, data = view.status.value, view.model_dump_json(by_alias=True)
     else:
-        progress = ProgressEvent.model_validate(view.model_dump(exclude={"files"}))
+        changed = changed_files(previous.view.files if previous else None, view.files)
+        fields = view.model_dump(exclude={"files"})
+        progress = ProgressEvent.model_validate({**fields, "changed_files": changed})
         name, data = "progress", progress.model_dump_json(by_alias=True)
     event_id = format_event_id(key)
     event = ServerSentEvent(data=data, event=name, id=event_id, retry=RECONNECT_MS)
     # `data` is already JSON: embedded as is, the same object the SSE event carries.
     message = f'{{"id":{json.dumps(event_id)},"event":{json.dumps(name)},"data":{data}}}'
-    return Snapshot(key=key, terminal=view.status.terminal, event=event.encode(), message=message)
+    return Snapshot(
+        key=key,
+        terminal=view.status.terminal,
+        event=event.encode(),
+        message=message,
+        record=record,
+        view=view,
+        since=previous.key if previous else None,
+    )
+
+
+def for_stream(snap: Snapshot, sent: Snapshot | None) -> Snapshot:
+    """`snap` as one stream is sent it: re-encoded unless its changes are relative to the
+    stream's previous event."""
+    if snap.terminal or snap.since == (sent.key if sent is not None else None):
+        return snap
+    return snapshot(snap.record, snap.view, sent)
 
 
 @dataclass
@@ -174,8 +211,8 @@ class JobWatchers:
         self.ping_seconds = PING_SECONDS
         self._watches: dict[str, _Watch] = {}
 
-    def snapshot(self, record: JobRecord) -> Snapshot:
-        return snapshot(record, self.reads.with_download(record))
+    def snapshot(self, record: JobRecord, previous: Snapshot | None = None) -> Snapshot:
+        return snapshot(record, self.reads.with_download(record), previous)
 
     @property
     def watched_jobs(self) -> int:
@@ -240,7 +277,7 @@ class JobWatchers:
                 log.warning("job watch failed", jobId=job_id, error=str(exc))
                 delay = min(delay * 2, 5.0)
                 continue
-            snap = self.snapshot(record)
+            snap = self.snapshot(record, watch.latest)
             moved = snap.key > watch.latest.key
             watch.publish(record, snap)
             if snap.terminal:
@@ -267,9 +304,11 @@ async def snapshots(
         if last is None or final.key > last:
             yield final
         return
+    sent: Snapshot | None = None
     async with watchers.subscribe(record) as watch:
         while (snap := await watch.next_after(last)) is not None:
-            yield snap
+            sent = for_stream(snap, sent)
+            yield sent
             last = snap.key
             if snap.terminal:
                 return

@@ -24,6 +24,13 @@ TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 STREAM_TIMEOUT = httpx.Timeout(5.0, read=45.0)
 
 
+# Refusals said in plain words before the API's own message (which names the limit).
+PLAIN_REFUSALS = {
+    "quota_exceeded": "quota reached",
+    "priority_not_allowed": "priority not allowed",
+}
+
+
 def error_from(resp: httpx.Response) -> ApiError:
     """The API's error body, or the bare status line when something else answered."""
     try:
@@ -31,9 +38,13 @@ def error_from(resp: httpx.Response) -> ApiError:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return ApiError(
-            resp.status_code, str(body.get("error")), body["message"], body.get("requestId")
-        )
+        error, message = str(body.get("error")), body["message"]
+        if error in PLAIN_REFUSALS:
+            message = f"{PLAIN_REFUSALS[error]}: {message}"
+        retry_after = resp.headers.get("retry-after", "")
+        if resp.status_code == 429 and retry_after.isdigit():
+            message += f" (try again in {retry_after} s)"
+        return ApiError(resp.status_code, error, message, body.get("requestId"))
     message = f"HTTP {resp.status_code} {resp.reason_phrase} from {resp.request.url}"
     return ApiError(resp.status_code, "http_error", message, None)
 
@@ -66,10 +77,17 @@ class ApiClient:
             f"cannot reach the API at {self.base_url}: {exc or type(exc).__name__}"
         )
 
-    def initiate(self, file_ids: list[int]) -> Job:
-        return Job.from_json(
-            self._call("POST", "/v1/download/initiate", json={"file_ids": file_ids})
-        )
+    def initiate(
+        self, file_ids: list[int], priority: int | None = None, max_archive_bytes: int | None = None
+    ) -> Job:
+        """Start a job; `priority` and `max_archive_bytes` are sent only when given (the service
+        then uses its default priority, and one archive)."""
+        body: dict[str, Any] = {"file_ids": file_ids}
+        if priority is not None:
+            body["priority"] = priority
+        if max_archive_bytes is not None:
+            body["max_archive_bytes"] = max_archive_bytes
+        return Job.from_json(self._call("POST", "/v1/download/initiate", json=body))
 
     def status(self, job_id: str) -> Job:
         return Job.from_json(self._call("GET", f"/v1/download/status/{_seg(job_id)}"))

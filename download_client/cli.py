@@ -17,6 +17,7 @@ from download_client.models import Job, JobStatus, Part
 from download_client.transfer import download
 
 DEFAULT_API = "http://localhost:3000"
+MIB = 1024 * 1024
 OUTCOME = {JobStatus.failed: ExitCode.failed, JobStatus.cancelled: ExitCode.cancelled}
 EXIT_CODES = """\b
 Exit codes:
@@ -88,10 +89,32 @@ def start(
     ],
     follow_job: FollowOpt = False,
     output: OutputOpt = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            "--priority",
+            metavar="N",
+            min=1,
+            max=5,
+            help="1 (most urgent) to 5; default: the service's (a 403 names your ceiling)",
+            show_default=False,
+        ),
+    ] = None,
+    max_archive_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--max-archive-mb",
+            metavar="MIB",
+            min=1,
+            help="split the archive into parts of at most MIB mebibytes (default: one archive)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start a job; with --follow, show its progress and exit with its outcome."""
     session: Session = ctx.obj
-    job = session.api.initiate(file_ids)
+    limit = max_archive_mb * MIB if max_archive_mb is not None else None
+    job = session.api.initiate(file_ids, priority, limit)
     session.out.line(job_line(job))
     if follow_job or output:
         raise typer.Exit(_follow_and_save(session, job.job_id, output))

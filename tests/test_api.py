@@ -682,3 +682,75 @@ async def test_request_timeout_is_504_but_streams_are_not_cut() -> None:
         assert resp.json()["error"] == "request_timeout"
         streamed = await client.get("/stream")
         assert streamed.status_code == 200 and streamed.text == "tick\n" * 3
+
+
+async def test_a_retried_job_is_listed_once_in_its_current_state(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    owner = f"fay-{uuid.uuid4().hex[:8]}"
+    auth = {"X-API-Key": f"{owner}-key"}
+    slow = slow_origin(with_keys(settings, f=owner), 1500)
+    put_sources(store, settings, {10_001: 1000, 10_002: 1000})
+    async with api_client(slow) as api, build_worker(env.client, slow, store):
+        retried = (await initiate(api, [10_001, 10_002], headers=auth))["jobId"]
+        assert (await api.delete(f"/v1/download/{retried}", headers=auth)).status_code == 200
+
+        async def status_of(job_id: str, wanted: str) -> bool:
+            body = (await api.get(f"/v1/download/status/{job_id}", headers=auth)).json()
+            return bool(body["status"] == wanted)
+
+        await wait_for(lambda: status_of(retried, "cancelled"))
+        assert (await api.post(f"/v1/download/{retried}/retry", headers=auth)).status_code == 200
+        others = [(await initiate(api, [10_001], headers=auth))["jobId"] for _ in range(3)]
+
+        async def first_page() -> Json | None:
+            body: Json = (await api.get("/v1/downloads?pageSize=1", headers=auth)).json()
+            return body if body["jobs"] and body["jobs"][0]["status"] != "completed" else None
+
+        # A listing begun while the jobs run, continued once they are done: their runs moved
+        # in Temporal's order (open runs first), yet each job is listed once.
+        begun = await wait_for(first_page)
+
+        async def processing() -> list[Json] | None:
+            body = (await api.get("/v1/downloads?status=processing", headers=auth)).json()
+            return body["jobs"] or None
+
+        # Open jobs are listed as their status shows them: packaging means processing.
+        working = await wait_for(processing)
+        assert {j["status"] for j in working} == {"processing"}
+        assert {j["jobId"] for j in working} <= {retried, *others}
+        for job_id in [retried, *others]:
+
+            async def completed(job_id: str = job_id) -> bool:
+                return await status_of(job_id, "completed")
+
+            await wait_for(completed, timeout=60)
+
+        async def listing(query: str, token: str | None = None) -> list[Json]:
+            jobs: list[Json] = []
+            while True:
+                page = f"/v1/downloads?{query}" + (f"&pageToken={token}" if token else "")
+                body = (await api.get(page, headers=auth)).json()
+                jobs += body["jobs"]
+                if not (token := body["nextPageToken"]):
+                    return jobs
+
+        async def settled() -> list[Json] | None:
+            # Visibility follows the runs' closing with a short delay.
+            jobs = await listing("pageSize=2")
+            return jobs if {j["status"] for j in jobs} == {"completed"} else None
+
+        jobs = await wait_for(settled)
+        went_on = await listing("pageSize=1", begun["nextPageToken"])
+        across = [j["jobId"] for j in begun["jobs"] + went_on]
+        assert sorted(across) == sorted([retried, *others]), across
+        ids = [j["jobId"] for j in jobs]
+        # Each job once, across pages of two; the retried one in its current state.
+        assert sorted(ids) == sorted([retried, *others]), ids
+        mine = next(j for j in jobs if j["jobId"] == retried)
+        assert mine["completedFiles"] == 2 and mine["failedFiles"] == 0
+        assert mine["totalBytes"] == 2000 and mine["progress"] == 100
+        assert mine["firstFileIds"] == [10_001, 10_002]
+        assert await listing("status=cancelled&pageSize=1") == []
+        done = [j["jobId"] for j in await listing("status=completed&pageSize=1")]
+        assert sorted(done) == sorted(ids)

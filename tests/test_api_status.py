@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
@@ -64,12 +66,26 @@ def test_running_package_reports_heartbeat_progress() -> None:
     view = job_view(
         state(),
         RUNNING,
-        [package(files_done=1, bytes_done=250, current_file=10_003, rate=50.0, updated_at=beat)],
+        [
+            package(
+                files_done=1,
+                bytes_done=250,
+                current_file=10_003,
+                current_file_bytes=150,
+                current_file_size=300,
+                started_at=T0,
+                file_seconds=2.0,
+                byte_rate=50.0,
+                updated_at=beat,
+            )
+        ],
     )
     assert view.status is JobStatus.processing
-    assert view.progress == 25
+    # Files: 1 done, 1 failed and half of the one in work of 4; bytes: 250 of 1000.
+    assert view.progress == math.floor(100 * (0.5 * 2.5 / 4 + 0.5 * 0.25))
     assert view.bytes_processed == 250 and view.total_bytes == 1000
     assert view.current_file == 10_003
+    assert (view.current_file_bytes, view.current_file_size) == (150, 300)
     assert [f.status for f in view.files] == [
         FileStatus.completed,
         FileStatus.failed,
@@ -77,15 +93,46 @@ def test_running_package_reports_heartbeat_progress() -> None:
         FileStatus.pending,
     ]
     assert (view.completed_files, view.failed_files, view.total_files) == (1, 1, 4)
-    assert view.estimated_completion_at == beat + timedelta(seconds=15)  # 750 B at 50 B/s
+    # One file not begun at 2 s, 750 bytes at 50 B/s.
+    assert view.eta_basis == "rate"
+    assert view.estimated_completion_at == beat + timedelta(seconds=17)
     assert view.updated_at == beat
+
+
+def test_one_large_file_does_not_hold_many_small_ones_at_zero() -> None:
+    files = [FileState(file_id=10_001 + i) for i in range(9)]
+    memo = state(files=files, total_bytes=0)
+    beat = package(files_done=4, bytes_done=4 * 1024, total_files=9, total_bytes=100 << 20)
+    view = job_view(memo, RUNNING, [beat])
+    assert view.completed_files == 4
+    assert view.progress == 22  # half of 4/9 files; the bytes are nearly all still to come
+
+
+def test_the_rate_waits_for_seconds_and_bytes_then_stays_near_the_estimate() -> None:
+    memo = state(started_at=None)
+    figures: dict[str, Any] = {"started_at": T0, "file_seconds": 0.5, "byte_rate": 1.0}
+    early = package(files_done=1, updated_at=T0 + timedelta(seconds=1), **figures)
+    view = job_view(memo, RUNNING, [early], ms_per_file=None)
+    assert (view.eta_basis, view.estimated_completion_at) == ("estimating", None)
+    assert view.started_at == T0  # packaging began, as the heartbeat says
+    view = job_view(memo, RUNNING, [early], ms_per_file=2000)
+    assert view.eta_basis == "estimate"
+    # Two files left at 2 s each.
+    assert view.estimated_completion_at == T0 + timedelta(seconds=1 + 4)
+    later = package(files_done=1, updated_at=T0 + timedelta(seconds=5), **figures)
+    view = job_view(memo, RUNNING, [later], ms_per_file=2000)
+    # 1000 bytes at 1 B/s would be 1 000 s: held to ten times the 4 s estimate.
+    assert view.eta_basis == "rate"
+    assert view.estimated_completion_at == T0 + timedelta(seconds=5 + 40)
+    queued = job_view(memo, RUNNING, [package(started=False)], ms_per_file=2000)
+    assert (queued.eta_basis, queued.estimated_completion_at) == ("estimating", None)
 
 
 def test_started_package_without_heartbeat_yet_is_processing() -> None:
     activity = PendingActivity(names.PACKAGE_ARCHIVE, started=True)
     view = job_view(state(), RUNNING, [activity])
     assert view.status is JobStatus.processing
-    assert view.progress == 0
+    assert view.progress == 12  # the failed file of four is settled; no byte moved yet
 
 
 def test_all_bytes_written_is_not_yet_100_percent() -> None:

@@ -24,6 +24,7 @@ from tests.helpers import (
     services,
     slow_origin,
     socket_url,
+    sse_events,
     wait_for,
 )
 from worker import build_worker
@@ -189,7 +190,7 @@ async def test_events_match_the_sse_stream_and_resume(
 
             await wait_for(one_watcher)
             messages, code = await receive_all(socket)
-            sse_events = await read_events(sse)
+            sse_sent = await read_events(sse)
 
         assert code == NORMAL
         assert all(set(m) == {"id", "event", "data"} for m in messages)
@@ -198,8 +199,8 @@ async def test_events_match_the_sse_stream_and_resume(
         keys = [parse_event_id(m["id"]) for m in messages]
         assert None not in keys and keys == sorted(keys)  # type: ignore[type-var]
         # The terminal event is the very one SSE subscribers got: same id, same data.
-        assert messages[-1]["id"] == sse_events[-1]["id"]
-        assert messages[-1]["data"] == sse_events[-1]["data"]
+        assert messages[-1]["id"] == sse_sent[-1]["id"]
+        assert messages[-1]["data"] == sse_sent[-1]["data"]
         final = messages[-1]["data"]
         assert final["jobId"] == job_id and final["status"] == "completed"
         assert [f["file_id"] for f in final["files"]] == [10_001, 10_002, 10_003, 10_009]
@@ -252,3 +253,48 @@ async def test_unknown_foreign_or_anonymous_streams_are_refused(
         async with websockets.connect(socket_url(client, job_id, f"?ticket={ticket}")) as socket:
             first = json.loads(await asyncio.wait_for(socket.recv(), 10))
         assert first["data"]["jobId"] == job_id
+
+
+async def test_progress_events_carry_the_files_that_changed(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    slow = slow_origin(settings, 700)
+    put_sources(store, settings, {10_001 + i: MIB for i in range(3)})
+    ids = [10_009, 10_001, 10_002, 10_003]  # 10_009 is missing
+    async with serve(slow) as (client, _), build_worker(env.client, slow, store):
+        job_id = (await initiate(client, ids))["jobId"]
+        async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
+            events, resumed = [], []
+            async for event in sse_events(resp):
+                events.append(event)
+                if len(events) == 2 and event["event"] == "progress":
+                    # A stream resumed mid-job starts again with every file.
+                    headers = {"Last-Event-ID": events[0]["id"]}
+                    async with client.stream(
+                        "GET", f"/v1/download/subscribe/{job_id}", headers=headers
+                    ) as again:
+                        async for later in sse_events(again):
+                            resumed.append(later)
+                            break
+
+    progress = [e["data"] for e in events if e["event"] == "progress"]
+    assert events[-1]["event"] == "completed" and len(progress) >= 3
+    assert [f["file_id"] for f in progress[0]["changedFiles"]] == ids
+    files: dict[int, str] = {}
+    missing_failed_early = False
+    for data in progress:
+        changed = {f["file_id"]: f["status"] for f in data["changedFiles"]}
+        # Bytes may move with no file changing state: such an event carries no file.
+        assert set(changed) <= set(ids)
+        assert all(files.get(i) != status for i, status in changed.items())  # real changes only
+        files.update(changed)
+        # What the changes add up to is what the event counts.
+        assert sum(s == "completed" for s in files.values()) == data["completedFiles"]
+        assert sum(s == "failed" for s in files.values()) == data["failedFiles"]
+        if files[10_009] == "failed" and data["completedFiles"] < 3:
+            missing_failed_early = True
+    # The missing id is failed as soon as packaging knows it, not only at the end.
+    assert missing_failed_early
+    assert resumed and resumed[0]["event"] == "progress"
+    assert parse_event_id(resumed[0]["id"]) > parse_event_id(events[0]["id"])  # type: ignore[operator]
+    assert [f["file_id"] for f in resumed[0]["data"]["changedFiles"]] == ids

@@ -51,7 +51,7 @@ def refused(resp: httpx.Response, quota: str) -> bool:
 
 async def running(env: WorkflowEnvironment, owner: str) -> int:
     """The owner's runs Temporal holds open, read once visibility has settled."""
-    query = f"{visibility_query(owner, None)} AND ExecutionStatus = 'Running'"
+    query = f"{visibility_query(owner)} AND ExecutionStatus = 'Running'"
     return (await env.client.count_workflows(query)).count
 
 

@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from api.jobs.reads import JobReads
-from api.watchers import JobWatchers
+from api.views import JobRecord, PendingActivity, job_view
+from api.watchers import JobWatchers, Snapshot, for_stream, snapshot
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import initiate, put_sources, serve, services, wait_for
 from worker import build_worker
+from workflows import names
+from workflows.models import FileState, JobState, JobStatus, PackageProgress
 
 
 async def test_subscribers_share_one_watcher(
@@ -111,3 +116,44 @@ async def test_the_budget_never_comes_in_one_burst(budget: float) -> None:
         calls += 1
     # Within the budget over the second that followed (a call may land right at its end).
     assert calls <= budget * (time.monotonic() - began) + 1
+
+
+def test_each_stream_is_sent_the_files_changed_since_its_own_last_event() -> None:
+    """Snapshots are encoded with the changes since the watcher's previous one; a stream that
+    skipped some, or has just come, gets an encoding of its own."""
+    began = datetime(2025, 1, 1, tzinfo=UTC)
+    memo = JobState(
+        job_id="j1",
+        status=JobStatus.processing,
+        files=[FileState(file_id=i) for i in (10_001, 10_002, 10_003)],
+        created_at=began,
+        updated_at=began,
+    )
+
+    def record(files_done: int) -> JobRecord:
+        beat = PackageProgress(
+            files_done=files_done, total_files=3, bytes_done=files_done, total_bytes=3
+        )
+        act = PendingActivity(names.PACKAGE_ARCHIVE, started=True, progress=beat)
+        view = job_view(memo, WorkflowExecutionStatus.RUNNING, [act])
+        return JobRecord(state=memo, view=view, run_started=began)
+
+    def changed(snap: Snapshot) -> dict[int, str]:
+        data = json.loads(snap.message)["data"]
+        return {f["file_id"]: f["status"] for f in data["changedFiles"]}
+
+    first = snapshot(record(0), record(0).view)
+    second = snapshot(record(1), record(1).view, first)
+    third = snapshot(record(2), record(2).view, second)
+    assert changed(first) == {10_001: "processing", 10_002: "pending", 10_003: "pending"}
+    assert changed(second) == {10_001: "completed", 10_002: "processing"}
+    assert changed(third) == {10_002: "completed", 10_003: "processing"}
+    # Kept up: sent as encoded. Skipped `second`: every change since `first`. New: every file.
+    assert for_stream(third, second) is third
+    assert changed(for_stream(third, first)) == {
+        10_001: "completed",
+        10_002: "completed",
+        10_003: "processing",
+    }
+    assert set(changed(for_stream(third, None))) == {10_001, 10_002, 10_003}
+    assert for_stream(third, first).key == third.key

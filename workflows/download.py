@@ -33,8 +33,10 @@ with workflow.unsafe.imports_passed_through():
         FileStatus,
         JobState,
         JobStatus,
+        JobTally,
         PackageInput,
         PackageResult,
+        PackagingRecord,
         ResolveInput,
         ResolveResult,
         RetryOptions,
@@ -45,10 +47,12 @@ with workflow.unsafe.imports_passed_through():
         DOWNLOAD_STATUS,
         DOWNLOAD_WORKFLOW,
         PACKAGE_ARCHIVE,
+        PACKAGING_STOPPED_SIGNAL,
         RESOLVE_FILES,
         SEND_CALLBACK,
         STATE_MEMO_KEY,
         STATUS_QUERY,
+        TALLY_MEMO_KEY,
         callback_task_queue,
     )
 
@@ -58,6 +62,8 @@ with workflow.unsafe.imports_passed_through():
 # replay that way.
 INLINE_RESOLVE_LIMIT = 50
 RESOLVE_WHILE_PACKAGING = "resolve-while-packaging"
+# Since then a completed job's counts are in its memo, for lists.
+TALLY_IN_MEMO = "tally-in-memo"
 
 
 def interruptions_policy(storage: RetryOptions) -> RetryPolicy:
@@ -77,12 +83,18 @@ def interruptions_policy(storage: RetryOptions) -> RetryPolicy:
 class DownloadWorkflow:
     def __init__(self) -> None:
         self._state: JobState | None = None
+        self._stopped: PackagingRecord | None = None
 
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> JobState:
         if self._state is None:
             raise ApplicationError("workflow has not started yet")
         return self._state
+
+    @workflow.signal(name=PACKAGING_STOPPED_SIGNAL)
+    def packaging_stopped(self, record: PackagingRecord) -> None:
+        """What the packaging attempt that stopped the job had done; kept in its final state."""
+        self._stopped = record
 
     @workflow.run
     async def run(self, payload: object) -> JobState:
@@ -133,10 +145,12 @@ class DownloadWorkflow:
                 raise nothing_to_package()
             self._completed(result)
         except asyncio.CancelledError:
+            self._keep_record()
             self._finish(JobStatus.cancelled, "cancelled")
             await self._notify(request)
             raise
         except (ActivityError, ApplicationError) as err:
+            self._keep_record()
             if is_cancellation(err):
                 self._finish(JobStatus.cancelled, "cancelled")
                 await self._notify(request)
@@ -190,11 +204,23 @@ class DownloadWorkflow:
                 f.status = FileStatus.completed
                 f.sha256 = result.digests.get(f.file_id)
         state.bytes_processed = result.bytes_packaged
+        state.started_at = result.started_at or state.started_at
         state.archive_key = result.archive_key
         state.archive_size = result.archive_size
         if result.parts:
             state.archive_sizes = [part.size for part in result.parts]
         self._finish(JobStatus.completed)
+
+    def _keep_record(self) -> None:
+        """What packaging had done before the job stopped: files, sizes, bytes moved."""
+        record, state = self._stopped, self._require_state()
+        if record is None:
+            return
+        done = {f.file_id: f for f in record.files}
+        state.files = [done.get(f.file_id, f) for f in state.files]
+        state.bytes_processed = record.bytes_done
+        state.total_bytes = record.total_bytes or state.total_bytes
+        state.started_at = record.started_at or state.started_at
 
     def _record_unavailable(self, err: BaseException) -> None:
         """Per-file reasons sent along by a packaging attempt that found nothing to package."""
@@ -214,6 +240,13 @@ class DownloadWorkflow:
         # A completed job's final state is the workflow result, readable from history; the memo
         # is still needed when a callback keeps the run open after the job is decided.
         self._publish(memo=status is not JobStatus.completed or state.callback_url is not None)
+        if status is JobStatus.completed and workflow.patched(TALLY_IN_MEMO):
+            tally = JobTally(
+                completed_files=state.completed_files,
+                failed_files=state.failed_files,
+                total_bytes=state.total_bytes,
+            )
+            workflow.upsert_memo({TALLY_MEMO_KEY: tally})
         # The SDK meter is replay-safe; the worker exports it with its Prometheus metrics.
         meter, labels = workflow.metric_meter(), {jobmetrics.STATUS_LABEL: status.value}
         jobs, duration = jobmetrics.DOWNLOAD_JOBS, jobmetrics.DOWNLOAD_JOB_DURATION

@@ -197,6 +197,14 @@ class JobState(BaseModel):
         return sum(1 for f in self.files if f.status is FileStatus.failed)
 
 
+class JobTally(BaseModel):
+    """A completed job's counts, kept in its memo for lists: its whole state is its result."""
+
+    completed_files: int
+    failed_files: int
+    total_bytes: int
+
+
 class SourceFile(BaseModel):
     file_id: int
     key: str
@@ -311,6 +319,15 @@ class ProgressSummary(BaseModel):
     updated_at: datetime | None = None
     # Requested ids known not to be in the archive (missing or invalid), as far as known.
     unavailable: list[int] = Field(default_factory=list)
+    # When the job's first packaging attempt started (kept by every later attempt).
+    started_at: datetime | None = None
+    # The file in work: its bytes in the archive so far and its size, once known.
+    current_file_bytes: int | None = None
+    current_file_size: int | None = None
+    # What the time went on so far: seconds per file before its bytes flow (origin latency, a
+    # slow origin), and bytes per second while they flow. Completion estimates build on both.
+    file_seconds: float | None = None
+    byte_rate: float | None = None
 
 
 class ResumePointer(BaseModel):
@@ -346,6 +363,18 @@ class PackageResult(BaseModel):
     # SHA-256 of every packaged file (file id -> hex); every archive part, first = archive_key.
     digests: dict[int, str] = Field(default_factory=dict)
     parts: list[ArchivePart] = Field(default_factory=list)
+    # When the job's packaging began (its first attempt).
+    started_at: datetime | None = None
+
+
+class PackagingRecord(BaseModel):
+    """What packaging had done when the job stopped (cancelled or failed): every file as far as
+    it got (completed with its size, failed with the reason, else pending), the bytes moved."""
+
+    files: list[FileState]
+    bytes_done: int = 0
+    total_bytes: int = 0
+    started_at: datetime | None = None
 
 
 class CallbackNotice(BaseModel):

@@ -19,8 +19,12 @@ DELETE_EXPIRED_ARCHIVES = "delete_expired_archives"
 JOB_ACTIVITIES = (RESOLVE_FILES, PACKAGE_ARCHIVE)
 
 STATUS_QUERY = "status"
+# Sent by a packaging attempt that stops the job (cancelled, or failed for good): what it did.
+PACKAGING_STOPPED_SIGNAL = "packaging_stopped"
 # Memo key of the job state, readable through `describe()` with no worker running.
 STATE_MEMO_KEY = "state"
+# Memo key of a completed job's counts (`JobTally`), for lists (its state is in its result).
+TALLY_MEMO_KEY = "tally"
 
 
 def callback_task_queue(task_queue: str) -> str:

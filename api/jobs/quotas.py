@@ -153,7 +153,7 @@ class OwnerQuotas:
         """The owner's jobs visibility shows queued or processing (started before `cutoff`)."""
         statuses = ", ".join(f"'{s.value}'" for s in ACTIVE)
         query = (
-            f"{visibility_query(owner, None)} AND ExecutionStatus = 'Running'"
+            f"{visibility_query(owner)} AND ExecutionStatus = 'Running'"
             f" AND {names.DOWNLOAD_STATUS.name} IN ({statuses})"
         )
         if cutoff is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from temporalio.api.enums.v1 import PendingActivityState
@@ -103,7 +103,8 @@ class JobReads:
             }
         )
         activities = await self.pending_activities(desc)
-        view = job_view(state, desc.status, activities, desc.close_time)
+        pace = self.pace.observed_ms_per_file
+        view = job_view(state, desc.status, activities, desc.close_time, pace)
         return JobRecord(state=state, view=view, run_started=desc.start_time, run_id=run_id)
 
     async def run_request(
@@ -206,7 +207,12 @@ class JobReads:
                     )
                 except Exception:  # details of another shape carry no progress
                     progress = None
-            result.append(PendingActivity(name=name, started=started, progress=progress))
+            started_at = act.last_started_time.ToDatetime(UTC) if started else None
+            result.append(
+                PendingActivity(
+                    name=name, started=started, progress=progress, started_at=started_at
+                )
+            )
         return result
 
     def status_json(self, record: JobRecord) -> bytes:

@@ -12,13 +12,19 @@ const PLAIN = {
   429: "Too many requests: wait a moment and try again",
   503: "The service is unavailable for a moment: try again shortly",
 };
+// Refusals that need their own words: the API's message then says what the limit is.
+const PLAIN_ERRORS = {
+  quota_exceeded: "Your quota is used up for now",
+  priority_not_allowed: "That priority is not allowed for you",
+};
+const MIB = 1024 * 1024;
 // `follow` counts up whenever what we follow changes, so late answers for an old view are dropped.
 const state = { info: null, job: null, follow: 0, source: null, timer: null, filesAt: 0, filesDone: -1, nextPage: null };
 
 // --- the API ---
 class ApiError extends Error {
   constructor(status, body) {
-    const why = PLAIN[status] || `The request failed (HTTP ${status})`;
+    const why = PLAIN_ERRORS[body.error] || PLAIN[status] || `The request failed (HTTP ${status})`;
     super(body.message ? `${why}: ${body.message}.` : `${why}.`);
     this.status = status;
     this.requestId = body.requestId;
@@ -341,7 +347,17 @@ async function startJob(event) {
   const words = $("ids").value.split(/[\s,]+/).filter(Boolean);
   const bad = words.find((w) => !/^\d+$/.test(w));
   if (bad !== undefined) throw new Error(`"${bad}" is not a file id: use whole numbers.`);
-  const job = await api("POST", "/v1/download/initiate", { file_ids: words.map(Number) });
+  const request = { file_ids: words.map(Number) };
+  // Unset: the service's default priority, and one archive.
+  if ($("job-priority").value) request.priority = Number($("job-priority").value);
+  const split = $("split").value.trim();
+  if (split || $("split").validity.badInput) {
+    if (!/^\d+$/.test(split) || Number(split) < 1) {
+      throw new Error("The part size is a whole number of MiB, 1 or more.");
+    }
+    request.max_archive_bytes = Number(split) * MIB;
+  }
+  const job = await api("POST", "/v1/download/initiate", request);
   await openJob(job.jobId, true);
   loadJobs();
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import re
 import struct
@@ -331,10 +332,15 @@ async def test_start_follow_output_saves_the_archive_and_lists_the_job(
             await api.get("/v1/downloads", headers={"Authorization": f"Bearer {token}"})
         ).json()["jobs"]
         summary = next(j for j in page if j["jobId"] == job_id)
-        if summary.get("totalBytes"):
-            assert "87.9 KiB" in row[header.index("SIZE") :], completed
-        if summary.get("firstFileIds"):
-            assert "10001 10002" in row[header.index("FILE IDS") :], completed
+        assert summary["totalBytes"] == 90_000 and summary["firstFileIds"] == [10_001, 10_002]
+        # FILES done/total, FAILED, SIZE and FILE IDS, each under its header.
+        for column, cell in (
+            ("FILES", "2/2"),
+            ("FAILED", "0"),
+            ("SIZE", "87.9 KiB"),
+            ("FILE IDS", "10001 10002"),
+        ):
+            assert row[header.index(column) :].startswith(cell), (column, completed)
         failed = await client(url, "list", "--status", "failed", token=token)
         assert failed.code == 0 and [ln.split() for ln in failed.lines] == [header.split()]
 
@@ -410,6 +416,8 @@ async def test_partial_job_names_the_failed_ids_and_exits_with_its_own_code(
             assert again.stderr.strip() == message, (command, again)
         status = await client(url, "status", job_id)
         assert "  99999 failed - not found" in status.lines, status
+        digest = hashlib.sha256(sources[10_001]).hexdigest()
+        assert f"  10001 completed 2.9 KiB sha256 {digest}" in status.lines, status
         assert any(ln.startswith("  archive (") for ln in status.lines), status
 
 
@@ -548,6 +556,93 @@ async def test_get_resumes_from_a_part_file_and_after_a_cut_connection(
             assert 0 < int(second.removeprefix("bytes=").removesuffix("-")) < 120_000
             with zipfile.ZipFile(dest) as zipped:
                 assert_archive_matches(zipped, sources)
+
+
+async def test_get_saves_every_part_of_a_split_job_and_resumes_a_truncated_one(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, tmp_path: Path
+) -> None:
+    sources = put_sources(store, settings, {10_001: 700_000, 10_002: 700_000, 10_003: 5_000})
+    async with proxy_to(settings.s3_endpoint) as proxy:
+        public = settings.model_copy(update={"s3_public_endpoint": proxy.url})
+        async with stack(env, public, store) as api:
+            url = str(api.base_url)
+            # Parts of at most 1 MiB: 10001 in part 1, 10002 and 10003 in part 2.
+            ids = ["10001", "10002", "10003"]
+            run = await client(url, "start", *ids, "--max-archive-mb", "1", "--priority", "4")
+            assert run.code == ExitCode.completed, run
+            job_id = job_of(run)
+            dest = tmp_path / "bundle.zip"
+            run = await client(url, "get", job_id, "-o", str(dest))
+            assert run.code == ExitCode.completed, run
+            run_id = (await env.client.get_workflow_handle(job_id).describe()).run_id
+            stored = [b"".join(store.read(settings.archive_key(job_id, run_id, n))) for n in (1, 2)]
+            second = tmp_path / "bundle.part2.zip"
+            assert dest.read_bytes() == stored[0] and second.read_bytes() == stored[1]
+            saved = [ln for ln in run.lines if ln.startswith("saved ")]
+            assert saved == [
+                f"saved {dest} ({len(stored[0])} bytes)",
+                f"saved {second} ({len(stored[1])} bytes)",
+            ], run
+            held = [zipfile.ZipFile(p).namelist() for p in (dest, second)]
+            assert held == [
+                ["manifest.json", "10001.zip"],
+                ["manifest.json", "10002.zip", "10003.zip"],
+            ]
+            with zipfile.ZipFile(second) as part:
+                assert part.read("10002.zip") == sources[10_002]
+
+            status = await client(url, "status", job_id)
+            assert status.lines[0].endswith("priority 4"), status
+            for n, data in enumerate(stored, 1):
+                assert any(
+                    ln.startswith(f"  archive part {n}/2 ({len(data) / 1024:.1f} KiB): http")
+                    for ln in status.lines
+                ), status
+
+            # Part 2 cut short (an interrupted run): only the rest of it is asked for.
+            second.unlink()
+            (tmp_path / "bundle.part2.zip.part").write_bytes(stored[1][:300_000])
+            run = await client(url, "get", job_id, "-o", str(dest))
+            assert run.code == ExitCode.completed, run
+            resumed = f"downloading {second} ({len(stored[1])} bytes, resuming at byte 300000)"
+            assert resumed in run.lines, run
+            assert second.read_bytes() == stored[1] and dest.read_bytes() == stored[0]
+            assert not (tmp_path / "bundle.part2.zip.part").exists()
+            # Each part asked for whole the first time; the second time part 2 from its cut.
+            part_one, part_two = (settings.archive_key(job_id, run_id, n) for n in (1, 2))
+            assert [h.get("range") for h in proxy.requests(part_one)] == [None, None]
+            assert [h.get("range") for h in proxy.requests(part_two)] == [None, "bytes=300000-"]
+
+
+async def test_priority_and_quota_refusals_in_plain_words(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    put_sources(store, settings, {10_001: 1_000, 10_002: 1_000})
+    limited = settings.model_copy(
+        update={"priority_ceiling": 2, "quota_files_per_owner_per_day": 3}
+    )
+    async with stack(env, limited, store) as api:
+        url = str(api.base_url)
+        refused = await client(url, "start", "10001", "--priority", "1")
+        assert refused.code == ExitCode.api and refused.stdout == "", refused
+        assert refused.stderr.strip() == (
+            "error: priority not allowed: priority 1 is more urgent than this caller may ask "
+            "for: 2 to 5 (1 is the most urgent)"
+        )
+        started = await client(url, "start", "10001", "10002", "--priority", "2", "--follow")
+        assert started.code == ExitCode.completed, started
+        status = await client(url, "status", job_of(started))
+        assert status.lines[0].endswith("priority 2"), status
+
+        over = await client(url, "start", "10001", "10002")
+        assert over.code == ExitCode.api and over.stdout == "", over
+        assert re.fullmatch(
+            r"error: quota reached: daily file quota reached: 3 files a day \(UTC\) per owner, "
+            r"2 started today; this request asks for 2 \(try again in \d+ s\)",
+            over.stderr.strip(),
+        ), over
+        usage = await client(url, "start", "10001", "--priority", "6")
+        assert usage.code == ExitCode.usage, usage
 
 
 async def test_progress_bars_on_a_terminal(

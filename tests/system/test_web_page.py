@@ -7,12 +7,13 @@ Screenshots of the page (desktop and phone) are written to `artifacts/screenshot
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import shutil
 import zipfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ FINISHED = 30_000  # ms: how long a small job may take on a loaded machine
 PHONE = {"width": 375, "height": 667}
 DESKTOP = {"width": 1100, "height": 900}
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+MIB = 1024 * 1024
+# How fast a throttled S3 answers the worker: a 1.5 MB source stays in work for about 3 s.
+SLOW_S3 = 500_000  # bytes per second
 
 
 async def screenshot(page: Page, name: str) -> Path:
@@ -87,13 +91,66 @@ async def browsing(browser: Browser, **options: Any) -> AsyncIterator[Page]:
         await context.close()
 
 
-async def start(page: Page, base: str, ids: str) -> str:
-    """Start a job from the form; returns its id as the page's URL names it."""
+async def start(page: Page, base: str, ids: str, *, priority: str = "", split: str = "") -> str:
+    """Start a job from the form (a priority and a part size in MiB if given); returns its id as
+    the page's URL names it."""
     await page.goto(base + "/")
     await page.get_by_label("File ids").fill(ids)
+    if priority:
+        await page.get_by_label("Priority").select_option(priority)
+    if split:
+        await page.get_by_label("Split into parts").fill(split)
     await page.get_by_role("button", name="Start download").click()
     await page.wait_for_url(re.compile(r"\?job="))
     return job_in_url(page)
+
+
+@asynccontextmanager
+async def throttled_s3(settings: Settings, store: ObjectStore) -> AsyncIterator[ObjectStore]:
+    """A store for the worker whose S3 answers flow at `SLOW_S3` bytes a second (a loopback TCP
+    proxy in front of the test S3 server): a slow network, so a file stays in work long enough
+    for its bytes to be seen. Links are still signed for the S3 server itself."""
+    target = urlsplit(settings.s3_endpoint)
+    assert target.hostname and target.port
+
+    async def pump(
+        source: asyncio.StreamReader, sink: asyncio.StreamWriter, rate: int | None
+    ) -> None:
+        while data := await source.read(16_384):
+            sink.write(data)
+            await sink.drain()
+            if rate:
+                await asyncio.sleep(len(data) / rate)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+        pumps = [
+            asyncio.create_task(pump(reader, up_writer, None)),
+            asyncio.create_task(pump(up_reader, writer, SLOW_S3)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for w in (writer, up_writer):
+                w.close()
+                with suppress(OSError):
+                    await w.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    slow = settings.model_copy(
+        update={
+            "s3_endpoint": f"http://127.0.0.1:{port}",
+            "s3_public_endpoint": settings.s3_public_endpoint or settings.s3_endpoint,
+        }
+    )
+    try:
+        yield ObjectStore(slow)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def job_in_url(page: Page) -> str:
@@ -107,23 +164,29 @@ def file_item(page: Page, file_id: int) -> Locator:
 async def test_start_shows_progress_files_and_archive(
     browser: Browser, env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    sources = put_sources(store, settings, {10_001: 100_000, 10_002: 100_000})
+    sources = put_sources(store, settings, {10_001: 100_000, 10_002: 1_500_000})
     slow = slow_origin(settings, 2000)
     async with (
         serve(settings) as (client, _),
-        build_worker(env.client, slow, store),
+        throttled_s3(settings, store) as slow_store,
+        build_worker(env.client, slow, slow_store),
         browsing(browser) as page,
     ):
         base = str(client.base_url)
         job_id = await start(page, base, "10001, 10002 99999")
         await expect(page.locator("#job-id")).to_have_text(job_id)
-        # While it runs: the first file done, the next one in work, an ETA.
+        # While it runs: the first file done, the next one in work with its bytes, a time left
+        # (packaging has run 3 s and finished a file: the API's figure rests on its rate).
         await expect(page.locator("#job-status")).to_have_text("processing", timeout=FINISHED)
         await expect(page.locator("#detail")).to_contain_text("1 of 3 files done")
-        await expect(file_item(page, 10_002)).to_contain_text("10002: processing")
+        in_work = file_item(page, 10_002)
+        await expect(in_work).to_contain_text(
+            re.compile(r"10002: processing, [1-9][\d.]* (B|KiB|MiB) of 1\.4 MiB"), timeout=FINISHED
+        )
+        await expect(in_work.get_by_role("progressbar")).to_be_visible()
+        await expect(page.locator("#eta")).to_be_visible()
+        await expect(page.locator("#eta-time")).to_have_text(re.compile(r"^\d+ (s|min) \("))
         await expect(page.locator("#percent")).to_have_text(re.compile(r"[1-9]\d%"))
-        # An ETA or "estimating…" (which one: test_renders_what_the_api_answers).
-        await expect(page.locator("#eta:visible, #estimating:visible")).to_have_count(1)
         await screenshot(page, "desktop-running")
 
         await expect(page.locator("#job-status")).to_have_text("completed", timeout=FINISHED)
@@ -193,24 +256,35 @@ async def test_renders_what_the_api_answers(
     browser: Browser, env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
     """Real answers of the API at each stage, given to the page's renderer directly (no stream
-    runs, so nothing changes under the assertions): ETA or "estimating…", the file in work with
-    its bytes, a progress event's changed files, every archive part with its size, the list."""
-    put_sources(store, settings, {10_001: 3_000, 10_002: 300_000})
-    slow = slow_origin(settings, 1500)
+    runs in the page, so nothing changes under the assertions): ETA or "estimating…", a real
+    progress event's changed files, the file in work with its bytes from a real running status,
+    every part of a real split job with its size, the list."""
+    put_sources(store, settings, {10_001: 700_000, 10_002: 1_500_000})
     async with (
         serve(settings) as (client, _),
-        build_worker(env.client, slow, store),
+        throttled_s3(settings, store) as slow_store,
+        build_worker(env.client, slow_origin(settings, 1000), slow_store),
         browsing(browser) as page,
     ):
         base = str(client.base_url)
+        # Parts of at most 1 MiB: 10001 in part 1, 10002 (larger than the limit) alone in part 2.
         started = await client.post(
-            "/v1/download/initiate", json={"file_ids": [10_001, 10_002, 99_999]}
+            "/v1/download/initiate",
+            json={"file_ids": [10_001, 10_002, 99_999], "max_archive_bytes": MIB},
         )
+        assert started.status_code == 200, started.text
         job_id = started.json()["jobId"]
         status_path = f"/v1/download/status/{job_id}"
         early = (await client.get(status_path)).json()
-        async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as stream:
-            first_event = await anext(aiter(sse_events(stream)))
+        stream = asyncio.create_task(all_events(client, f"/v1/download/subscribe/{job_id}"))
+
+        # A status while a file is in work, its bytes flowing (the worker reads a slow S3).
+        async def in_work() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await client.get(status_path)).json()
+            return body if body.get("currentFileSize") and body.get("currentFileBytes") else None
+
+        running = await wait_for(in_work, timeout=60)
+        events = await asyncio.wait_for(stream, 60)
         await page.goto(base + "/")
 
         # Early, the ETA is "estimating…" when the API says its figure is a guess, or says
@@ -235,71 +309,82 @@ async def test_renders_what_the_api_answers(
         await expect(file_item(page, 99_999)).to_contain_text(re.compile("pending|processing"))
         await expect(page.locator("#missing")).to_be_hidden()
 
-        # A progress event's changed files replace theirs at once: a missing file is marked as
-        # soon as the API says it failed. (A server whose events carry no changedFiles: the
-        # failed file as the status later reports it.)
-        final_status = await wait_for(lambda: finished(client, status_path), timeout=60)
-        gone = next(f for f in final_status["files"] if f["file_id"] == 99_999)
-        event = {**first_event["data"], "changedFiles": [gone]}
-        await page.evaluate("event => onProgress(state.follow, event)", event)
+        # A progress event's changed files replace theirs at once: the missing file is marked as
+        # soon as the stream says it failed (a split job resolves every id before writing).
+        gone = next(
+            e
+            for e in events
+            if e["event"] == "progress"
+            and any(
+                f["file_id"] == 99_999 and f["status"] == "failed"
+                for f in e["data"]["changedFiles"]
+            )
+        )
+        await page.evaluate("event => onProgress(state.follow, event)", gone["data"])
         await expect(file_item(page, 99_999)).to_have_text("99999: failed (not found)")
         await expect(file_item(page, 10_001)).to_be_visible()
         await expect(page.locator("#missing")).to_have_text("Not in the archive: 99999 (not found)")
 
-        # The file in work with its bytes, when the API reports them (currentFileBytes/Size).
-        running = {
-            **early,
-            "status": "processing",
-            "currentFile": 10_002,
-            "files": [
-                {**f, "status": "processing"} if f["file_id"] == 10_002 else f
-                for f in early["files"]
-            ],
-        }
-        if "currentFileSize" not in running:
-            running |= {"currentFileBytes": 102_400, "currentFileSize": 300_000}
+        # The file in work with its bytes, and the time left on the basis the API gives.
         await render(page, running)
+        current = running["currentFile"]
         done, size = running["currentFileBytes"], running["currentFileSize"]
-        in_work = file_item(page, 10_002)
-        await expect(in_work).to_contain_text(f"10002: processing, {kib(done)} of {kib(size)}")
-        bar = in_work.get_by_role("progressbar", name="File 10002 progress")
+        in_work_item = file_item(page, current)
+        await expect(in_work_item).to_contain_text(
+            f"{current}: processing, {kib(done)} of {kib(size)}"
+        )
+        bar = in_work_item.get_by_role("progressbar", name=f"File {current} progress")
         await expect(bar).to_have_attribute("value", str(done))
+        await expect(bar).to_have_attribute("max", str(size))
+        rated = running["etaBasis"] in ("rate", "estimate")
+        await expect(page.locator("#eta")).to_be_visible(visible=rated)
+        await expect(page.locator("#estimating")).to_be_visible(visible=not rated)
 
-        # Every part of the archive, with its size; a single archive is one part.
+        # Every part of the split archive, with its size.
+        await wait_for(lambda: finished(client, status_path), timeout=60)
         details = (await client.get(f"/v1/download/{job_id}")).json()
-        urls = details.get("downloadUrls") or [details["downloadUrl"]]
+        urls, sizes = details["downloadUrls"], details["archiveSizes"]
+        assert len(urls) == len(sizes) == 2, details
         await render(page, details)
-        await expect(page.locator("#parts li")).to_have_count(len(urls))
-        await expect(page.locator("#archives-title")).to_have_text("Archive")
-        split = {**details, "downloadUrls": [urls[0], urls[0]], "archiveSizes": [700, 1_536]}
-        await render(page, split)
         await expect(page.locator("#archives-title")).to_have_text("Archive in 2 parts")
-        for n, size_text in ((1, "700 B"), (2, "1.5 KiB")):
+        await expect(page.locator("#parts li")).to_have_count(2)
+        for n, (url, part_size) in enumerate(zip(urls, sizes, strict=True), 1):
             part = page.locator("#parts li").nth(n - 1)
-            await expect(part.get_by_role("link", name=f"Download part {n} of 2")).to_be_visible()
-            await expect(part).to_contain_text(size_text)
+            download = part.get_by_role("link", name=f"Download part {n} of 2")
+            await expect(download).to_have_attribute("href", url)
+            await expect(part.locator("data")).to_have_attribute("value", str(part_size))
+            await expect(part).to_contain_text(kib(part_size))
             await expect(
                 part.get_by_role("button", name=f"Copy the link of part {n}")
             ).to_be_visible()
         await expect(page.locator("#estimating")).to_be_hidden()
         await expect(page.locator("#eta")).to_be_hidden()
 
-        # The list tells jobs apart: ids (when the API lists them), file count, age in words.
+        # The list tells jobs apart: ids, file count, how far, size, age in words, priority.
         await page.get_by_role("button", name="Refresh").click()
         entry = page.locator(f'#jobs li[data-job="{job_id}"]')
-        await expect(entry).to_contain_text("3 files")
-        await expect(entry.locator("time")).to_have_text(re.compile(r"now|seconds? ago|minute ago"))
         listed = (await client.get("/v1/downloads")).json()["jobs"]
         summary = next(j for j in listed if j["jobId"] == job_id)
-        if summary.get("firstFileIds"):
-            await expect(entry).to_contain_text("3 files: 10001, 10002, 99999")
-        if summary.get("priority") is not None:
-            await expect(entry).to_contain_text(f"priority {summary['priority']}")
+        assert summary["firstFileIds"] == [10_001, 10_002, 99_999], summary
+        assert summary["priority"] == 3, summary  # the default
+        await expect(entry).to_contain_text("3 files: 10001, 10002, 99999 · 2 done · 1 failed")
+        await expect(entry).to_contain_text(f"{kib(summary['totalBytes'])} · priority 3")
+        await expect(entry.locator("time")).to_have_text(re.compile(r"now|seconds? ago|minute ago"))
+
+
+async def all_events(client: httpx.AsyncClient, path: str) -> list[dict[str, Any]]:
+    """Every event of a job's stream, to its end."""
+    async with client.stream("GET", path) as stream:
+        return [event async for event in sse_events(stream)]
 
 
 def kib(n: int) -> str:
     """A size as the page writes it."""
-    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"
+    units = ["B", "KiB", "MiB", "GiB"]
+    value, unit = float(n), 0
+    while value >= 1024 and unit < 3:
+        value, unit = value / 1024, unit + 1
+    return f"{n} B" if unit == 0 else f"{value:.1f} {units[unit]}"
 
 
 async def finished(client: httpx.AsyncClient, path: str) -> dict[str, Any] | None:
@@ -408,18 +493,27 @@ async def test_polls_when_the_event_stream_is_unavailable(
 async def test_fits_a_phone(
     browser: Browser, env: WorkflowEnvironment, settings: Settings, store: ObjectStore
 ) -> None:
-    put_sources(store, settings, {10_001: 2000, 10_002: 300_000})
+    put_sources(store, settings, {10_001: 2000, 10_002: 1_500_000})
     async with (
         serve(settings) as (client, _),
-        build_worker(env.client, slow_origin(settings, 1500), store),
+        throttled_s3(settings, store) as slow_store,
+        build_worker(env.client, slow_origin(settings, 2000), slow_store),
         browsing(browser, viewport=PHONE, is_mobile=True, has_touch=True) as page,
     ):
-        await start(page, str(client.base_url), "10001 10002 99999")
+        # Split into parts of 1 MiB: 10001 in part 1, 10002 alone in part 2.
+        await start(page, str(client.base_url), "10001 10002 99999", split="1")
         await expect(page.locator("#detail")).to_contain_text("1 of 3 files", timeout=FINISHED)
+        await expect(file_item(page, 10_002).get_by_role("progressbar")).to_be_visible(
+            timeout=FINISHED
+        )
+        await expect(page.locator("#eta")).to_be_visible()
         await screenshot(page, "phone-running")
         await expect(page.locator("#job-status")).to_have_text("completed", timeout=FINISHED)
         await expect(page.locator("#jobs li").first).to_be_visible()
-        await expect(page.get_by_role("button", name="Copy the archive link")).to_be_visible()
+        await expect(page.locator("#archives-title")).to_have_text("Archive in 2 parts")
+        for n in (1, 2):
+            copy = page.get_by_role("button", name=f"Copy the link of part {n}")
+            await expect(copy).to_be_visible()
         await screenshot(page, "phone-completed")
         overflow = await page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -432,6 +526,66 @@ async def test_fits_a_phone(
             assert box is not None
             assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
             assert box["height"] >= 40, await control.evaluate("e => e.outerHTML")
+
+
+async def test_priority_and_parts_from_the_form_and_refusals_in_plain_words(
+    browser: Browser, env: WorkflowEnvironment, settings: Settings, store: ObjectStore
+) -> None:
+    """The start form's priority and part size reach the API; a priority above the caller's
+    ceiling (403) and a start beyond the daily file quota (429) are said plainly."""
+    sources = put_sources(store, settings, {10_001: 700_000, 10_002: 700_000, 10_003: 5_000})
+    limited = settings.model_copy(
+        update={"priority_ceiling": 2, "quota_files_per_owner_per_day": 4}
+    )
+    async with (
+        serve(limited) as (client, _),
+        build_worker(env.client, settings, store),
+        browsing(browser) as page,
+    ):
+        base = str(client.base_url)
+        await page.goto(base + "/")
+        await expect(page.get_by_label("Priority")).to_have_value("")  # the service's default
+        await expect(page.get_by_label("Split into parts")).to_have_value("")
+        await page.get_by_label("Priority").select_option("1")
+        await page.get_by_role("button", name="Start download").click()
+        await expect(page.get_by_role("alert")).to_contain_text(
+            "That priority is not allowed for you: priority 1 is more urgent than this caller "
+            "may ask for: 2 to 5 (1 is the most urgent)."
+        )
+        assert "?job=" not in page.url
+
+        # Priority 2, parts of at most 1 MiB: two 700 KB files do not fit in one part.
+        job_id = await start(page, base, "10001 10002", priority="2", split="1")
+        await expect(page.locator("#priority")).to_have_text("· priority 2")
+        await expect(page.locator("#job-status")).to_have_text("completed", timeout=FINISHED)
+        details = (await client.get(f"/v1/download/{job_id}")).json()
+        assert details["priority"] == 2, details
+        assert len(details["downloadUrls"]) == len(details["archiveSizes"]) == 2, details
+        await expect(page.locator("#archives-title")).to_have_text("Archive in 2 parts")
+        for n, size in enumerate(details["archiveSizes"], 1):
+            part = page.locator("#parts li").nth(n - 1)
+            await expect(part.get_by_role("link", name=f"Download part {n} of 2")).to_be_visible()
+            await expect(part.locator("data")).to_have_attribute("value", str(size))
+        second = part.get_by_role("link", name="Download part 2 of 2")
+        held = zipfile.ZipFile(
+            io.BytesIO(
+                await (await page.request.get(await second.get_attribute("href") or "")).body()
+            )
+        )
+        assert held.namelist() == ["manifest.json", "10002.zip"]
+        assert held.read("10002.zip") == sources[10_002]
+        entry = page.locator(f'#jobs li[data-job="{job_id}"]')
+        await expect(entry).to_contain_text("priority 2")
+        await screenshot(page, "desktop-split-completed")
+
+        # Two files started today, the quota is 4: three more are refused, in plain words.
+        await page.get_by_label("File ids").fill("10001 10002 10003")
+        await page.get_by_role("button", name="Start download").click()
+        await expect(page.get_by_role("alert")).to_contain_text(
+            "Your quota is used up for now: daily file quota reached: 4 files a day (UTC) per "
+            "owner, 2 started today; this request asks for 3."
+        )
+        await expect(page.locator("#job-id")).to_have_text(job_id)  # still the job shown
 
 
 async def test_token_field_when_auth_is_on(
