@@ -532,3 +532,48 @@ async def test_expiry_deletes_archives_of_every_form_and_nothing_else(
     assert sorted(result.deleted) == sorted(archives)
     assert all(store.stat_or_none(key) is not None for key in others)
     assert all(store.stat_or_none(key) is None for key in archives)
+
+
+async def test_the_list_shows_a_run_only_to_the_owner_its_sealed_request_names(
+    env: WorkflowEnvironment, keyed: Settings, store: ObjectStore, worker: Worker
+) -> None:
+    """Runs started on Temporal with alice's `Owner` search attribute and memo, one closed with
+    a forged result and one open on a queue nobody polls, are not in alice's list."""
+    put_sources(store, keyed, {10_001: 100})
+    foreign, unpolled = f"foreign-{uuid.uuid4()}", f"nobody-polls-{uuid.uuid4()}"
+    async with api_client(keyed) as api:
+        alice_job = (await initiate(api, [10_001], headers=AS_ALICE))["jobId"]
+        await wait_status(api, alice_job, ["completed"], AS_ALICE)
+
+        closed_id, open_id = f"job-{uuid.uuid4()}", f"job-{uuid.uuid4()}"
+        for job_id in (closed_id, open_id):
+            FORGED[job_id] = forged_state(job_id, f"key:{ALICE}", "x")
+        unsealed = new_request(keyed, closed_id, [10_001], owner=f"key:{ALICE}")
+        async with Worker(env.client, task_queue=foreign, workflows=[ForgedDownload]):
+            handle = await start_as_anyone(
+                env.client,
+                unsealed.model_copy(update={"seal": None}),
+                closed_id,
+                foreign,
+                memo=FORGED[closed_id],
+                owner=f"key:{ALICE}",
+            )
+            await handle.result()
+        await start_as_anyone(
+            env.client,
+            unsealed.model_copy(update={"job_id": open_id, "seal": None}),
+            open_id,
+            unpolled,
+            memo=FORGED[open_id],
+            owner=f"key:{ALICE}",
+        )
+        query = f"{OWNER.name} = 'key:{ALICE}'"
+
+        async def visible() -> bool:
+            return (await env.client.count_workflows(query)).count >= 3
+
+        await wait_for(visible, timeout=10)
+        listed = await api.get("/v1/downloads", headers=AS_ALICE)
+        assert listed.status_code == 200
+        shown = [job["jobId"] for job in listed.json()["jobs"]]  # other tests' jobs too
+        assert alice_job in shown and closed_id not in shown and open_id not in shown

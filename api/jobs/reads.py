@@ -16,6 +16,7 @@ from typing import Any
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import (
     Client,
+    WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -108,25 +109,25 @@ class JobReads:
         return JobRecord(state=state, view=view, run_started=desc.start_time, run_id=run_id)
 
     async def run_request(
-        self, job_id: str, desc: WorkflowExecutionDescription
+        self, job_id: str, run: WorkflowExecution
     ) -> tuple[DownloadRequest, str | None]:
         """The request the run was started with, if the API sealed it for this job, with the
         run's id; a run from before sealing (started before REQUEST_SEAL_LEGACY_BEFORE, by
         Temporal's clock) with None. Any other run is no job of ours: 404. Read once per run and
-        process."""
-        if desc.run_id not in self.run_requests:
-            request = await self.start_request(job_id, desc.run_id)
+        process (`run` is a described or a listed run)."""
+        if run.run_id not in self.run_requests:
+            request = await self.start_request(job_id, run.run_id)
             trusted: tuple[DownloadRequest, str | None] | None = None
             if request is None or request.job_id != job_id:
                 trusted = None
             elif request.seal is not None:
-                trusted = (request, desc.run_id) if is_sealed(request, self.settings) else None
-            elif predates_sealing(desc.start_time, self.settings):
+                trusted = (request, run.run_id) if is_sealed(request, self.settings) else None
+            elif predates_sealing(run.start_time, self.settings):
                 trusted = (request, None)
-            self.run_requests[desc.run_id] = trusted
+            self.run_requests[run.run_id] = trusted
             if len(self.run_requests) > RUN_REQUESTS_KEPT:
                 self.run_requests.popitem(last=False)
-        found = self.run_requests[desc.run_id]
+        found = self.run_requests[run.run_id]
         if found is None:
             raise ApiError.not_found(job_id)
         return found
