@@ -222,7 +222,10 @@ async def test_a_run_completed_by_a_forged_result_serves_only_its_own_archive(
         mallory_job = (await initiate(api, [10_002], headers=AS_MALLORY))["jobId"]
         await wait_status(api, mallory_job, ["completed"], AS_MALLORY)
 
-        FORGED[mallory_job] = forged_state(mallory_job, f"key:{MALLORY}", alice_archive)
+        # A result claiming many more parts than the request has files.
+        FORGED[mallory_job] = forged_state(mallory_job, f"key:{MALLORY}", alice_archive).model_copy(
+            update={"archive_sizes": [1] * 5000}
+        )
         copied = await started_request(env.client, mallory_job)
         async with Worker(env.client, task_queue=foreign, workflows=[ForgedDownload]):
             handle = await start_as_anyone(env.client, copied, mallory_job, foreign)
@@ -242,6 +245,7 @@ async def test_a_run_completed_by_a_forged_result_serves_only_its_own_archive(
         status = await wait_for(this_run, timeout=10)
         assert status.json()["status"] == "completed"
         assert httpx.URL(status.json()["downloadUrl"]).path.endswith(own)
+        assert len(status.json()["downloadUrls"]) == 1  # no more parts than sealed files
         details = await api.get(f"/v1/download/{mallory_job}", headers=AS_MALLORY)
         assert_error(details, 410, "gone")
         file = await api.get(f"/v1/download/{mallory_job}/file", headers=AS_MALLORY)

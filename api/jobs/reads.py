@@ -101,6 +101,10 @@ class JobReads:
                 "job_id": job_id,
                 "owner": request.owner,
                 "archive_key": archive_key if state.status is JobStatus.completed else None,
+                # Every part holds a file at least: no more links than the sealed request's ids.
+                "archive_sizes": state.archive_sizes[: len(request.file_ids)]
+                if state.archive_sizes is not None
+                else None,
             }
         )
         activities = await self.pending_activities(desc)
