@@ -29,8 +29,9 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.sealed import sealed_request
 from core.config import Settings
-from workflows.errors import ErrorType, callback_refused
+from workflows.errors import ErrorType, callback_refused, invalid_request
 from workflows.models import CallbackNotice
 from workflows.names import SEND_CALLBACK
 
@@ -222,6 +223,17 @@ def delivery_id(notice: CallbackNotice, body: bytes) -> str:
     return "sha256:" + hashlib.sha256(notice.url.encode() + b"\n" + body).hexdigest()[:32]
 
 
+def bound_notice(settings: Settings, notice: CallbackNotice) -> CallbackNotice:
+    """The notice, if its owner, URL and job are those of its run's sealed request (or it comes
+    from a run from before sealing); the owner's key signs nothing else."""
+    sealed = sealed_request(settings, notice.request, str(notice.payload.get("jobId")))
+    if sealed is None:
+        return notice
+    if notice.owner != sealed.owner or notice.url != sealed.callback_url:
+        raise invalid_request("the notice's owner or URL is not the sealed request's")
+    return notice
+
+
 class CallbackActivities:
     def __init__(self, settings: Settings, tls: ssl.SSLContext | None = None) -> None:
         self.settings = settings
@@ -231,7 +243,9 @@ class CallbackActivities:
 
     @activity.defn(name=SEND_CALLBACK)
     async def send_callback(self, notice: CallbackNotice) -> int:
-        """POST the notice; refused targets fail for good, anything short of a 2xx is retried."""
+        """POST the notice; refused targets fail for good, anything short of a 2xx is retried.
+        Only a notice bound to its run's sealed request is signed (else `InvalidRequest`)."""
+        notice = bound_notice(self.settings, notice)
         target = Target.parse(notice.url)
         body = json.dumps(notice.payload, separators=(",", ":")).encode()
         deadline = self.settings.callback_timeout_seconds

@@ -36,6 +36,7 @@ from activities.joblog import AttemptLog, attempt_log
 from activities.manifest import MANIFEST_NAME, FileLine, manifest, plan_parts
 from activities.prefetch import Prefetcher, Source
 from activities.publishing import ProgressFeed
+from activities.sealed import as_sealed, run_archive_key, sealed_request
 from activities.storageerrors import (
     storage_failure,
     storage_retry,
@@ -456,8 +457,10 @@ class DownloadActivities:
         def details() -> dict[str, int]:
             return {"resolved": done, "total": len(request.file_ids)}
 
+        sealed = sealed_request(self.settings, request.request, request.job_id)
+        file_ids = sealed.file_ids if sealed is not None else request.file_ids
         async with heartbeating(details, self.settings.heartbeat_interval_seconds):
-            return ResolveResult(files=await self._resolve(request.file_ids, count))
+            return ResolveResult(files=await self._resolve(file_ids, count))
 
     async def _resolve(
         self, file_ids: list[int], on_done: Callable[[], None], *, raw: bool = False
@@ -501,12 +504,14 @@ class DownloadActivities:
             return await self._package(request, log_entry)
 
     async def _package(self, request: PackageInput, log_entry: AttemptLog) -> PackageResult:
+        # Only for a request the API sealed, for this run: what to package comes from it, and
+        # every key is derived here from the run and the ids, whatever the input says.
+        sealed = sealed_request(self.settings, request.request, request.job_id)
+        request = as_sealed(request, sealed)
         info = activity.info()
-        # Every key is derived here from ids, whatever the input says.
-        run_id = info.workflow_run_id if request.keys_per_run else None
 
         def key_for(part: int) -> str:
-            return self.settings.archive_key(request.job_id, run_id, part)
+            return run_archive_key(self.settings, request.keys_per_run, part)
 
         checkpoints = Checkpoints(self.store, key_for(1), self._io, part_key=key_for)
         progress = last_progress(info.heartbeat_details) or PackageProgress()

@@ -49,7 +49,9 @@ class JobRecord:
     state: JobState
     view: JobView
     run_started: datetime
-    # The run described: a completed run's archive keys are derived from it.
+    # The run whose archive the job serves: its parts' keys are `Settings.archive_key(job_id,
+    # run_id, part)`; None for a run from before sealing, whose one archive is named after the
+    # job id alone.
     run_id: str | None = None
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 

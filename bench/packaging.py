@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -39,7 +40,8 @@ from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import S3Server, free_port, start_dev_server
 from workflows.client import new_request, start_download
-from workflows.models import PackageInput, SourceFile
+from workflows.models import DownloadRequest, PackageInput, SourceFile
+from workflows.sealing import seal
 
 
 def seed(store: ObjectStore, settings: Settings, files: int, size: int) -> list[SourceFile]:
@@ -106,11 +108,16 @@ def plain_copy(
 
 def package(store: ObjectStore, settings: Settings, sources: list[SourceFile]) -> int:
     job_id = f"bench-{uuid.uuid4()}"
-    key = settings.archive_key(job_id)
-    request = PackageInput(job_id=job_id, sources=sources, mtime=datetime.now(UTC))
+    ids = [s.file_id for s in sources]
+    sealed = seal(
+        DownloadRequest(job_id=job_id, file_ids=ids, created_at=datetime.now(UTC)), settings
+    )
+    request = PackageInput(job_id=job_id, file_ids=ids, mtime=sealed.created_at, request=sealed)
     acts = DownloadActivities(store, settings)
-    result = asyncio.run(ActivityEnvironment().run(acts.package_archive, request))
-    store.delete(key)
+    env = ActivityEnvironment()  # the activity of a run of the job's workflow
+    env.info = dataclasses.replace(env.info, workflow_id=job_id)
+    result = asyncio.run(env.run(acts.package_archive, request))
+    store.delete(result.archive_key)
     return result.bytes_packaged
 
 

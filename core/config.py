@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import os
 import sys
@@ -15,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AwareDatetime, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from temporalio.envconfig import ClientConnectConfig
 
@@ -190,6 +191,16 @@ class Settings(BaseSettings):
     callback_max_pending_per_owner: int = Field(4, ge=1)
     callback_max_response_bytes: int = Field(4096, ge=0, le=1_048_576)
 
+    # --- sealed requests ---
+    # Signs every job request the API starts (HMAC-SHA256); the worker acts only on requests it
+    # can verify, so a workflow started on Temporal by anyone else fails at once. API and worker
+    # need the same one; outside production, unset, it is derived from the S3 credential, which
+    # the processes of one local stack share.
+    request_seal_secret: str | None = None
+    # Runs started before this instant (Temporal's clock), from before requests were sealed, are
+    # still served under the archive key they wrote (`archives/{job_id}.zip`); unset, none are.
+    request_seal_legacy_before: AwareDatetime | None = None
+
     # --- telemetry ---
     otel_exporter_otlp_endpoint: str | None = None
     # Error tracking (Sentry): off unless a DSN is set.
@@ -263,6 +274,11 @@ class Settings(BaseSettings):
             if key:
                 keys[key] = owner or key
         return keys
+
+    @field_validator("request_seal_legacy_before", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("owner_weights", mode="before")
     @classmethod
@@ -376,7 +392,8 @@ class Settings(BaseSettings):
 
     def archive_key(self, job_id: str, run_id: str | None = None, part: int = 1) -> str:
         """The archive of a job's run, part `part`: `archives/J.zip` (runs of earlier versions),
-        `archives/J.<run id>.zip`, `archives/J.<run id>.part2.zip`, ..."""
+        `archives/J.<run id>.zip`, `archives/J.<run id>.part2.zip`, ... One object per run, so a
+        later run under the same id never replaces what an earlier run's link serves."""
         key = self.s3_archive_key_template.format(job_id=job_id)
         if run_id is None and part == 1:
             return key
@@ -386,6 +403,15 @@ class Settings(BaseSettings):
         if part > 1:
             stem += f".part{part}"
         return stem + ext
+
+    @property
+    def request_seal_key(self) -> bytes:
+        """The key requests are sealed with: REQUEST_SEAL_SECRET, or outside production one
+        derived from the S3 credential (the same for every process of one local stack)."""
+        if self.request_seal_secret:
+            return self.request_seal_secret.encode()
+        material = f"{self.s3_access_key_id}\n{self.s3_secret_access_key}".encode()
+        return hashlib.sha256(b"request-seal\n" + material).digest()
 
 
 def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:
@@ -456,6 +482,12 @@ def production_problems(settings: Settings, process: Process | None = None) -> l
         problems.append(
             f"STREAM_TICKET_SECRET must be set (the same on every API replica), at least "
             f"{MIN_SECRET_BYTES} bytes"
+        )
+    if (api or worker) and (
+        settings.request_seal_secret is None or _weak(settings.request_seal_secret)
+    ):
+        problems.append(
+            f"REQUEST_SEAL_SECRET must be set (API and worker), at least {MIN_SECRET_BYTES} bytes"
         )
     credentials = [(settings.s3_access_key_id, settings.s3_secret_access_key)]
     if settings.s3_presign_access_key_id and settings.s3_presign_secret_access_key:

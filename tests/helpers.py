@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +36,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -45,8 +47,17 @@ from core.storage import ObjectStore
 from devstack.servers import BIN, free_port, wait_for_port
 from workflows.client import new_request, start_download
 from workflows.errors import ErrorType
-from workflows.models import JobState, PackageProgress, PackageResult
+from workflows.models import (
+    MIN_FILE_ID,
+    DownloadRequest,
+    JobOptions,
+    JobState,
+    PackageInput,
+    PackageProgress,
+    PackageResult,
+)
 from workflows.names import PACKAGE_ARCHIVE
+from workflows.sealing import seal
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -146,6 +157,39 @@ def assert_archive_matches(archive: zipfile.ZipFile, expected: dict[int, bytes])
 def archive_manifest(archive: zipfile.ZipFile) -> Json:
     manifest: Json = json.loads(archive.read("manifest.json"))
     return manifest
+
+
+# The workflow run of ActivityEnvironment's activities.
+ACTIVITY_RUN = "test-run"
+
+
+def sealed_input(
+    settings: Settings, job_id: str, file_ids: list[int], mtime: datetime, **options: Any
+) -> PackageInput:
+    """Packaging input of job `job_id` as the workflow passes it: with the request the API
+    sealed (`options` are its `JobOptions`). Ids the request model refuses are set unchecked,
+    for tests of how the worker treats them."""
+    request = DownloadRequest(
+        job_id=job_id, file_ids=[MIN_FILE_ID], created_at=mtime, options=JobOptions(**options)
+    )
+    request = seal(request.model_copy(update={"file_ids": file_ids}), settings)
+    return PackageInput(
+        job_id=job_id,
+        file_ids=file_ids,
+        mtime=mtime,
+        compression=request.options.compression,
+        storage_retry=request.options.retry,
+        max_archive_bytes=request.options.max_archive_bytes,
+        keys_per_run=True,
+        request=request,
+    )
+
+
+def activity_env(job_id: str, **info: Any) -> ActivityEnvironment:
+    """An activity of the run `ACTIVITY_RUN` of job `job_id`'s workflow, as Temporal names it."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=job_id, **info)
+    return env
 
 
 async def start_job(

@@ -42,6 +42,7 @@ from workflows.errors import ErrorType
 from workflows.models import (
     ArchivePart,
     Checkpoint,
+    DownloadRequest,
     FileState,
     FileStatus,
     PackageInput,
@@ -51,6 +52,7 @@ from workflows.models import (
     RetryOptions,
     SourceFile,
 )
+from workflows.sealing import seal
 
 MIB = 1024 * 1024
 
@@ -59,19 +61,49 @@ def _sources(settings: Settings, sizes: dict[int, int]) -> list[SourceFile]:
     return [SourceFile(file_id=i, key=settings.source_key(i), size=s) for i, s in sizes.items()]
 
 
-def _request(settings: Settings, sizes: dict[int, int], job_id: str = "a") -> PackageInput:
-    """Packaging input of job `job_id`, whose archive is `settings.archive_key(job_id)`."""
+MTIME = datetime(2024, 5, 1, tzinfo=UTC)
+RUN = "test-run"  # the run id of ActivityEnvironment's activities
+
+
+def _input(settings: Settings, file_ids: list[int], job_id: str = "a") -> PackageInput:
+    """Packaging input of job `job_id`, sealed as the API seals its requests; the run `RUN`
+    writes its archive to `_key(settings, job_id)`."""
+    request = seal(DownloadRequest(job_id=job_id, file_ids=file_ids, created_at=MTIME), settings)
     return PackageInput(
         job_id=job_id,
-        sources=_sources(settings, sizes),
-        mtime=datetime(2024, 5, 1, tzinfo=UTC),
+        file_ids=file_ids,
+        mtime=MTIME,
+        storage_retry=request.options.retry,
+        request=request,
     )
 
 
+def _request(settings: Settings, sizes: dict[int, int], job_id: str = "a") -> PackageInput:
+    return _input(settings, list(sizes), job_id)
+
+
+def _env(job_id: str = "a", **info: Any) -> ActivityEnvironment:
+    """An activity of the run `RUN` of job `job_id`'s workflow."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=job_id, **info)
+    return env
+
+
+def _key(settings: Settings, job_id: str = "a") -> str:
+    return settings.archive_key(job_id, RUN)
+
+
+def _before_sealing(settings: Settings) -> Settings:
+    """A worker deployed while runs from before sealing are under way: their activities, all
+    scheduled before now (ActivityEnvironment's are scheduled at the epoch), still run."""
+    return settings.model_copy(update={"request_seal_legacy_before": datetime.now(UTC)})
+
+
 async def test_resolve_marks_missing_and_invalid(settings: Settings, store: ObjectStore) -> None:
+    """Only runs from before packaging resolved the ids itself (and before sealing) call it."""
     put_sources(store, settings, {10_001: 5})
-    acts = DownloadActivities(store, settings)
-    result = await ActivityEnvironment().run(
+    acts = DownloadActivities(store, _before_sealing(settings))
+    result = await _env("j").run(
         acts.resolve_files, ResolveInput(job_id="j", file_ids=[10_001, 10_002, 5])
     )
     by_id = {f.file_id: f for f in result.files}
@@ -87,13 +119,13 @@ async def test_heartbeats_carry_progress_and_a_resume_pointer(
     sources = put_sources(store, settings, sizes)
     beats: list[PackageProgress] = []
     kept: list[Checkpoint | None] = []
-    env = ActivityEnvironment()
+    env = _env()
 
     def on_beat(*details: Any) -> None:
         beats.append(details[0])
         if details[0].resume is not None and not kept:
             # The checkpoint the pointer names is in S3 before the heartbeat is sent.
-            kept.append(decode(b"".join(store.read("archives/a.zip.checkpoint"))))
+            kept.append(decode(b"".join(store.read(_key(settings) + ".checkpoint"))))
 
     env.on_heartbeat = on_beat
     result = await env.run(
@@ -111,9 +143,9 @@ async def test_heartbeats_carry_progress_and_a_resume_pointer(
     assert checkpoint is not None and checkpoint.upload_id == pointers[0].upload_id
     assert checkpoint.parts == [] and checkpoint.part_count == pointers[0].parts
     assert max(b.bytes_done for b in beats) <= sum(sizes.values())
-    assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+    assert_archive_matches(read_archive(store, _key(settings)), sources)
     # A complete archive's checkpoint holds the result, for a late attempt of the same run.
-    final = decode(b"".join(store.read("archives/a.zip.checkpoint")))
+    final = decode(b"".join(store.read(_key(settings) + ".checkpoint")))
     assert final is not None and final.result == result
 
 
@@ -126,20 +158,17 @@ async def test_a_late_attempt_returns_the_archive_an_earlier_one_completed(
     put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
     beats: list[PackageProgress] = []
-    first = ActivityEnvironment()
+    first = _env()
     first.on_heartbeat = lambda *d: beats.append(d[0])
     done = await first.run(acts.package_archive, _request(settings, sizes))
     last = [b for b in beats if b.resume][-1]
-    archive = store.stat("archives/a.zip")
+    archive = store.stat(_key(settings))
 
     uploads = s3_operations("upload_part")
-    late = ActivityEnvironment()
-    late.info = dataclasses.replace(
-        late.info, heartbeat_details=[last.model_dump(mode="json")], attempt=2
-    )
+    late = _env(heartbeat_details=[last.model_dump(mode="json")], attempt=2)
     assert await late.run(acts.package_archive, _request(settings, sizes)) == done
     assert s3_operations("upload_part") == uploads
-    assert store.stat("archives/a.zip") == archive
+    assert store.stat(_key(settings)) == archive
 
 
 class _SlowCompletion(ObjectStore):
@@ -163,28 +192,27 @@ async def test_an_attempt_cancelled_while_completing_leaves_its_result(
     put_sources(store, settings, sizes)
     slow = _SlowCompletion(settings)
     acts = DownloadActivities(slow, settings)
-    first = ActivityEnvironment()
+    first = _env()
     slow.during = lambda: first.cancel(ActivityCancellationDetails(not_found=True))
     with pytest.raises(asyncio.CancelledError):
         await first.run(acts.package_archive, _request(settings, sizes))
-    archive = store.stat("archives/a.zip")
+    archive = store.stat(_key(settings))
 
     for file_id in sizes:
         store.delete(settings.source_key(file_id))  # nothing left to package again
-    retried = ActivityEnvironment()
-    retried.info = dataclasses.replace(retried.info, attempt=2)
+    retried = _env(attempt=2)
     result = await retried.run(acts.package_archive, _request(settings, sizes))
     assert result.archive_size == archive.size and result.files_packaged == 2
-    assert store.stat("archives/a.zip") == archive
+    assert store.stat(_key(settings)) == archive
 
 
-def _digests(store: ObjectStore, job_id: str, seen: dict[int, str]) -> Callable[..., None]:
+def _digests(store: ObjectStore, archive_key: str, seen: dict[int, str]) -> Callable[..., None]:
     """A heartbeat callback noting the parts digest of each checkpoint the pointer names."""
 
     def on_beat(*details: Any) -> None:
         progress: PackageProgress = details[0]
         if progress.resume is not None and progress.resume.parts not in seen:
-            kept = decode(b"".join(store.read(f"archives/{job_id}.zip.checkpoint")))
+            kept = decode(b"".join(store.read(f"{archive_key}.checkpoint")))
             if kept is not None and kept.part_count and kept.parts_sha256:
                 seen[kept.part_count] = kept.parts_sha256
 
@@ -198,7 +226,7 @@ async def test_resume_from_a_checkpoint_reads_only_what_is_left(
     sizes = {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 3 * MIB, 10_004: 9 * MIB}
     sources = put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
-    first = ActivityEnvironment()
+    first = _env()
     checkpoints: list[PackageProgress] = []
 
     def on_beat(*details: Any) -> None:
@@ -213,22 +241,19 @@ async def test_resume_from_a_checkpoint_reads_only_what_is_left(
         await first.run(acts.package_archive, _request(settings, sizes))
     (checkpoint,) = checkpoints
 
-    second = ActivityEnvironment()
-    second.info = dataclasses.replace(
-        second.info, heartbeat_details=[checkpoint.model_dump(mode="json")], attempt=2
-    )
+    second = _env(heartbeat_details=[checkpoint.model_dump(mode="json")], attempt=2)
     resumed: dict[int, str] = {}
-    second.on_heartbeat = _digests(store, "a", resumed)
+    second.on_heartbeat = _digests(store, _key(settings), resumed)
     result = await second.run(acts.package_archive, _request(settings, sizes))
     assert result.resumed_from > 0
     assert result.source_bytes_read < sum(sizes.values())
-    assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+    assert_archive_matches(read_archive(store, _key(settings)), sources)
 
     # Cut into the very same parts as an attempt never interrupted, so that an attempt
     # Temporal gave up on, still uploading, writes the same bytes under a part's number.
     whole: dict[int, str] = {}
-    uninterrupted = ActivityEnvironment()
-    uninterrupted.on_heartbeat = _digests(store, "b", whole)
+    uninterrupted = _env("b")
+    uninterrupted.on_heartbeat = _digests(store, _key(settings, "b"), whole)
     await uninterrupted.run(acts.package_archive, _request(settings, sizes, "b"))
     # The last part holds the manifest, which names the job: the parts before it are compared.
     last = max(whole)
@@ -247,7 +272,7 @@ async def test_a_retried_attempt_finds_its_runs_checkpoint_without_a_heartbeat(
     sizes = {10_001: 6 * MIB, 10_002: 6 * MIB, 10_003: 3 * MIB, 10_004: 9 * MIB}
     sources = put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
-    first = ActivityEnvironment()
+    first = _env()
 
     def on_beat(*details: Any) -> None:
         progress: PackageProgress = details[0]
@@ -259,15 +284,14 @@ async def test_a_retried_attempt_finds_its_runs_checkpoint_without_a_heartbeat(
         await first.run(acts.package_archive, _request(settings, sizes))
     run_id = first.info.workflow_run_id
 
-    checkpoints = Checkpoints(store, settings.archive_key("a"), _in_thread)
+    checkpoints = Checkpoints(store, _key(settings), _in_thread)
     assert await checkpoints.to_resume(None, "another-run") is None
 
-    retried = ActivityEnvironment()
-    retried.info = dataclasses.replace(retried.info, workflow_run_id=run_id, attempt=2)
+    retried = _env(workflow_run_id=run_id, attempt=2)
     result = await retried.run(acts.package_archive, _request(settings, sizes))
     assert result.resumed_from > 0
     assert result.source_bytes_read < sum(sizes.values())
-    assert_archive_matches(read_archive(store, "archives/a.zip"), sources)
+    assert_archive_matches(read_archive(store, _key(settings)), sources)
 
 
 async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
@@ -275,7 +299,7 @@ async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
 ) -> None:
     slow = slow_origin(settings, 60_000)
     put_sources(store, settings, {10_001: 10})
-    env = ActivityEnvironment()
+    env = _env()
     beats: list[PackageProgress] = []
     env.on_heartbeat = lambda *d: beats.append(d[0])
 
@@ -290,7 +314,7 @@ async def test_cancellation_while_waiting_on_a_slow_origin_aborts(
             DownloadActivities(store, slow).package_archive, _request(settings, {10_001: 10})
         )
     await canceller
-    assert store.stat_or_none("archives/a.zip") is None
+    assert store.stat_or_none(_key(settings)) is None
     assert store.list_objects("archives/") == []
 
 
@@ -334,11 +358,13 @@ async def test_resumes_from_a_checkpoint_heartbeated_by_the_previous_version(
     )
     checkpoint = details["checkpoint"]
     (number, etag), offset = checkpoint["parts"][0], checkpoint["writer"]["offset"]
-    acts = DownloadActivities(store, settings)
+    # Unsealed, as every request of that version: accepted from a run under way since then,
+    # whose archive keeps the key it was begun under.
+    acts = DownloadActivities(store, _before_sealing(settings))
 
     # The archive as this version writes it in one go: it must be the one the old worker began.
     fresh = request.model_copy(update={"job_id": "fresh"})
-    await ActivityEnvironment().run(acts.package_archive, fresh)
+    await _env("fresh").run(acts.package_archive, fresh)
     whole = b"".join(store.read(settings.archive_key("fresh")))
     # The old worker's stored part, uploaded again (S3 gave it an upload id of its own).
     key = settings.archive_key(request.job_id)
@@ -346,8 +372,7 @@ async def test_resumes_from_a_checkpoint_heartbeated_by_the_previous_version(
     assert store.upload_part(key, upload_id, number, whole[:offset]) == etag
     checkpoint["upload_id"] = upload_id
 
-    resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, heartbeat_details=[details], attempt=2)
+    resumed = _env(request.job_id, heartbeat_details=[details], attempt=2)
     result = await resumed.run(acts.package_archive, request)
 
     assert result.resumed_from == offset > 0
@@ -449,12 +474,11 @@ async def test_storage_failures_count_against_their_own_budget(plain_settings: S
 async def _three_attempts(acts: DownloadActivities) -> tuple[list[ApplicationError], list[Any]]:
     """Three failing attempts of one job with the seeds' storage budget, each given the last
     heartbeat of the one before: their errors and last heartbeats."""
-    request = PackageInput(job_id="b", file_ids=[10_001], storage_retry=RetryOptions())
+    request = _input(acts.settings, [10_001], "b")
     errors: list[ApplicationError] = []
     details: list[Any] = []
     for attempt in (1, 2, 3):
-        env = ActivityEnvironment()
-        env.info = dataclasses.replace(env.info, heartbeat_details=details[-1:], attempt=attempt)
+        env = _env("b", heartbeat_details=details[-1:], attempt=attempt)
         beats: list[Any] = []
         env.on_heartbeat = beats.append
         with pytest.raises(ApplicationError) as raised:
@@ -510,15 +534,15 @@ async def test_not_found_is_believed_only_once_the_bucket_answers(
     and is retried, instead of packaging nothing and calling every source missing."""
     store = _Broken(settings, ObjectNotFound("downloads/10001.zip: not found"), bucket=False)
     acts = DownloadActivities(store, settings)
-    request = PackageInput(job_id="b", file_ids=[10_001, 10_002], storage_retry=RetryOptions())
+    request = _input(settings, [10_001, 10_002], "b")
     with pytest.raises(ApplicationError) as raised:
-        await ActivityEnvironment().run(acts.package_archive, request)
+        await _env("b").run(acts.package_archive, request)
     assert raised.value.type == ErrorType.storage_unavailable
     assert not raised.value.non_retryable
 
     store.bucket_answers = True  # the bucket answers: the sources really are gone
     with pytest.raises(ApplicationError) as raised:
-        await ActivityEnvironment().run(acts.package_archive, request)
+        await _env("b").run(acts.package_archive, request)
     assert raised.value.type == ErrorType.nothing_to_package
 
 
@@ -530,9 +554,7 @@ async def test_a_stored_part_gives_the_storage_attempts_back(
     put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
     beats: list[PackageProgress] = []
-    env = ActivityEnvironment()
-    env.info = dataclasses.replace(
-        env.info,
+    env = _env(
         heartbeat_details=[PackageProgress(storage_failures=2).model_dump(mode="json")],
         attempt=3,
     )

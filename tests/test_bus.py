@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import WorkflowEnvironment
 
 from activities.packaging import DownloadActivities
 from activities.publishing import heartbeat_seconds
@@ -23,8 +23,10 @@ from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import NatsServer, free_port
 from tests.helpers import (
+    activity_env,
     initiate,
     put_sources,
+    sealed_input,
     serve,
     services,
     slow_origin,
@@ -33,7 +35,7 @@ from tests.helpers import (
     with_keys,
 )
 from worker import build_worker
-from workflows.models import PackageInput, PackageProgress, ProgressNotice, SourceFile
+from workflows.models import PackageProgress, ProgressNotice
 
 NATS_USER, NATS_PASSWORD = "downloads", "test-bus-password-0123456789abcdef"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -217,12 +219,8 @@ async def test_an_attempt_publishes_its_progress_and_heartbeats_for_durability(
     live = slow_origin(on_bus(settings, nats_server), 250)
     sizes = {10_001 + i: 20_000 for i in range(8)}
     put_sources(store, live, sizes)
-    request = PackageInput(
-        job_id="bus-job",
-        sources=[SourceFile(file_id=i, key=live.source_key(i), size=n) for i, n in sizes.items()],
-        mtime=datetime(2024, 5, 1, tzinfo=UTC),
-    )
-    env = ActivityEnvironment()
+    request = sealed_input(live, "bus-job", list(sizes), datetime(2024, 5, 1, tzinfo=UTC))
+    env = activity_env("bus-job")
     env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=4))
     beats: list[PackageProgress] = []
     env.on_heartbeat = lambda *d: beats.append(d[0])

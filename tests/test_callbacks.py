@@ -7,6 +7,7 @@ Every target here is a loopback server of this file; names resolve through a fak
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import socket
@@ -45,9 +46,11 @@ from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import put_sources, start_job, wait_for
 from worker import build_worker
+from workflows.client import new_request
 from workflows.errors import ErrorType
 from workflows.models import CallbackNotice, JobState, JobStatus
 from workflows.names import STATE_MEMO_KEY
+from workflows.sealing import seal
 
 MIB = 1024 * 1024
 NAME = "callback.test"  # resolved by the `dns` fixture only
@@ -210,8 +213,19 @@ def notice(
     )
 
 
+def sealed_for(settings: Settings, sent: CallbackNotice) -> CallbackNotice:
+    """The notice bound to a request the API sealed for its job, owner and URL."""
+    # Built unchecked: some tests send URLs no request would pass, to see the activity refuse.
+    request = new_request(settings, "job-1", [10_001], owner=sent.owner)
+    request = request.model_copy(update={"callback_url": sent.url})
+    return sent.model_copy(update={"request": seal(request, settings)})
+
+
 async def deliver(acts: CallbackActivities, sent: CallbackNotice) -> int:
-    result: int = await ActivityEnvironment().run(acts.send_callback, sent)
+    """Deliver as the callback activity of the run of job-1 that sealed it."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id="job-1")
+    result: int = await env.run(acts.send_callback, sealed_for(acts.settings, sent))
     return result
 
 

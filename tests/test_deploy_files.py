@@ -927,11 +927,13 @@ def test_the_api_trusts_nginx_alone_and_no_secret_has_a_default() -> None:
 
 
 # The secrets among the settings, and which each app service uses: the API signs tickets, checks
-# credentials and signs links; the worker signs callbacks; the seed job writes the sources.
+# credentials, signs links and seals requests; the worker signs callbacks and checks the seals;
+# the seed job writes the sources.
 SECRET_SETTINGS = {
     "AUTH_JWT_SECRET",
     "AUTH_API_KEYS",
     "STREAM_TICKET_SECRET",
+    "REQUEST_SEAL_SECRET",
     "CALLBACK_SECRET",
     "S3_SECRET_ACCESS_KEY",
     "S3_PRESIGN_SECRET_ACCESS_KEY",
@@ -942,11 +944,17 @@ USED_SECRETS = {
         "AUTH_JWT_SECRET",
         "AUTH_API_KEYS",
         "STREAM_TICKET_SECRET",
+        "REQUEST_SEAL_SECRET",
         "S3_SECRET_ACCESS_KEY",
         "S3_PRESIGN_SECRET_ACCESS_KEY",
         "PAYLOAD_ENCRYPTION_KEYS",
     },
-    "worker": {"CALLBACK_SECRET", "S3_SECRET_ACCESS_KEY", "PAYLOAD_ENCRYPTION_KEYS"},
+    "worker": {
+        "CALLBACK_SECRET",
+        "REQUEST_SEAL_SECRET",
+        "S3_SECRET_ACCESS_KEY",
+        "PAYLOAD_ENCRYPTION_KEYS",
+    },
     "seed": {"S3_SECRET_ACCESS_KEY"},
 }
 # Which MinIO user's credentials each app service holds, and that user's policy.

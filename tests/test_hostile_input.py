@@ -20,6 +20,7 @@ from core.config import Settings
 from core.storage import ObjectStore
 from devstack.servers import BIN
 from tests.helpers import put_sources, source_bytes
+from workflows.client import new_request
 from workflows.errors import ErrorType
 from workflows.models import JobState
 from workflows.names import DOWNLOAD_WORKFLOW
@@ -83,15 +84,17 @@ async def test_an_input_naming_other_objects_writes_only_the_jobs_own_archive(
     put_sources(store, settings, {10_001: 100, 10_002: 200})
     victim = settings.source_key(10_002)
     job_id = f"job-{uuid.uuid4()}"
-    # Fields an older or forged input may carry are ignored: keys come from the worker.
-    hostile = valid_input(job_id, archive_key=victim, sources=[{"file_id": 10_001, "key": victim}])
+    # Fields an older or forged input may carry are ignored: keys come from the worker. (Sealed,
+    # as a request the API started and someone copied out of Temporal would be.)
+    sealed = new_request(settings, job_id, [10_001], owner="mallory").model_dump(mode="json")
+    hostile = {**sealed, "archive_key": victim, "sources": [{"file_id": 10_001, "key": victim}]}
     cli_start(env, settings, job_id, hostile)
     handle = env.client.get_workflow_handle(job_id, result_type=JobState)
     state = await handle.result()
-    key = settings.archive_key(job_id, (await handle.describe()).run_id)
-    assert state.archive_key == key
+    own = settings.archive_key(job_id, (await handle.describe()).run_id)
+    assert state.archive_key == own
     assert b"".join(store.read(victim)) == source_bytes(10_002, 200)
-    assert [o.key for o in store.list_objects("archives/")] == [key]
+    assert [o.key for o in store.list_objects("archives/")] == [own]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from temporalio.activity import ActivityCancellationDetails
-from temporalio.testing import ActivityEnvironment
 
 from activities import digests
 from activities.checkpoints import decode
@@ -24,15 +23,22 @@ from activities.packaging import DownloadActivities
 from core.config import Settings
 from core.storage import ObjectStore
 from core.zipstream import ResumableZipWriter
-from tests.helpers import archive_manifest, assert_archive_matches, put_sources, read_archive
+from tests.helpers import (
+    activity_env,
+    archive_manifest,
+    assert_archive_matches,
+    put_sources,
+    read_archive,
+    sealed_input,
+)
 from workflows.models import Checkpoint, PackageInput, PackageProgress
 
 MIB = 1024 * 1024
 CREATED = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 
 
-def _request(file_ids: list[int], job_id: str = "m") -> PackageInput:
-    return PackageInput(job_id=job_id, file_ids=file_ids, mtime=CREATED, keys_per_run=True)
+def _request(settings: Settings, file_ids: list[int], job_id: str = "m") -> PackageInput:
+    return sealed_input(settings, job_id, file_ids, CREATED)
 
 
 def _unzip_listing(path: Path) -> list[str]:
@@ -70,7 +76,7 @@ async def test_manifest_lists_every_requested_id(
     sources = put_sources(store, settings, sizes)
     requested = [10_003, 99_999, 10_001, 5, 10_002]
     acts = DownloadActivities(store, settings)
-    result = await ActivityEnvironment().run(acts.package_archive, _request(requested))
+    result = await activity_env("m").run(acts.package_archive, _request(settings, requested))
 
     key = settings.archive_key("m", "test-run")
     assert result.archive_key == key and [p.key for p in result.parts] == [key]
@@ -111,7 +117,7 @@ async def test_a_digest_cut_mid_file_is_finished_by_the_resumed_attempt(
     sources = put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
     key = settings.archive_key("m", "test-run")
-    first = ActivityEnvironment()
+    first = activity_env("m")
     cut: list[tuple[PackageProgress, Checkpoint]] = []
 
     def on_beat(*details: Any) -> None:
@@ -124,25 +130,25 @@ async def test_a_digest_cut_mid_file_is_finished_by_the_resumed_attempt(
 
     first.on_heartbeat = on_beat
     with pytest.raises(asyncio.CancelledError):
-        await first.run(acts.package_archive, _request(list(sizes)))
+        await first.run(acts.package_archive, _request(settings, list(sizes)))
     ((progress, kept),) = cut
     assert kept.file_index == 0 and 0 < kept.file_offset < sizes[10_001]
     assert kept.digest_state is not None and kept.digests == {}
 
-    second = ActivityEnvironment()
+    second = activity_env("m")
     second.info = dataclasses.replace(
         second.info, heartbeat_details=[progress.model_dump(mode="json")], attempt=2
     )
-    result = await second.run(acts.package_archive, _request(list(sizes)))
+    result = await second.run(acts.package_archive, _request(settings, list(sizes)))
     assert result.resumed_from > 0
     assert result.source_bytes_read == sum(sizes.values()) - kept.file_offset
     assert result.digests[10_001] == hashlib.sha256(sources[10_001]).hexdigest()
     assert_archive_matches(read_archive(store, key), sources)
 
     # Byte for byte the archive of an attempt never interrupted (same job, another run).
-    whole = ActivityEnvironment()
+    whole = activity_env("m")
     whole.info = dataclasses.replace(whole.info, workflow_run_id="other-run")
-    await whole.run(acts.package_archive, _request(list(sizes)))
+    await whole.run(acts.package_archive, _request(settings, list(sizes)))
     again = b"".join(store.read(settings.archive_key("m", "other-run")))
     assert b"".join(store.read(key)) == again
 

@@ -113,6 +113,7 @@ SAFE_PRODUCTION = {
     "AUTH_JWT_SECRET": "j" * 40,
     "CALLBACK_SECRET": "c" * 40,
     "STREAM_TICKET_SECRET": "t" * 40,
+    "REQUEST_SEAL_SECRET": "r" * 40,
     "S3_ACCESS_KEY_ID": "downloads-service",
     "S3_SECRET_ACCESS_KEY": "s" * 40,
     "S3_PRESIGN_ACCESS_KEY_ID": "downloads-reader",
@@ -130,6 +131,7 @@ SAFE_PRODUCTION = {
             [
                 "no authentication",
                 "STREAM_TICKET_SECRET",
+                "REQUEST_SEAL_SECRET",
                 "S3 credentials",
                 "S3_PUBLIC_ENDPOINT",
                 "S3_PRESIGN_ACCESS_KEY_ID",
@@ -140,6 +142,7 @@ SAFE_PRODUCTION = {
             "download-worker",
             [
                 "CALLBACK_SECRET",
+                "REQUEST_SEAL_SECRET",
                 "S3 credentials",
                 "CALLBACK_ALLOW_PRIVATE",
                 "TEMPORAL_TRUSTED_NETWORK",
@@ -188,6 +191,8 @@ def test_production_refuses_to_start_unsafe(entry_point: str, expected: list[str
         ({"AUTH_API_KEYS": f"{'k' * 40}=alice,{'k' * 31}=bob"}, "1 key(s) shorter than 32"),
         ({"AUTH_JWT_PUBLIC_KEY": "pem", "AUTH_JWT_ISSUER": "https://id"}, "AUTH_JWT_AUDIENCE"),
         ({"AUTH_JWT_PUBLIC_KEY": "pem", "AUTH_JWT_AUDIENCE": "downloads"}, "AUTH_JWT_ISSUER"),
+        ({"REQUEST_SEAL_SECRET": "change-me"}, "REQUEST_SEAL_SECRET"),
+        ({"REQUEST_SEAL_SECRET": ""}, "REQUEST_SEAL_SECRET"),
     ],
 )
 def test_each_unsafe_production_setting_is_named(
@@ -233,6 +238,7 @@ def test_each_process_is_asked_for_what_it_uses(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "w" * 40)
     assert load_settings(Process.tool, _env_file=None)  # reaches no Temporal: plaintext or not
     monkeypatch.setenv("TEMPORAL_TRUSTED_NETWORK", "true")
+    monkeypatch.setenv("REQUEST_SEAL_SECRET", SAFE_PRODUCTION["REQUEST_SEAL_SECRET"])
     with pytest.raises(SystemExit):
         load_settings(Process.worker, _env_file=None)  # CALLBACK_SECRET is the example value
     monkeypatch.setenv("CALLBACK_SECRET", "c" * 40)

@@ -22,11 +22,13 @@ from activities.packaging import DownloadActivities
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import (
+    activity_env,
     api_client,
     archive_manifest,
     assert_error,
     package_results,
     put_sources,
+    sealed_input,
     slow_origin_env,
     start_job,
     wait_for,
@@ -38,14 +40,11 @@ from workflows.models import Checkpoint, PackageInput, PackageProgress, PackageR
 MIB = 1024 * 1024
 
 
-def _request(file_ids: list[int], limit: int, job_id: str = "s") -> PackageInput:
-    return PackageInput(
-        job_id=job_id,
-        file_ids=file_ids,
-        mtime=datetime(2024, 5, 1, tzinfo=UTC),
-        max_archive_bytes=limit,
-        keys_per_run=True,
-    )
+def _request(
+    settings: Settings, file_ids: list[int], limit: int, job_id: str = "s", **options: Any
+) -> PackageInput:
+    created = datetime(2024, 5, 1, tzinfo=UTC)
+    return sealed_input(settings, job_id, file_ids, created, max_archive_bytes=limit, **options)
 
 
 def _parts(store: ObjectStore, result: PackageResult) -> list[zipfile.ZipFile]:
@@ -88,8 +87,8 @@ async def test_parts_are_standalone_zips_within_the_limit(
     sources = put_sources(store, settings, sizes)
     requested = [10_001, 99_999, 10_002, 10_003, 10_004, 10_005]
     acts = DownloadActivities(store, settings)
-    request = _request(requested, limit).model_copy(update={"compression": compression})
-    result = await ActivityEnvironment().run(acts.package_archive, request)
+    request = _request(settings, requested, limit, compression=compression)
+    result = await activity_env("s").run(acts.package_archive, request)
 
     assert [p.key for p in result.parts] == [
         settings.archive_key("s", "test-run", n) for n in (1, 2, 3, 4)
@@ -131,7 +130,7 @@ async def test_a_worker_lost_in_part_two_resumes_part_two(
     sources = put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
     checkpoint_key = settings.archive_key("s", "test-run") + ".checkpoint"
-    first = ActivityEnvironment()
+    first = activity_env("s")
     cut: list[tuple[PackageProgress, Checkpoint]] = []
 
     def on_beat(*details: Any) -> None:
@@ -145,17 +144,17 @@ async def test_a_worker_lost_in_part_two_resumes_part_two(
 
     first.on_heartbeat = on_beat
     with pytest.raises(asyncio.CancelledError):
-        await first.run(acts.package_archive, _request(list(sizes), limit))
+        await first.run(acts.package_archive, _request(settings, list(sizes), limit))
     ((progress, kept),) = cut
     assert [p.number for p in kept.archive_parts] == [1]
     assert kept.file_index == 2 and kept.file_offset > 0 and kept.digest_state is not None
     part_one = store.stat(settings.archive_key("s", "test-run"))
 
-    second = ActivityEnvironment()
+    second = activity_env("s")
     second.info = dataclasses.replace(
         second.info, heartbeat_details=[progress.model_dump(mode="json")], attempt=2
     )
-    result = await second.run(acts.package_archive, _request(list(sizes), limit))
+    result = await second.run(acts.package_archive, _request(settings, list(sizes), limit))
     assert store.stat(settings.archive_key("s", "test-run")) == part_one
     part_one_bytes = sizes[10_001] + sizes[10_002]
     assert result.source_bytes_read == sum(sizes.values()) - part_one_bytes - kept.file_offset
@@ -164,9 +163,9 @@ async def test_a_worker_lost_in_part_two_resumes_part_two(
     _assert_parts_hold(_parts(store, result), sources, expected)
 
     # The same parts, byte for byte, as a run never interrupted.
-    whole = ActivityEnvironment()
+    whole = activity_env("s")
     whole.info = dataclasses.replace(whole.info, workflow_run_id="other-run")
-    other = await whole.run(acts.package_archive, _request(list(sizes), limit))
+    other = await whole.run(acts.package_archive, _request(settings, list(sizes), limit))
     for mine, theirs in zip(result.parts, other.parts, strict=True):
         assert b"".join(store.read(mine.key)) == b"".join(store.read(theirs.key))
 
@@ -179,7 +178,7 @@ async def test_a_worker_lost_at_a_part_boundary_starts_the_next_part(
     sizes = {10_001: 3 * MIB, 10_002: 3 * MIB}
     sources = put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
-    first = ActivityEnvironment()
+    first = activity_env("s")
     at_boundary: list[PackageProgress] = []
 
     def on_beat(*details: Any) -> None:
@@ -190,14 +189,14 @@ async def test_a_worker_lost_at_a_part_boundary_starts_the_next_part(
 
     first.on_heartbeat = on_beat
     with pytest.raises(asyncio.CancelledError):
-        await first.run(acts.package_archive, _request(list(sizes), limit))
+        await first.run(acts.package_archive, _request(settings, list(sizes), limit))
     (progress,) = at_boundary
 
-    second = ActivityEnvironment()
+    second = activity_env("s")
     second.info = dataclasses.replace(
         second.info, heartbeat_details=[progress.model_dump(mode="json")], attempt=2
     )
-    result = await second.run(acts.package_archive, _request(list(sizes), limit))
+    result = await second.run(acts.package_archive, _request(settings, list(sizes), limit))
     assert result.source_bytes_read == sizes[10_002]
     _assert_parts_hold(_parts(store, result), sources, [[10_001], [10_002]])
 
@@ -260,7 +259,7 @@ async def test_a_heartbeat_left_behind_in_part_one_still_resumes_part_two(
     sources = put_sources(store, settings, sizes)
     acts = DownloadActivities(store, settings)
     checkpoint_key = settings.archive_key("s", "test-run") + ".checkpoint"
-    first = ActivityEnvironment()
+    first = activity_env("s")
     beats: list[PackageProgress] = []
     cut: list[Checkpoint] = []
 
@@ -276,7 +275,7 @@ async def test_a_heartbeat_left_behind_in_part_one_still_resumes_part_two(
 
     first.on_heartbeat = on_beat
     with pytest.raises(asyncio.CancelledError):
-        await first.run(acts.package_archive, _request(list(sizes), limit))
+        await first.run(acts.package_archive, _request(settings, list(sizes), limit))
     (kept,) = cut
     in_part_one = beats[0]
     assert in_part_one.resume is not None and in_part_one.resume.upload_id not in (
@@ -284,11 +283,11 @@ async def test_a_heartbeat_left_behind_in_part_one_still_resumes_part_two(
         kept.upload_id,
     )
 
-    retried = ActivityEnvironment()
+    retried = activity_env("s")
     retried.info = dataclasses.replace(
         retried.info, heartbeat_details=[in_part_one.model_dump(mode="json")], attempt=2
     )
-    result = await retried.run(acts.package_archive, _request(list(sizes), limit))
+    result = await retried.run(acts.package_archive, _request(settings, list(sizes), limit))
     part_one_bytes = sizes[10_001] + sizes[10_002]
     assert result.source_bytes_read == sum(sizes.values()) - part_one_bytes - kept.file_offset
     _assert_parts_hold(_parts(store, result), sources, [[10_001, 10_002], [10_003, 10_004]])

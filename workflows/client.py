@@ -51,6 +51,7 @@ from workflows.names import (
     OWNER,
     STATE_MEMO_KEY,
 )
+from workflows.sealing import seal
 
 log = get_logger(__name__)
 
@@ -126,8 +127,8 @@ def new_request(
     priority: int | None = None,
     max_archive_bytes: int | None = None,
 ) -> DownloadRequest:
-    """A workflow input: ids deduplicated in their order, options from the settings."""
-    return DownloadRequest(
+    """A workflow input, sealed: ids deduplicated in their order, options from the settings."""
+    request = DownloadRequest(
         job_id=job_id,
         owner=owner,
         file_ids=list(dict.fromkeys(file_ids)),
@@ -137,6 +138,7 @@ def new_request(
         request_id=request_id,
         priority=priority,
     )
+    return seal(request, settings)
 
 
 async def start_download(

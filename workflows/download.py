@@ -129,6 +129,7 @@ class DownloadWorkflow:
                     storage_retry=request.options.retry,
                     max_archive_bytes=request.options.max_archive_bytes,
                     keys_per_run=True,
+                    request=request,
                 ),
                 start_to_close_timeout=timedelta(seconds=request.options.package_timeout_seconds),
                 schedule_to_close_timeout=timedelta(seconds=request.options.deadline_seconds),
@@ -169,7 +170,10 @@ class DownloadWorkflow:
         resolved: ResolveResult = await workflow.execute_activity(
             RESOLVE_FILES,
             ResolveInput(
-                job_id=request.job_id, file_ids=request.file_ids, request_id=request.request_id
+                job_id=request.job_id,
+                file_ids=request.file_ids,
+                request_id=request.request_id,
+                request=request,
             ),
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(seconds=request.options.heartbeat_timeout_seconds),
@@ -268,6 +272,7 @@ class DownloadWorkflow:
             url=request.callback_url,
             owner=request.owner,
             delivery_id=f"{state.job_id}:{workflow.info().run_id}:{state.status.value}",
+            request=request,
             payload={
                 "jobId": state.job_id,
                 "status": state.status.value,

@@ -8,6 +8,7 @@ the settings share (`core.bounds`).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -99,7 +100,8 @@ class DownloadRequest(BaseModel):
     """Input of `DownloadWorkflow`; workflow id = `job_id`.
 
     Validated by the workflow itself, whoever started it. It names no S3 key: the worker derives
-    every key from the job id and file ids with its own templates.
+    every key from the job id, run id and file ids with its own templates. Sealed by the API
+    (`seal`), which is what lets the worker act for its owner.
     """
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
@@ -111,6 +113,15 @@ class DownloadRequest(BaseModel):
     request_id: str | None = Field(default=None, max_length=128)
     # Temporal's priority key of the run and its activities (None: Temporal's default).
     priority: PriorityLevel | None = None
+    # HMAC-SHA256 (hex) over `sealed_content()` with a secret only the API and the worker hold:
+    # the worker acts for the owner only on a request the API sealed (`workflows.sealing`).
+    seal: str | None = Field(default=None, max_length=128)
+
+    def sealed_content(self) -> bytes:
+        """What the seal covers: every field but the seal, as canonical JSON. Fields at their
+        default are left out, so a field added later with a default keeps earlier seals valid."""
+        content = self.model_dump(mode="json", exclude={"seal"}, exclude_defaults=True)
+        return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def checked(cls, payload: object, workflow_id: str) -> DownloadRequest:
@@ -205,6 +216,8 @@ class ResolveInput(BaseModel):
     file_ids: list[int]
     # The id of the API request that started the job, for error reports.
     request_id: str | None = None
+    # The job's sealed request (see `PackageInput.request`).
+    request: DownloadRequest | None = None
 
 
 class ResolveResult(BaseModel):
@@ -221,7 +234,8 @@ def available_sources(files: list[FileState]) -> list[SourceFile]:
 
 
 class PackageInput(BaseModel):
-    # The archive's key is derived from it by the worker (S3_ARCHIVE_KEY_TEMPLATE).
+    # The archive's key is derived by the worker from the run Temporal says the attempt belongs
+    # to (workflow id, run id: `Settings.archive_key`), never from this input.
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     sources: list[SourceFile] = Field(default_factory=list)
     # Set instead of `sources` for short id lists: the packaging attempt resolves them itself.
@@ -239,6 +253,9 @@ class PackageInput(BaseModel):
     # Set by current workflows: archives are keyed by the run too,
     # `Settings.archive_key(job_id, run_id, part)`; runs of earlier versions keep `archive_key(job_id)`.
     keys_per_run: bool = False
+    # The job's sealed request: the attempt packages only for a request the API sealed, for the
+    # workflow run it belongs to (unset in inputs of runs from before requests were sealed).
+    request: DownloadRequest | None = None
 
 
 class ArchivePart(BaseModel):
@@ -377,6 +394,8 @@ class CallbackNotice(BaseModel):
     owner: str = ANONYMOUS_OWNER
     # The same for every retry of one notice, so receivers drop duplicates and replays.
     delivery_id: str | None = None
+    # The job's sealed request, which binds owner and URL: only such a notice is signed.
+    request: DownloadRequest | None = None
 
 
 class CleanupResult(BaseModel):

@@ -7,9 +7,8 @@ import asyncio
 import contextlib
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -23,6 +22,7 @@ from core.metrics import DOWNLOAD_JOBS
 from core.observability import get_logger
 from workflows.client import new_request, start_download
 from workflows.models import DEFAULT_PRIORITY, DownloadRequest, JobStatus
+from workflows.sealing import seal
 
 log = get_logger("api.jobs")
 
@@ -120,10 +120,14 @@ class JobCommands:
                 "only failed or cancelled jobs can be retried; "
                 f"this one is {record.view.status.value}"
             )
-        handle = self.client.get_workflow_handle(job_id)
-        original = await self._original_request(handle)
-        request = original.model_copy(
-            update={"created_at": datetime.now(UTC).replace(microsecond=0)}
+        original = await self.reads.start_request(job_id, None)
+        if original is None or original.owner != owner:
+            raise ApiError.not_found(job_id)
+        # The same request, sealed again for its new start (the run's own was checked by
+        # `describe`: sealed, or from before sealing).
+        request = seal(
+            original.model_copy(update={"created_at": datetime.now(UTC).replace(microsecond=0)}),
+            self.settings,
         )
         admission = await self.quotas.admit(owner, len(request.file_ids))
         try:
@@ -145,14 +149,6 @@ class JobCommands:
             log.info("job retried", jobId=job_id)
         self.reads.snapshots.forget(job_id)
         return await self.reads.describe(job_id, owner)
-
-    async def _original_request(self, handle: WorkflowHandle[Any, Any]) -> DownloadRequest:
-        async for event in handle.fetch_history_events(page_size=1, rpc_timeout=RPC_TIMEOUT):
-            payloads = event.workflow_execution_started_event_attributes.input.payloads
-            (request,) = await self.client.data_converter.decode(payloads, [DownloadRequest])
-            assert isinstance(request, DownloadRequest)
-            return request
-        raise ApiError.not_found(handle.id)
 
     async def cancel(self, job_id: str, owner: str) -> JobRecord:
         """Request cancellation; wait briefly so the answer usually shows the job cancelled."""

@@ -28,7 +28,7 @@ from workflows.models import JobState, JobStatus, JobTally
 class JobListing:
     """Visibility queries of one API process."""
 
-    def __init__(self, client: Client, reads: JobReads | None = None) -> None:
+    def __init__(self, client: Client, reads: JobReads) -> None:
         self.client = client
         self.reads = reads
 
@@ -75,11 +75,21 @@ class JobListing:
         return JobList(jobs=jobs, next_page_token=token)
 
     async def _summary(self, execution: WorkflowExecution, owner: str) -> JobSummary | None:
-        """A job's list item: an open one as its status shows it, a closed one from its memo."""
-        if execution.status == WorkflowExecutionStatus.RUNNING and self.reads is not None:
-            with contextlib.suppress(ApiError):
+        """A job's list item: an open one as its status shows it, a closed one from its memo.
+        Only the caller's: the owner is the one the run's sealed request names (the `Owner`
+        search attribute only narrows the query; anyone who reaches Temporal can set it)."""
+        if execution.status == WorkflowExecutionStatus.RUNNING:
+            try:
                 record = await self.reads.describe(execution.id, owner)
-                return await _summary(execution, record.state, record.view)
+            except ApiError:  # not the caller's job, or no job of ours
+                return None
+            return await _summary(execution, record.state, record.view)
+        try:
+            request, _ = await self.reads.run_request(execution.id, execution)
+        except ApiError:
+            return None
+        if request.owner != owner:
+            return None
         try:
             state = await execution.memo_value(names.STATE_MEMO_KEY, type_hint=JobState)
         except KeyError:

@@ -16,6 +16,7 @@ from typing import Any
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import (
     Client,
+    WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
@@ -31,12 +32,22 @@ from core.config import Settings
 from core.metrics import STATUS_DESCRIBES
 from core.storage import ObjectStore
 from workflows import names
-from workflows.models import ANONYMOUS_OWNER, FileStatus, JobState, JobStatus, ProgressSummary
+from workflows.models import (
+    ANONYMOUS_OWNER,
+    DownloadRequest,
+    FileStatus,
+    JobState,
+    JobStatus,
+    ProgressSummary,
+)
+from workflows.sealing import is_sealed, predates_sealing
 
 # How old a shared `describe()` answer may be: a quarter of a second, the event streams' pace.
 SNAPSHOT_MAX_AGE = 0.25
 # Open runs remembered by job id (about 150 bytes each), so describes can name the run.
 OPEN_RUNS_KEPT = 10_000
+# Runs whose start input was read and judged (a request of up to 1 000 ids is ~10 kB).
+RUN_REQUESTS_KEPT = 10_000
 
 
 class JobReads:
@@ -49,6 +60,12 @@ class JobReads:
         self.links = PresignedLinks(store, timedelta(seconds=settings.presign_expiry_seconds))
         self.pace = Pace(settings.estimated_ms_per_file)
         self.open_runs: OrderedDict[str, str] = OrderedDict()  # job id -> run id, newest last
+        # run id -> its trusted request and archive run id (None: not a job of ours)
+        self.run_requests: OrderedDict[str, tuple[DownloadRequest, str | None] | None] = (
+            OrderedDict()
+        )
+        # archive keys of running runs found written, with their sizes
+        self.written: OrderedDict[str, int] = OrderedDict()
 
     async def describe(self, job_id: str, owner: str) -> JobRecord:
         """The caller's job or 404 (unknown ids and other owners' jobs look the same).
@@ -69,16 +86,87 @@ class JobReads:
         )
 
     async def _describe(self, job_id: str) -> JobRecord:
+        """The job as its current run tells it. Temporal-side data is no authority: the owner is
+        the one the run's sealed request names, the archive key is derived from the run, and the
+        job is completed only when the run closed with a result, or when the archive of that very
+        run is in S3 (the run is still notifying its callback)."""
         desc = await self._current_run(job_id)
         if desc.workflow_type != names.DOWNLOAD_WORKFLOW:
             raise ApiError.not_found(job_id)
+        request, sealed_run = await self.run_request(job_id, desc)
         state = await _memo_state(desc, job_id)
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             state = await self.completed_state(job_id, desc.run_id)
+        # Runs from before sealing kept one archive per job, unless their version recorded the
+        # sizes of parts named after the run.
+        run_id = sealed_run or (desc.run_id if state.archive_sizes is not None else None)
+        archive_key = self.settings.archive_key(job_id, run_id)
+        if desc.status != WorkflowExecutionStatus.COMPLETED and state.status is JobStatus.completed:
+            state = await self._confirmed(state, archive_key)
+        state = state.model_copy(
+            update={
+                "job_id": job_id,
+                "owner": request.owner,
+                "archive_key": archive_key if state.status is JobStatus.completed else None,
+                # Every part holds a file at least: no more links than the sealed request's ids.
+                "archive_sizes": state.archive_sizes[: len(request.file_ids)]
+                if state.archive_sizes is not None
+                else None,
+            }
+        )
         activities = await self.pending_activities(desc)
         pace = self.pace.observed_ms_per_file
         view = job_view(state, desc.status, activities, desc.close_time, pace)
-        return JobRecord(state=state, view=view, run_started=desc.start_time, run_id=desc.run_id)
+        return JobRecord(state=state, view=view, run_started=desc.start_time, run_id=run_id)
+
+    async def run_request(
+        self, job_id: str, run: WorkflowExecution
+    ) -> tuple[DownloadRequest, str | None]:
+        """The request the run was started with, if the API sealed it for this job, with the
+        run's id; a run from before sealing (started before REQUEST_SEAL_LEGACY_BEFORE, by
+        Temporal's clock) with None. Any other run is no job of ours: 404. Read once per run and
+        process (`run` is a described or a listed run)."""
+        if run.run_id not in self.run_requests:
+            request = await self.start_request(job_id, run.run_id)
+            trusted: tuple[DownloadRequest, str | None] | None = None
+            if request is None or request.job_id != job_id:
+                trusted = None
+            elif request.seal is not None:
+                trusted = (request, run.run_id) if is_sealed(request, self.settings) else None
+            elif predates_sealing(run.start_time, self.settings):
+                trusted = (request, None)
+            self.run_requests[run.run_id] = trusted
+            if len(self.run_requests) > RUN_REQUESTS_KEPT:
+                self.run_requests.popitem(last=False)
+        found = self.run_requests[run.run_id]
+        if found is None:
+            raise ApiError.not_found(job_id)
+        return found
+
+    async def start_request(self, job_id: str, run_id: str | None) -> DownloadRequest | None:
+        """The input a run of the job was started with (its first history event), if it is a
+        `DownloadRequest` at all."""
+        handle = self.client.get_workflow_handle(job_id, run_id=run_id)
+        async for event in handle.fetch_history_events(page_size=1, rpc_timeout=RPC_TIMEOUT):
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            try:
+                (request,) = await self.client.data_converter.decode(payloads, [DownloadRequest])
+            except Exception:  # an input of another shape: not a job the API started
+                return None
+            return request if isinstance(request, DownloadRequest) else None
+        return None
+
+    async def _confirmed(self, state: JobState, archive_key: str) -> JobState:
+        """A running run's memo says completed: believed once the archive of this run is in S3
+        (only a worker that verified the run's seal writes it); else the job is processing."""
+        if archive_key not in self.written:
+            info = await asyncio.to_thread(self.store.stat_or_none, archive_key)
+            if info is None:
+                return state.model_copy(update={"status": JobStatus.processing})
+            self.written[archive_key] = info.size
+            if len(self.written) > RUN_REQUESTS_KEPT:
+                self.written.popitem(last=False)
+        return state.model_copy(update={"archive_size": self.written[archive_key]})
 
     async def _current_run(self, job_id: str) -> WorkflowExecutionDescription:
         """The job's current run. Asked by its run id while that run was last seen open, which
@@ -180,11 +268,11 @@ class JobReads:
         state = record.state
         if not state.archive_key:
             return []
-        if state.archive_sizes is None or record.run_id is None:
+        if record.run_id is None:
             return [self.settings.archive_key(state.job_id)]
         return [
             self.settings.archive_key(state.job_id, record.run_id, number)
-            for number in range(1, len(state.archive_sizes) + 1)
+            for number in range(1, len(state.archive_sizes or [0]) + 1)
         ]
 
     def _source_link(self, file_id: int) -> str:
