@@ -9,6 +9,7 @@ import pytest
 
 from core.config import Process, Settings, load_settings
 from devstack.servers import BIN
+from tests.helpers import SAFE_PRODUCTION
 
 
 def test_defaults_keep_the_existing_service_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,21 +107,6 @@ def test_env_example_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch) ->
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     for name in Settings.model_fields:
         assert (getattr(example, name) or None) == (getattr(defaults, name) or None), name
-
-
-SAFE_PRODUCTION = {
-    "ENVIRONMENT": "production",
-    "AUTH_JWT_SECRET": "j" * 40,
-    "CALLBACK_SECRET": "c" * 40,
-    "STREAM_TICKET_SECRET": "t" * 40,
-    "REQUEST_SEAL_SECRET": "r" * 40,
-    "S3_ACCESS_KEY_ID": "downloads-service",
-    "S3_SECRET_ACCESS_KEY": "s" * 40,
-    "S3_PRESIGN_ACCESS_KEY_ID": "downloads-reader",
-    "S3_PRESIGN_SECRET_ACCESS_KEY": "r" * 40,
-    "S3_PUBLIC_ENDPOINT": "https://files.example.test",
-    "TEMPORAL_TRUSTED_NETWORK": "true",
-}
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from core.config import Settings, load_settings
 from core.storage import ObjectStore
 from devstack.cli import stack_environment
 from devstack.servers import BIND, free_port, wait_for_port
-from tests.helpers import put_sources, service_process
+from tests.helpers import SAFE_PRODUCTION, put_sources, service_process
 from workflows.client import connect
 
 SERVER_NAME = "temporal.test"
@@ -304,18 +304,8 @@ client_key_path = "{certs.client_key}"
     assert terminator.accepted >= 1
 
 
-SAFE_PRODUCTION = {
-    "ENVIRONMENT": "production",
-    "AUTH_JWT_SECRET": "j" * 40,
-    "CALLBACK_SECRET": "c" * 40,
-    "STREAM_TICKET_SECRET": "t" * 40,
-    "REQUEST_SEAL_SECRET": "r" * 40,
-    "S3_ACCESS_KEY_ID": "downloads-service",
-    "S3_SECRET_ACCESS_KEY": "s" * 40,
-    "S3_PRESIGN_ACCESS_KEY_ID": "downloads-reader",
-    "S3_PRESIGN_SECRET_ACCESS_KEY": "p" * 40,
-    "S3_PUBLIC_ENDPOINT": "https://files.example.test",
-}
+# Safe in production, except that nothing says the network to Temporal is trusted.
+UNSAFE_TEMPORAL = {k: v for k, v in SAFE_PRODUCTION.items() if k != "TEMPORAL_TRUSTED_NETWORK"}
 
 
 @pytest.mark.parametrize(
@@ -338,7 +328,7 @@ def test_production_refuses_a_plaintext_connection_unless_the_network_is_trusted
         if name.startswith("temporal_"):
             monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setenv("TEMPORAL_CONFIG_FILE", "/dev/null")
-    for name, value in (SAFE_PRODUCTION | variables).items():
+    for name, value in (UNSAFE_TEMPORAL | variables).items():
         monkeypatch.setenv(name, value)
     if not refused:
         assert load_settings(_env_file=None).environment == "production"
