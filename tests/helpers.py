@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -504,3 +504,33 @@ SAFE_PRODUCTION = {
     "S3_PUBLIC_ENDPOINT": "https://files.example.test",
     "TEMPORAL_TRUSTED_NETWORK": "true",
 }
+
+
+# One direction of a proxied connection: copy (and look at, or slow) the bytes from one side
+# to the other until the source ends.
+Pump = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+async def splice(
+    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    target: tuple[str, int],
+    up: Pump,
+    down: Pump,
+) -> None:
+    """Relay one connection of a loopback test proxy to `target`: `up` carries the client's
+    bytes, `down` the answers; when either ends, both connections are closed."""
+    reader, writer = client
+    up_reader, up_writer = await asyncio.open_connection(*target)
+    pumps = [
+        asyncio.create_task(up(reader, up_writer)),
+        asyncio.create_task(down(up_reader, writer)),
+    ]
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in pumps:
+            task.cancel()
+        for w in (writer, up_writer):
+            w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()

@@ -18,7 +18,7 @@ import termios
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from download_client.display import eta
 from download_client.errors import ExitCode
 from download_client.follow import STREAM_ATTEMPTS
 from download_client.models import Job, Part
-from tests.helpers import assert_archive_matches, put_sources, serve, slow_origin, wait_for
+from tests.helpers import assert_archive_matches, put_sources, serve, slow_origin, splice, wait_for
 from worker import build_worker
 
 CLIENT = BIN / "download-client"
@@ -201,21 +201,13 @@ class Proxy:
         return found
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
         exchange = _Exchange()
-        pumps = [
-            asyncio.create_task(self._requests(reader, up_writer, exchange)),
-            asyncio.create_task(self._responses(up_reader, writer, exchange)),
-        ]
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in pumps:
-                task.cancel()
-            for w in (writer, up_writer):
-                w.close()
-                with suppress(OSError):
-                    await w.wait_closed()
+        await splice(
+            (reader, writer),
+            self.target,
+            lambda source, sink: self._requests(source, sink, exchange),
+            lambda source, sink: self._responses(source, sink, exchange),
+        )
 
     async def _requests(
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, exchange: _Exchange

@@ -13,7 +13,7 @@ import re
 import shutil
 import zipfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.config import Settings
 from core.storage import ObjectStore
-from tests.helpers import put_sources, serve, slow_origin, sse_events, wait_for
+from tests.helpers import put_sources, serve, slow_origin, splice, sse_events, wait_for
 from worker import build_worker
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -112,6 +112,7 @@ async def throttled_s3(settings: Settings, store: ObjectStore) -> AsyncIterator[
     for its bytes to be seen. Links are still signed for the S3 server itself."""
     target = urlsplit(settings.s3_endpoint)
     assert target.hostname and target.port
+    address = (target.hostname, target.port)
 
     async def pump(
         source: asyncio.StreamReader, sink: asyncio.StreamWriter, rate: int | None
@@ -123,20 +124,12 @@ async def throttled_s3(settings: Settings, store: ObjectStore) -> AsyncIterator[
                 await asyncio.sleep(len(data) / rate)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
-        pumps = [
-            asyncio.create_task(pump(reader, up_writer, None)),
-            asyncio.create_task(pump(up_reader, writer, SLOW_S3)),
-        ]
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in pumps:
-                task.cancel()
-            for w in (writer, up_writer):
-                w.close()
-                with suppress(OSError):
-                    await w.wait_closed()
+        await splice(
+            (reader, writer),
+            address,
+            lambda source, sink: pump(source, sink, None),
+            lambda source, sink: pump(source, sink, SLOW_S3),
+        )
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
