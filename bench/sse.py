@@ -40,6 +40,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -82,8 +83,11 @@ class Deliveries:
     connected: list[float] = field(default_factory=list)
 
 
-async def subscribe(port: int, job_id: str, seen: Deliveries) -> bool:
-    """Follow one job over a bare HTTP/1.1 connection; True when its terminal event arrived.
+async def sse_stream(
+    port: int, job_id: str, on_open: Callable[[], None]
+) -> AsyncGenerator[tuple[float, str | None, dict[str, str]]]:
+    """One job's SSE events over a bare HTTP/1.1 connection, as (receive time, event name,
+    fields), until the stream ends or breaks; `on_open` is called once the answer is a 200.
 
     A minimal client (no HTTP library) so that 1 000 streams in this process cost little CPU and
     receive times are not delayed by the client's own work.
@@ -93,16 +97,15 @@ async def subscribe(port: int, job_id: str, seen: Deliveries) -> bool:
         request = f"GET /v1/download/subscribe/{job_id} HTTP/1.1\r\nHost: bench\r\n\r\n"
         writer.write(request.encode())
         if b" 200 " not in await reader.readline():
-            return False
-        opened = time.time()
-        seen.connected.append(time.monotonic())
+            return
+        on_open()
         while (await reader.readline()) not in (b"\r\n", b""):
             pass
-        buffer, first = b"", True
+        buffer = b""
         while size_line := await reader.readline():
             size = int(size_line.strip(), 16)
             if size == 0:
-                return False
+                return
             buffer += (await reader.readexactly(size + 2))[:-2]
             received = time.time()
             while b"\r\n\r\n" in buffer:
@@ -110,25 +113,39 @@ async def subscribe(port: int, job_id: str, seen: Deliveries) -> bool:
                 fields = dict(
                     line.split(": ", 1) for line in block.decode().split("\r\n") if ": " in line
                 )
-                event = fields.get("event")
-                if event in TERMINAL:
-                    return True
-                # The first event is the state on connecting, not a new heartbeat.
-                if event == "progress" and not first:
-                    data = json.loads(fields["data"])
-                    # Timed only when it carries a heartbeat (which names the file in work);
-                    # before the first one, `updatedAt` is the workflow's start, not a beat.
-                    if data["status"] == "processing" and data["currentFile"] is not None:
-                        beat = datetime.fromisoformat(data["updatedAt"]).timestamp()
-                        if beat >= opened:
-                            seen.latencies.append(received - beat)
-                        else:
-                            seen.predating += 1
-                first = first and event is None
+                yield received, fields.get("event"), fields
     except (OSError, asyncio.IncompleteReadError):
-        return False
+        return
     finally:
         writer.close()
+
+
+async def subscribe(port: int, job_id: str, seen: Deliveries) -> bool:
+    """Follow one job's stream; True when its terminal event arrived."""
+    opened = 0.0
+
+    def on_open() -> None:
+        nonlocal opened
+        opened = time.time()
+        seen.connected.append(time.monotonic())
+
+    first = True
+    async with contextlib.aclosing(sse_stream(port, job_id, on_open)) as events:
+        async for received, event, fields in events:
+            if event in TERMINAL:
+                return True
+            # The first event is the state on connecting, not a new heartbeat.
+            if event == "progress" and not first:
+                data = json.loads(fields["data"])
+                # Timed only when it carries a heartbeat (which names the file in work);
+                # before the first one, `updatedAt` is the workflow's start, not a beat.
+                if data["status"] == "processing" and data["currentFile"] is not None:
+                    beat = datetime.fromisoformat(data["updatedAt"]).timestamp()
+                    if beat >= opened:
+                        seen.latencies.append(received - beat)
+                    else:
+                        seen.predating += 1
+            first = first and event is None
     return False
 
 
@@ -297,49 +314,25 @@ class Follow:
 
 
 async def follow(port: int, job_id: str, out: Follow, connected: list[str]) -> None:
-    """Follow one job's SSE stream over a bare HTTP/1.1 connection (see `subscribe`)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(
-            f"GET /v1/download/subscribe/{job_id} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-        )
-        if b" 200 " not in await reader.readline():
-            return
-        connected.append(job_id)
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        buffer = b""
-        while size_line := await reader.readline():
-            size = int(size_line.strip(), 16)
-            if size == 0:
+    """Follow one job's stream into `out` (see `sse_stream`)."""
+    opened = sse_stream(port, job_id, lambda: connected.append(job_id))
+    async with contextlib.aclosing(opened) as events:
+        async for received, event, fields in events:
+            if event in TERMINAL:
+                if out.times:
+                    out.times.append(received)
+                out.done = True
                 return
-            buffer += (await reader.readexactly(size + 2))[:-2]
-            received = time.time()
-            while b"\r\n\r\n" in buffer:
-                block, buffer = buffer.split(b"\r\n\r\n", 1)
-                fields = dict(
-                    line.split(": ", 1) for line in block.decode().split("\r\n") if ": " in line
-                )
-                event = fields.get("event")
-                if event in TERMINAL:
-                    if out.times:
-                        out.times.append(received)
-                    out.done = True
-                    return
-                if event != "progress":
-                    continue
-                data = json.loads(fields["data"])
-                if data["status"] != "processing":
-                    continue
-                out.times.append(received)
-                if data["currentFile"] is not None:
-                    beat = datetime.fromisoformat(data["updatedAt"]).timestamp()
-                    out.stale.append((received, received - beat))
-                    out.made.append(beat)
-    except (OSError, asyncio.IncompleteReadError):
-        return
-    finally:
-        writer.close()
+            if event != "progress":
+                continue
+            data = json.loads(fields["data"])
+            if data["status"] != "processing":
+                continue
+            out.times.append(received)
+            if data["currentFile"] is not None:
+                beat = datetime.fromisoformat(data["updatedAt"]).timestamp()
+                out.stale.append((received, received - beat))
+                out.made.append(beat)
 
 
 async def temporal_requests(metrics_port: int) -> dict[str, float]:
