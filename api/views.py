@@ -18,7 +18,14 @@ from temporalio.client import WorkflowExecutionStatus
 from api.schemas import EtaBasis, FileView, JobView
 from workflows import names
 from workflows.errors import ErrorType, public_message
-from workflows.models import FileState, FileStatus, JobState, JobStatus, ProgressSummary
+from workflows.models import (
+    DownloadRequest,
+    FileState,
+    FileStatus,
+    JobState,
+    JobStatus,
+    ProgressSummary,
+)
 
 # What a closed run means for the job when the memo does not say so already.
 _CLOSED: dict[WorkflowExecutionStatus, tuple[JobStatus, str | None]] = {
@@ -53,6 +60,8 @@ class JobRecord:
     # run_id, part)`; None for a run from before sealing, whose one archive is named after the
     # job id alone.
     run_id: str | None = None
+    # The request the run was started with, as the API sealed it (or from before sealing).
+    request: DownloadRequest | None = None
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import random
@@ -329,7 +330,7 @@ class JobWatchers:
             return
         running = [PendingActivity(name=PACKAGE_ARCHIVE, started=True, progress=notice)]
         view = job_view(record.state, None, running)
-        live = JobRecord(state=record.state, view=view, run_started=record.run_started)
+        live = dataclasses.replace(record, view=view, encoded={})
         if event_key(live) > watch.latest.key:  # else nothing new to encode (a keepalive)
             watch.publish(live, self.snapshot(live, watch.latest))
         else:

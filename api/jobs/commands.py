@@ -120,11 +120,11 @@ class JobCommands:
                 "only failed or cancelled jobs can be retried; "
                 f"this one is {record.view.status.value}"
             )
-        original = await self.reads.start_request(job_id, None)
-        if original is None or original.owner != owner:
+        original = record.request
+        if original is None:
             raise ApiError.not_found(job_id)
-        # The same request, sealed again for its new start (the run's own was checked by
-        # `describe`: sealed, or from before sealing).
+        # The same request, sealed again for its new start (the one `describe` trusted: sealed,
+        # or from before sealing, and the caller's).
         request = seal(
             original.model_copy(update={"created_at": datetime.now(UTC).replace(microsecond=0)}),
             self.settings,

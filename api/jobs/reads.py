@@ -117,7 +117,9 @@ class JobReads:
         activities = await self.pending_activities(desc)
         pace = self.pace.observed_ms_per_file
         view = job_view(state, desc.status, activities, desc.close_time, pace)
-        return JobRecord(state=state, view=view, run_started=desc.start_time, run_id=run_id)
+        return JobRecord(
+            state=state, view=view, run_started=desc.start_time, run_id=run_id, request=request
+        )
 
     async def run_request(
         self, job_id: str, run: WorkflowExecution
