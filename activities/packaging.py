@@ -22,7 +22,6 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.checkpoints import Checkpoints, last_progress
 from activities.digests import FileDigest
+from activities.ioqueue import RankedExecutor
 from activities.joblog import AttemptLog, attempt_log
 from activities.manifest import MANIFEST_NAME, FileLine, manifest, plan_parts
 from activities.prefetch import Prefetcher, Source
@@ -435,7 +435,8 @@ class DownloadActivities:
         self.publisher = publisher
         self.feed = ProgressFeed(publisher, settings)
         # S3 calls block (minio); they run here, not on the event loop's few default threads.
-        self.io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="s3")
+        # Ranked: what a job needs now (rank 0) goes before any job's read-ahead (`ioqueue`).
+        self.io = RankedExecutor(settings.io_threads, thread_name_prefix="s3")
 
     def _io(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run a blocking S3 call on this worker's threads, in the caller's trace context."""

@@ -13,6 +13,11 @@ the interpreter. So first reads are submitted to the threads directly and their 
 the loop in batches: one wake-up collects every read finished since the last, and the writer is
 only woken for the source it waits for.
 
+On a worker shared by many jobs, the first reads of every job queue for the same S3 threads.
+When those are a `RankedExecutor`, each read is ranked by how many sources ahead of its writer
+it is, and a read the writer comes to wait for while it is still queued is moved to the front:
+one job's next file is not held up behind other jobs' reads for far later ones.
+
 Bounds, per job: at most `requests` GETs in flight and at most `buffer_bytes` read but not yet
 written. The segment the writer waits for is always allowed, so the writer never waits behind
 reads it only needs later, and read-ahead can never dead-lock the writer. When read-ahead stops
@@ -33,8 +38,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from activities.ioqueue import RankedExecutor
 from core.storage import ObjectChanged, ObjectNotFound, ObjectStore, Segment, StorageError
 
 SEGMENT = 4 << 20
@@ -57,6 +63,14 @@ class Source:
     key: str
     size: int | None = None
     offset: int = 0
+
+
+class _FirstRead(NamedTuple):
+    """A first read submitted and not yet collected: the bytes reserved for it, its rank."""
+
+    future: Future[Segment]
+    want: int
+    rank: int
 
 
 class ByteBudget:
@@ -125,8 +139,9 @@ class Prefetcher:
         executor: Executor | None = None,
     ) -> None:
         # `None` entries are not read at all (an invalid id, known to have nothing to read).
-        # First reads run on `executor` (threads of their own when none is given); the rest
-        # through `run_io`.
+        # First reads run on `executor` (threads of their own when none is given), ranked by
+        # how far ahead of the writer they are if it is a `RankedExecutor`; the rest through
+        # `run_io`.
         self.store, self.sources, self.run_io = store, sources, run_io
         self.segment, self.first_read = segment, min(first_read, segment)
         self.window = window
@@ -138,12 +153,14 @@ class Prefetcher:
         # The caller's context (its trace), for the reads made in threads.
         self._context = contextvars.copy_context()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # First reads: submitted and not yet collected (with the bytes reserved for each), and
-        # their answers (a segment, or the error), collected on the loop.
-        self._reads: dict[int, tuple[Future[Segment], int]] = {}
+        # First reads: submitted and not yet collected, and their answers (a segment, or the
+        # error), collected on the loop.
+        self._reads: dict[int, _FirstRead] = {}
         self._answers: dict[int, Segment | BaseException] = {}
+        # The source the writer is at (opened last, or waits for); first reads are ranked from it.
+        self._writer_at = next((i for i, s in enumerate(sources) if s is not None), 0)
         # First reads finished in threads, handed to the loop in batches (see `_arrive`).
-        self._arrived: deque[int] = deque()
+        self._arrived: deque[tuple[int, Future[Segment]]] = deque()
         self._arrival_lock = threading.Lock()
         self._collect_pending = False
         self._waiter: tuple[int, asyncio.Future[None]] | None = None
@@ -176,8 +193,8 @@ class Prefetcher:
     async def close(self) -> None:
         """Stop every read: queued ones never start, running ones drop their connection."""
         self.stop.set()
-        for future, _ in self._reads.values():
-            future.cancel()  # not started yet: it never will; running: it sees `stop`
+        for read in self._reads.values():
+            read.future.cancel()  # not started yet: it never will; running: it sees `stop`
         self._reads.clear()
         tasks: list[asyncio.Task[Any]] = [*self._tasks]
         tasks += [t for t in (self._scheduler, self._stats) if t is not None]
@@ -190,7 +207,7 @@ class Prefetcher:
     @property
     def in_flight(self) -> int:
         """Reads started and not finished (for tests and the attempt log)."""
-        first = sum(1 for future, _ in self._reads.values() if not future.done())
+        first = sum(1 for read in self._reads.values() if not read.future.done())
         return first + sum(1 for task in self._tasks if not task.done())
 
     def expected_bytes(self, start: int = 0) -> int:
@@ -226,23 +243,36 @@ class Prefetcher:
             self.slots.release()  # a resumed entry with all bytes written: nothing to read
             self._answer(index, Segment(b"", source.size, None))
             return
-        assert self._executor is not None
-        future = self._executor.submit(
-            self._context.copy().run,
-            self.store.read_segment,
-            source.key,
-            source.offset,
-            max(want, 1),
-            None,
-            self.stop,
-        )
-        self._reads[index] = (future, want)
+        self._submit(index, source, want, rank=max(0, index - self._writer_at))
+
+    def _submit(self, index: int, source: Source, want: int, rank: int) -> None:
+        executor, run, read = self._executor, self._context.copy().run, self.store.read_segment
+        assert executor is not None
+        key, offset, length = source.key, source.offset, max(want, 1)
+        future: Future[Segment]
+        if isinstance(executor, RankedExecutor):
+            future = executor.submit_ranked(rank, run, read, key, offset, length, None, self.stop)
+        else:
+            future = executor.submit(run, read, key, offset, length, None, self.stop)
+        self._reads[index] = _FirstRead(future, want, rank)
         future.add_done_callback(functools.partial(self._arrive, index))
 
-    def _arrive(self, index: int, _: Future[Segment]) -> None:
+    def _hurry(self, index: int) -> None:
+        """The writer waits for source `index`: if its first read is still queued behind reads
+        ranked nearer their writers (other jobs' reads, submitted later), queue it again at
+        rank 0. Its rank was how far ahead it was when submitted; now it is needed."""
+        read = self._reads.get(index)
+        if read is None or read.rank == 0 or not isinstance(self._executor, RankedExecutor):
+            return
+        if read.future.cancel():  # still queued (a read under way cannot be hurried)
+            source = self.sources[index]
+            assert source is not None
+            self._submit(index, source, read.want, rank=0)
+
+    def _arrive(self, index: int, future: Future[Segment]) -> None:
         """A first read finished (in its thread): wake the loop, unless a wake is pending."""
         with self._arrival_lock:
-            self._arrived.append(index)
+            self._arrived.append((index, future))
             if self._collect_pending:
                 return
             self._collect_pending = True
@@ -257,11 +287,12 @@ class Prefetcher:
             arrived = list(self._arrived)
             self._arrived.clear()
             self._collect_pending = False
-        for index in arrived:
-            read = self._reads.pop(index, None)
-            if read is None or read[0].cancelled():
-                continue
-            future, want = read
+        for index, future in arrived:
+            read = self._reads.get(index)
+            if read is None or read.future is not future:
+                continue  # closed, or queued again by `_hurry`
+            del self._reads[index]
+            want = read.want
             self.slots.release()
             error = future.exception()
             if error is None:
@@ -313,6 +344,9 @@ class Prefetcher:
     # ------------------------------------------------------------------ the writer's side
     async def open(self, index: int) -> Opened:
         """Source `index`'s first answer: raises `ObjectNotFound` if it is gone."""
+        self._writer_at = index
+        if index not in self._answers:
+            self._hurry(index)
         while index not in self._answers:
             waiting = asyncio.get_running_loop().create_future()
             self._waiter = (index, waiting)
