@@ -33,7 +33,7 @@ from workflows.cleanup import ArchiveCleanupWorkflow
 from workflows.client import connect, ensure_cleanup_schedule
 from workflows.download import DownloadWorkflow
 from workflows.names import callback_task_queue
-from workflows.sandbox import SANDBOX, worker_build_id
+from workflows.sandbox import SANDBOX, cache_workflow_bytecode, worker_build_id
 
 log = get_logger("worker")
 
@@ -56,7 +56,8 @@ async def _workers(
     expiry = ArchiveExpiry(store, settings)
     # Heartbeats are throttled to this interval, so it bounds how stale progress can be.
     throttle = timedelta(seconds=settings.heartbeat_interval_seconds)
-    # The build id hashes only the workflow code (see `worker_build_id`).
+    # Runs compile nothing, and the build id hashes only the workflow code (see both functions).
+    cache_workflow_bytecode()
     common: dict[str, Any] = {
         "graceful_shutdown_timeout": timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         "interceptors": [ErrorTrackingInterceptor()],

@@ -10,11 +10,13 @@ import-layer check (`tests/test_layers.py`) keeps it so. The SDK's defaults alre
 the standard library, temporalio and pydantic; pydantic is named here too because the contract's
 models are built on it.
 
-The worker's build id is derived from the workflow code (`worker_build_id`).
+The worker also derives two things from the workflow code when it starts: its build id, and the
+bytecode the sandbox loads for each run instead of compiling the source every time.
 """
 
 from __future__ import annotations
 
+import compileall
 import functools
 import hashlib
 import importlib.metadata
@@ -63,3 +65,22 @@ def worker_build_id() -> str:
     except importlib.metadata.PackageNotFoundError:
         version = "0"  # run from a checkout that is not installed
     return build_id(version, workflow_sources())
+
+
+def cache_workflow_bytecode() -> None:
+    """Write the bytecode of the workflow code where it is missing or stale.
+
+    The sandbox imports a workflow's module afresh for every run it starts. Without a .pyc it
+    compiles the source each time: creating 200 `DownloadWorkflow` instances took 0.6 s of CPU
+    without bytecode and 0.3 s with it, measured. Installed images have bytecode (written at
+    build); a checkout run with PYTHONDONTWRITEBYTECODE set (common on dev machines, tests and
+    benchmarks included) never gets it: the interpreter then reads .pyc files but writes none.
+    compileall writes regardless of that setting."""
+    cache_bytecode(workflow_sources())
+
+
+def cache_bytecode(sources: list[Path]) -> None:
+    """Compile each of `sources` whose .pyc is missing or older; a read-only tree is left as it
+    is (the sources are then compiled as they are imported, as before)."""
+    for path in sources:
+        compileall.compile_file(path, quiet=2)
