@@ -30,7 +30,7 @@ from api.jobs import RPC_TIMEOUT
 from api.schemas import JobView
 from api.views import JobRecord, PendingActivity, job_view
 from core.config import Settings
-from core.metrics import STATUS_DESCRIBES
+from core.metrics import STATUS_CLOSE_WAITS, STATUS_DESCRIBES
 from core.storage import ObjectStore
 from workflows import names
 from workflows.models import (
@@ -313,6 +313,7 @@ class JobReads:
         run_id = self.open_runs.get(job_id)
         trusted = self.run_requests.get(run_id) if run_id is not None else None
         handle = self.client.get_workflow_handle(job_id, run_id=run_id, result_type=JobState)
+        STATUS_CLOSE_WAITS.inc()
         state: JobState | None = None
         with contextlib.suppress(WorkflowFailureError):  # failed or cancelled: the memo says why
             state = await handle.result(follow_runs=False)
