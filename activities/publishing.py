@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from temporalio import activity
 
-from core.bus import Publisher
+from core.bus import ENDED_SUFFIX, Publisher
 from core.config import Settings
 from workflows.models import PackageProgress, ProgressNotice, ProgressSummary
 
@@ -107,6 +107,9 @@ class ProgressFeed:
             del self._live[id(live)]
             with contextlib.suppress(Exception):
                 self._send(live, ended=True)
+                # Once more where one API replica among those streaming the job takes it: that
+                # one waits for the run's close and shares what it reads (`api.watchers`).
+                self._send(live, ended=True, subject=f"{live.subject}.{ENDED_SUFFIX}")
             if hurry is not None:
                 with contextlib.suppress(Exception):
                     await hurry.unsubscribe()
@@ -125,7 +128,7 @@ class ProgressFeed:
         except nats.errors.Error:
             return None
 
-    def _send(self, live: _Live, ended: bool = False) -> None:
+    def _send(self, live: _Live, ended: bool = False, subject: str | None = None) -> None:
         assert self.publisher is not None
         notice = ProgressNotice(
             **live.details().model_dump(include=_SUMMARY),
@@ -133,7 +136,7 @@ class ProgressFeed:
             run_id=live.run_id,
             ended=ended,
         )
-        self.publisher.offer(live.subject, notice.model_dump_json().encode())
+        self.publisher.offer(subject or live.subject, notice.model_dump_json().encode())
 
     def _look(self, live: _Live, now: float) -> None:
         at, since = live.position(), now - live.sent_at

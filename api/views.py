@@ -8,11 +8,14 @@ the job is waiting (queued); a closed run's status overrides a memo it had no ch
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
 from api.schemas import EtaBasis, FileView, JobView
@@ -63,6 +66,55 @@ class JobRecord:
     # The request the run was started with, as the API sealed it (or from before sealing).
     request: DownloadRequest | None = None
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+
+class _RecordBody(BaseModel):
+    state: JobState
+    view: JobView
+    run_started: datetime
+    run_id: str | None = None
+    request: DownloadRequest | None = None
+
+
+class SignedRecords:
+    """A job's record passed between API replicas over the progress bus: signed with a key
+    derived from REQUEST_SEAL_SECRET (held by the API and the workers only), so a message from
+    anyone else on the bus is never taken for a record read from Temporal."""
+
+    def __init__(self, seal_key: bytes) -> None:
+        self.key = hmac.new(seal_key, b"job records between API replicas", hashlib.sha256).digest()
+
+    def sign(self, record: JobRecord) -> bytes:
+        body = _RecordBody(
+            state=record.state,
+            view=record.view,
+            run_started=record.run_started,
+            run_id=record.run_id,
+            request=record.request,
+        ).model_dump_json()
+        return self._mac(body.encode()) + b"." + body.encode()
+
+    def open(self, payload: bytes, job_id: str) -> JobRecord | None:
+        """The record `payload` carries if it is signed and of job `job_id`, else None."""
+        mac, _, body = payload.partition(b".")
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        try:
+            shared = _RecordBody.model_validate_json(body)
+        except ValidationError:
+            return None
+        if shared.view.job_id != job_id or shared.state.job_id != job_id:
+            return None
+        return JobRecord(
+            state=shared.state,
+            view=shared.view,
+            run_started=shared.run_started,
+            run_id=shared.run_id,
+            request=shared.request,
+        )
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self.key, body, hashlib.sha256).hexdigest().encode()
 
 
 def job_view(

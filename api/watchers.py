@@ -39,8 +39,8 @@ from sse_starlette import ServerSentEvent
 from api.errors import ApiError
 from api.jobs.reads import JobReads
 from api.schemas import FileView, JobView, ProgressEvent
-from api.views import JobRecord, PendingActivity, job_view
-from core.bus import Subscriptions
+from api.views import JobRecord, PendingActivity, SignedRecords, job_view
+from core.bus import CLOSED_SUFFIX, ENDED_SUFFIX, Subscriptions
 from core.metrics import ACTIVE_SSE
 from core.observability import get_logger
 from workflows.models import JobStatus, ProgressNotice
@@ -60,8 +60,14 @@ BUS_GAP_SECONDS = 0.1
 # A moving job's attempt publishes at least every second: silent three times as long (a
 # worker too busy to keep up, or away from the bus), the job is polled again.
 BUS_SILENCE_SECONDS = 3.0
-# After an attempt's end, how long one long poll waits for the run to close before polling.
-END_WAIT_SECONDS = 3.0
+# After an attempt's end, how long one long poll waits for the run to close before the job is
+# described once again (a retry's next attempt, or the bus going down, ends the wait at once).
+END_WAIT_SECONDS = 15.0
+# A job with a callback is decided before its run closes (the run then notifies the callback):
+# its memo is read this often meanwhile.
+CALLBACK_END_WAIT_SECONDS = 1.0
+# The queue group of API replicas streaming a job: an attempt's end reaches one of them.
+ENDS_QUEUE = "api-job-ends"
 EventKey = tuple[int, ...]
 _RANK = {JobStatus.queued: 0, JobStatus.processing: 1}
 
@@ -152,6 +158,22 @@ class _Watch:
     notice: ProgressNotice | None = None
     heard: float | None = None
     noticed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The job's packaging attempt said it ended: what follows is awaited from Temporal, by
+    # the one replica the bus picked (`elected`), which shares what it reads (`shared`).
+    ending: bool = False
+    elected: bool = False
+    shared: JobRecord | None = None
+    end_news: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def elect(self, _: bytes) -> None:
+        self.elected = True
+        self.end_news.set()
+
+    def follow_attempt(self) -> None:
+        """A new attempt publishes: the last one's end is no news any more."""
+        self.ending = self.elected = False
+        self.shared = None
+        self.end_news.clear()
 
     def hear(self, job_id: str, payload: bytes) -> None:
         try:
@@ -255,6 +277,8 @@ class JobWatchers:
         self.budget = AsyncLimiter(capacity, capacity / budget)
         self.idle_share = max(1.0, capacity / 2)
         self.ping_seconds = PING_SECONDS
+        # Closed runs' records shared with the other replicas (over the bus only).
+        self.records = SignedRecords(reads.settings.request_seal_key) if bus else None
         self._watches: dict[str, _Watch] = {}
         if bus is not None:
             # Bus gone: every watcher polls Temporal at once, not when the silence runs out.
@@ -289,8 +313,13 @@ class JobWatchers:
         if watch is None:
             watch = _Watch(record=record, latest=self.snapshot(record))
             if self.bus is not None:
-                # Interest in this job's subject: only the jobs this process streams reach it.
-                self.bus.add(self.bus.bus.subject(job_id), functools.partial(watch.hear, job_id))
+                # Interest in this job's subjects: only the jobs this process streams reach it.
+                subject = self.bus.bus.subject(job_id)
+                self.bus.add(subject, functools.partial(watch.hear, job_id))
+                self.bus.add(f"{subject}.{ENDED_SUFFIX}", watch.elect, queue=ENDS_QUEUE)
+                self.bus.add(
+                    f"{subject}.{CLOSED_SUFFIX}", functools.partial(self._hear_closed, watch)
+                )
             watch.task = asyncio.create_task(self._run(job_id, record.state.owner, watch))
             self._watches[job_id] = watch
         watch.subscribers += 1
@@ -302,7 +331,9 @@ class JobWatchers:
                 if self._watches.get(job_id) is watch:
                     del self._watches[job_id]
                     if self.bus is not None:
-                        self.bus.remove(self.bus.bus.subject(job_id))
+                        subject = self.bus.bus.subject(job_id)
+                        for suffix in ("", f".{ENDED_SUFFIX}", f".{CLOSED_SUFFIX}"):
+                            self.bus.remove(f"{subject}{suffix}")
                 if watch.task is not None:
                     watch.task.cancel()
 
@@ -337,20 +368,56 @@ class JobWatchers:
             watch.record = live
         self.reads.offer(live)
 
-    async def _settled(self, job_id: str, owner: str, watch: _Watch) -> bool:
-        """After an attempt's end, one long poll for the run's close (instead of a describe()
-        every POLL_SECONDS, which a thousand jobs ending together would queue for the budget);
-        True once the terminal snapshot is out. A run still open (the attempt is retried, or
-        handed over) is followed as before."""
+    def _hear_closed(self, watch: _Watch, payload: bytes) -> None:
+        """Another replica's record of the job's closed run, if signed and of this owner's job."""
+        assert self.records is not None
+        record = self.records.open(payload, watch.record.view.job_id)
+        if record is not None and record.state.owner == watch.record.state.owner:
+            watch.shared = record
+            watch.end_news.set()
+
+    async def _closing(self, owner: str, watch: _Watch) -> JobRecord:
+        """The closed run's record: read from Temporal by the one replica streaming the job that
+        the bus picked, and shared with the others over the bus (two replicas ask Temporal
+        what one would). Without the bus, or once a wait found no news, read here."""
+        while self.bus is not None and not watch.elected and watch.shared is None:
+            watch.end_news.clear()
+            await watch.end_news.wait()
+        if watch.shared is not None:
+            return watch.shared
+        record = await self.reads.closed(watch.record, owner)
+        if self.bus is not None and self.records is not None:
+            subject = f"{self.bus.bus.subject(record.view.job_id)}.{CLOSED_SUFFIX}"
+            self.bus.publish(subject, self.records.sign(record))
+        return record
+
+    async def _settled(self, owner: str, watch: _Watch) -> bool:
+        """After an attempt's end: the run's close, awaited with one long poll parked in
+        Temporal (a thousand jobs ending together make a thousand parked polls, not a
+        `describe()` each every POLL_SECONDS), until the bus speaks of the job again (the
+        attempt is retried, or handed over to another worker) or goes down, or
+        END_WAIT_SECONDS pass (CALLBACK_END_WAIT_SECONDS for a job with a callback, decided
+        while its run is still open). True once the terminal snapshot is out."""
+        request = watch.record.request
+        wait = CALLBACK_END_WAIT_SECONDS if request and request.callback_url else END_WAIT_SECONDS
+        closing = asyncio.ensure_future(self._closing(owner, watch))
+        spoken = asyncio.ensure_future(watch.noticed.wait())
         try:
-            record = await self.reads.wait_for_result(job_id, owner, END_WAIT_SECONDS)
+            done, _ = await asyncio.wait(
+                (closing, spoken), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closing.cancel()
+            spoken.cancel()
+        if closing not in done:
+            return False
+        try:
+            record = closing.result()
         except ApiError:
             watch.close()
             return True
         except Exception as exc:  # Temporal unreachable: polling tries again, slower
-            log.info("job end wait failed", jobId=job_id, error=str(exc))
-            return False
-        if record is None:
+            log.info("job end wait failed", jobId=watch.record.view.job_id, error=str(exc))
             return False
         snap = self.snapshot(record, watch.latest)
         watch.publish(record, snap)
@@ -361,32 +428,40 @@ class JobWatchers:
     async def _run(self, job_id: str, owner: str, watch: _Watch) -> None:
         delay = self.poll_seconds
         while not watch.closed:
-            # Idle watchers back off with jitter: those that started together (a burst of jobs
-            # and subscribers) do not all wake together, in waves that stall Temporal.
-            jitter = 1.0 if delay <= self.poll_seconds else random.uniform(0.5, 1.5)
-            if self.bus is None:
-                await asyncio.sleep(delay * jitter)
-            elif (notice := await watch.wait_notice(delay * jitter)) is not None:
-                self._apply(watch, notice)
-                if not notice.ended:
-                    # What arrives meanwhile waits, the newest message replacing older ones.
-                    await asyncio.sleep(BUS_GAP_SECONDS)
-                    delay = BUS_SILENCE_SECONDS
-                    continue
+            if watch.ending and self.bus is not None and self.bus.connected:
                 # The attempt is over: Temporal says what follows (done, retried, cancelled).
-                watch.heard, delay = None, self.poll_seconds
-                if await self._settled(job_id, owner, watch):
+                if await self._settled(owner, watch):
                     return
-                continue
-            elif covered := self._covered(watch):
-                delay = covered
-                continue
-            # A moving job waits its turn; an idle one asks only while half the budget is free,
-            # so it never takes a turn a moving job is waiting for.
-            moving = watch.record.view.status is JobStatus.processing
-            if not moving and not self.budget.has_capacity(self.idle_share):
-                delay = min(delay * 2, IDLE_MAX_SECONDS)
-                continue
+                if watch.noticed.is_set():
+                    continue  # the bus spoke again, or went down: follow that
+                # Nothing for END_WAIT_SECONDS: one `describe()` below, then wait again, on
+                # Temporal itself (the replica the bus picked may be gone).
+                watch.elected = True
+            else:
+                # Idle watchers back off with jitter: those that started together (a burst of
+                # jobs and subscribers) do not all wake together, in waves that stall Temporal.
+                jitter = 1.0 if delay <= self.poll_seconds else random.uniform(0.5, 1.5)
+                if self.bus is None:
+                    await asyncio.sleep(delay * jitter)
+                elif (notice := await watch.wait_notice(delay * jitter)) is not None:
+                    self._apply(watch, notice)
+                    if not notice.ended:
+                        watch.follow_attempt()
+                        # What arrives meanwhile waits, the newest message replacing older ones.
+                        await asyncio.sleep(BUS_GAP_SECONDS)
+                        delay = BUS_SILENCE_SECONDS
+                    else:
+                        watch.ending, watch.heard, delay = True, None, self.poll_seconds
+                    continue
+                elif covered := self._covered(watch):
+                    delay = covered
+                    continue
+                # A moving job waits its turn; an idle one asks only while half the budget is
+                # free, so it never takes a turn a moving job is waiting for.
+                moving = watch.record.view.status is JobStatus.processing
+                if not moving and not self.budget.has_capacity(self.idle_share):
+                    delay = min(delay * 2, IDLE_MAX_SECONDS)
+                    continue
             await self.budget.acquire()
             try:
                 record = await self.reads.describe(job_id, owner)
@@ -398,6 +473,8 @@ class JobWatchers:
                 # Temporal unreachable: keep the streams open and try again, slower.
                 log.warning("job watch failed", jobId=job_id, error=str(exc))
                 delay = min(delay * 2, 5.0)
+                if watch.ending:
+                    await asyncio.sleep(delay)
                 continue
             snap = self.snapshot(record, watch.latest)
             moved = snap.key > watch.latest.key

@@ -35,6 +35,12 @@ RECONNECT_SECONDS = 1
 CONNECT_TIMEOUT_SECONDS = 2
 
 
+# A job's subjects below its own: the attempt's end, for one API replica (a queue group), and
+# the closed run's record that replica read from Temporal, for the others.
+ENDED_SUFFIX = "end"
+CLOSED_SUFFIX = "closed"
+
+
 def job_subject(prefix: str, job_id: str) -> str:
     """The job's subject: the prefix and a digest of the job id (one token, no secret)."""
     return f"{prefix}.{hashlib.sha256(job_id.encode()).hexdigest()[:32]}"
@@ -200,6 +206,7 @@ class Subscriptions:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._wanted: dict[str, Callable[[bytes], None]] = {}
+        self._queues: dict[str, str] = {}
         self._subs: dict[str, Subscription] = {}
         bus.on_connect.append(self._resume)
 
@@ -210,8 +217,11 @@ class Subscriptions:
     def start(self) -> None:
         self.bus.start()
 
-    def add(self, subject: str, handler: Callable[[bytes], None]) -> None:
+    def add(self, subject: str, handler: Callable[[bytes], None], queue: str = "") -> None:
+        """Interest in `subject`; with a `queue` group, each message reaches one member of the
+        group (one API replica among those that share the interest), not every one."""
         self._wanted[subject] = handler
+        self._queues[subject] = queue
         if self.bus.connected:
             asyncio.create_task(self._subscribe(subject))  # noqa: RUF006 - ends by itself
 
@@ -226,6 +236,7 @@ class Subscriptions:
 
     def remove(self, subject: str) -> None:
         self._wanted.pop(subject, None)
+        self._queues.pop(subject, None)
         sub = self._subs.pop(subject, None)
         if sub is not None:
             asyncio.create_task(self._unsubscribe(sub))  # noqa: RUF006 - ends by itself
@@ -248,7 +259,8 @@ class Subscriptions:
                 handler(msg.data)
 
         try:
-            sub = await self.bus.nc.subscribe(subject, cb=deliver)
+            queue = self._queues.get(subject, "")
+            sub = await self.bus.nc.subscribe(subject, queue=queue, cb=deliver)
         except nats.errors.Error as exc:
             log.info("bus subscribe failed", error=repr(exc))
             return
@@ -263,5 +275,6 @@ class Subscriptions:
 
     async def close(self) -> None:
         self._wanted.clear()
+        self._queues.clear()
         self._subs.clear()
         await self.bus.close()

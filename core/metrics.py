@@ -33,6 +33,10 @@ ACTIVE_SSE = Gauge("active_sse_connections", "Open Server-Sent Events streams")
 STATUS_DESCRIBES = Counter(
     "download_status_describes_total", "describe() calls made to answer status and event streams"
 )
+STATUS_CLOSE_WAITS = Counter(
+    "download_status_close_waits_total",
+    "Long polls of a run's history for its close, made to end event streams",
+)
 ACTIVE_WEBSOCKETS = Gauge("active_websocket_connections", "Open WebSocket event streams")
 BYTES_PACKAGED = Counter("download_bytes_packaged_total", "Source bytes written into archives")
 FILES_PACKAGED = Counter("download_files_packaged_total", "Files written into archives")

@@ -5,6 +5,7 @@ when it is back; nothing crosses owners; publishing never waits."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.packaging import DownloadActivities
 from activities.publishing import heartbeat_seconds
+from api.views import JobRecord, SignedRecords, job_view
 from api.watchers import parse_event_id
 from core import bus
 from core.bus import Bus, Publisher, Subscriptions, job_subject
@@ -35,7 +37,7 @@ from tests.helpers import (
     with_keys,
 )
 from worker import build_worker
-from workflows.models import PackageProgress, ProgressNotice
+from workflows.models import JobState, JobStatus, PackageProgress, ProgressNotice
 
 NATS_USER, NATS_PASSWORD = "downloads", "test-bus-password-0123456789abcdef"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -61,6 +63,10 @@ def metric(name: str, **labels: str) -> float:
 
 def describes() -> float:
     return metric("download_status_describes_total")
+
+
+def close_waits() -> float:
+    return metric("download_status_close_waits_total")
 
 
 def received() -> float:
@@ -105,14 +111,78 @@ async def test_stream_follows_the_bus_without_a_describe_per_update(
                     final = event
         assert final["event"] == "completed"
         assert [f["status"] for f in final["data"]["files"]] == ["completed"] * len(ids)
-        # Every file's step was streamed, from bus messages: a handful of Temporal reads (the
-        # attempt's end and the terminal state), not one per update.
+        # Every file's step was streamed, from bus messages, and the end came from one long
+        # poll of the run's history: no `describe()` after the first update (one at most, in
+        # flight when the bus spoke first), not one per update.
         assert len(updates) >= len(ids)
-        assert asked[1] - asked[0] <= 4 < len(updates)
+        assert asked[1] - asked[0] <= 1
         keys = [parse_event_id(e["id"]) for e in [*updates, final]]
         assert keys == sorted(keys) and len(set(keys)) == len(keys)  # type: ignore[type-var]
         # Status polls share the live record while it is fresh.
         assert services(app).reads.snapshots.fetches <= asked[1] + 2
+
+
+async def test_two_replicas_streaming_a_job_ask_temporal_for_its_end_once(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    live = slow_origin(on_bus(settings, nats_server), 200)
+    ids = [10_001 + i for i in range(4)]
+    put_sources(store, live, dict.fromkeys(ids, 50_000))
+    async with (
+        serve(live) as (first, app1),
+        serve(live) as (second, app2),
+        build_worker(env.client, live, store),
+    ):
+        await bus_connected(app1)
+        await bus_connected(app2)
+        job_ids = [(await initiate(first, ids))["jobId"] for _ in range(3)]
+        waits, asked = close_waits(), describes()
+
+        async def follow(client: Any, job_id: str) -> dict[str, Any]:
+            async with client.stream("GET", f"/v1/download/subscribe/{job_id}") as resp:
+                assert resp.status_code == 200
+                async for event in sse_events(resp):
+                    if event["event"] in TERMINAL:
+                        return event
+            raise AssertionError("the stream ended without the job's terminal event")
+
+        finals = await asyncio.gather(*(follow(c, j) for j in job_ids for c in (first, second)))
+        assert [f["event"] for f in finals] == ["completed"] * 6
+        assert {f["data"]["jobId"] for f in finals} == set(job_ids)
+        # Both replicas showed each job's end; one of them asked Temporal for it, with one
+        # long poll of the run's history, and signed what it read over to the other.
+        assert close_waits() - waits == len(job_ids)
+        assert describes() - asked <= 2 * len(job_ids)  # the streams' first reads
+
+
+def test_a_record_from_the_bus_is_taken_only_when_signed_with_the_seal_key() -> None:
+    record = JobRecord(
+        state=JobState(
+            job_id="job-1",
+            owner="alice",
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+            updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+            status=JobStatus.completed,
+        ),
+        view=job_view(
+            JobState(
+                job_id="job-1",
+                owner="alice",
+                created_at=datetime(2026, 1, 1, tzinfo=UTC),
+                updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+            ),
+            None,
+        ),
+        run_started=datetime(2026, 1, 1, tzinfo=UTC),
+        run_id="run-1",
+    )
+    ours, theirs = SignedRecords(b"seal key"), SignedRecords(b"another key")
+    signed = ours.sign(record)
+    assert ours.open(signed, "job-1") == record
+    assert ours.open(signed, "job-2") is None  # another job's subject
+    assert ours.open(theirs.sign(record), "job-1") is None
+    mac, _, body = signed.partition(b".")
+    assert ours.open(mac + b"." + body.replace(b"alice", b"mallo"), "job-1") is None
 
 
 async def test_stream_falls_back_to_polling_while_the_bus_is_down(

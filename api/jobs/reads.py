@@ -9,6 +9,7 @@ Routes and the job watchers read through `JobReads`, so how a job is found is de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from datetime import UTC, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from api.jobs import RPC_TIMEOUT
 from api.schemas import JobView
 from api.views import JobRecord, PendingActivity, job_view
 from core.config import Settings
-from core.metrics import STATUS_DESCRIBES
+from core.metrics import STATUS_CLOSE_WAITS, STATUS_DESCRIBES
 from core.storage import ObjectStore
 from workflows import names
 from workflows.models import (
@@ -97,23 +98,11 @@ class JobReads:
         state = await _memo_state(desc, job_id)
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             state = await self.completed_state(job_id, desc.run_id)
-        # Runs from before sealing kept one archive per job, unless their version recorded the
-        # sizes of parts named after the run.
-        run_id = sealed_run or (desc.run_id if state.archive_sizes is not None else None)
+        run_id = archive_run(state, sealed_run, desc.run_id)
         archive_key = self.settings.archive_key(job_id, run_id)
         if desc.status != WorkflowExecutionStatus.COMPLETED and state.status is JobStatus.completed:
             state = await self._confirmed(state, archive_key)
-        state = state.model_copy(
-            update={
-                "job_id": job_id,
-                "owner": request.owner,
-                "archive_key": archive_key if state.status is JobStatus.completed else None,
-                # Every part holds a file at least: no more links than the sealed request's ids.
-                "archive_sizes": state.archive_sizes[: len(request.file_ids)]
-                if state.archive_sizes is not None
-                else None,
-            }
-        )
+        state = self._trusted_state(state, job_id, request, run_id)
         activities = await self.pending_activities(desc)
         pace = self.pace.observed_ms_per_file
         view = job_view(state, desc.status, activities, desc.close_time, pace)
@@ -157,6 +146,24 @@ class JobReads:
                 return None
             return request if isinstance(request, DownloadRequest) else None
         return None
+
+    def _trusted_state(
+        self, state: JobState, job_id: str, request: DownloadRequest, run_id: str | None
+    ) -> JobState:
+        """The run's state with what Temporal-side data cannot decide: the job id, the owner the
+        sealed request names, the archive key derived from the run, and no more parts than
+        the request has ids (every part holds a file at least)."""
+        archive_key = self.settings.archive_key(job_id, run_id)
+        return state.model_copy(
+            update={
+                "job_id": job_id,
+                "owner": request.owner,
+                "archive_key": archive_key if state.status is JobStatus.completed else None,
+                "archive_sizes": state.archive_sizes[: len(request.file_ids)]
+                if state.archive_sizes is not None
+                else None,
+            }
+        )
 
     async def _confirmed(self, state: JobState, archive_key: str) -> JobState:
         """A running run's memo says completed: believed once the archive of this run is in S3
@@ -296,6 +303,38 @@ class JobReads:
             view = view.model_copy(update={"archive_size": sizes[0], "archive_sizes": sizes})
         return view
 
+    async def closed(self, record: JobRecord, owner: str) -> JobRecord:
+        """`record`'s job once the run it was read from closes: one long poll of that run's
+        history for its close event, parked in Temporal however long the run takes (the caller
+        bounds the wait). A completed run's record is built from the result the poll returns,
+        with the request already judged for this run: no `describe()`. A run that failed or was
+        cancelled is described (its memo says why)."""
+        job_id = record.view.job_id
+        run_id = self.open_runs.get(job_id)
+        trusted = self.run_requests.get(run_id) if run_id is not None else None
+        handle = self.client.get_workflow_handle(job_id, run_id=run_id, result_type=JobState)
+        STATUS_CLOSE_WAITS.inc()
+        state: JobState | None = None
+        with contextlib.suppress(WorkflowFailureError):  # failed or cancelled: the memo says why
+            state = await handle.result(follow_runs=False)
+        if state is None or trusted is None or run_id is None:
+            self.snapshots.forget(job_id)
+            return await self.describe(job_id, owner)
+        self.open_runs.pop(job_id, None)
+        self.completed.put(job_id, run_id, state)
+        self.pace.observe(state)
+        request, sealed_run = trusted
+        if request.owner != owner:
+            raise ApiError.not_found(job_id)
+        archive = archive_run(state, sealed_run, run_id)
+        done = self._trusted_state(state, job_id, request, archive)
+        view = job_view(done, WorkflowExecutionStatus.COMPLETED, (), state.completed_at)
+        closed = JobRecord(
+            state=done, view=view, run_started=record.run_started, run_id=archive, request=request
+        )
+        self.offer(closed)
+        return closed
+
     async def wait_for_result(self, job_id: str, owner: str, seconds: float) -> JobRecord | None:
         """The finished job, or None if it is still running after `seconds`."""
         handle = self.client.get_workflow_handle(job_id)
@@ -307,6 +346,13 @@ class JobReads:
             pass  # failed or cancelled: the memo says why
         self.snapshots.forget(job_id)
         return await self.describe(job_id, owner)
+
+
+def archive_run(state: JobState, sealed_run: str | None, run_id: str) -> str | None:
+    """The run a job's archive is named after: its sealed run; for runs from before sealing,
+    the run itself if its version recorded the sizes of parts named after the run, else none
+    (one archive per job)."""
+    return sealed_run or (run_id if state.archive_sizes is not None else None)
 
 
 def archive_filename(job_id: str, part: int, parts: int) -> str:
