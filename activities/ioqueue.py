@@ -104,7 +104,7 @@ class RankedExecutor(Executor):
                     return  # shut down, nothing left to run
                 call = heapq.heappop(self._queue)
             call.run()
-            del call  # drop the result before waiting for the next call
+            del call  # let its arguments go (a part's bytes) before waiting for the next call
 
     @property
     def queued(self) -> int:
