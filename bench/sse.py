@@ -15,12 +15,14 @@ Three modes:
   API makes (`download_status_describes_total`) next to its budget STREAM_POLLS_PER_SECOND;
 - `--moving 300,1000`: that many jobs moving at once (a worker slot each, a slow origin of
   200-400 ms per small file, so each job advances several times a second), one subscriber each,
-  with the progress bus (NATS) and without it, side by side: the gap between a job's updates as
-  its subscriber receives them (target p99 <= 0.5 s), the staleness of each update (receive
-  time minus the progress's own `updatedAt`), the API's `describe()` calls a second while every
-  job moves and over the whole run (with the bus: only when a job's attempt ends), Temporal's
-  own count of describes and of heartbeat calls per job per second of processing (its dev
-  server's metrics); two API processes streaming the same jobs; and the bus stopped mid-run
+  with the progress bus (NATS) and without it, side by side: the gap between a moving job's
+  updates as its subscriber receives them, from its first processing event to its last (target
+  p99 <= 0.5 s), the end wait from its last update to its terminal event (the run's close, at
+  Temporal's pace), the staleness of each update (receive time minus the progress's own
+  `updatedAt`), the API's `describe()` calls a second while every job moves and over the whole
+  run, Temporal's own count of describes, of the APIs' reads (describes, history reads, long
+  polls) and of heartbeat calls per job per second of processing (its dev server's metrics);
+  two API processes streaming the same jobs; and the bus stopped mid-run
   (`--outage-after`, `--outage-seconds`): no stream dropped, updates go on by polling. The jobs
   are shared by `--workers` worker processes (2).
 
@@ -68,6 +70,13 @@ from core.storage import ObjectStore
 from devstack.servers import NatsServer, S3Server, free_port, local_servers, start_dev_server
 
 TERMINAL = {"completed", "failed", "cancelled"}
+API_READS = (
+    "DescribeWorkflowExecution",
+    "GetWorkflowExecutionHistory",
+    "PollWorkflowExecutionHistory",
+    "ListWorkflowExecutions",
+    "CountWorkflowExecutions",
+)
 FIRST_ID = 20_000
 
 
@@ -294,23 +303,35 @@ NATS_USER, NATS_PASSWORD = "bench", "bench-bus-password-0123456789abcdef"
 
 @dataclass
 class Follow:
-    """One subscriber's view of its job: when each event arrived from the first `processing` one
-    on (wall clock), the staleness of each processing event (receive time minus the `updatedAt`
-    of the progress it carries), and whether the terminal event arrived."""
+    """One subscriber's view of its job: when each `processing` event arrived (wall clock), the
+    staleness of each (receive time minus the `updatedAt` of the progress it carries), and when
+    the terminal event arrived.
+
+    The job moves from its first processing event to its last: the gaps between them are the
+    moving job's updates. After the last one its packaging is over and the job waits for
+    Temporal to close the run (the end wait, measured on its own)."""
 
     times: list[float] = field(default_factory=list)
     stale: list[tuple[float, float]] = field(default_factory=list)
     # The `updatedAt` of each processing event: when the worker's progress was what it shows.
     made: list[float] = field(default_factory=list)
-    done: bool = False
+    final: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
 
     def gaps(self, within: tuple[float, float] | None = None) -> list[float]:
-        """Time between consecutive updates (those ending inside `within`, if given)."""
+        """Time between consecutive updates of the moving job (those ending inside `within`)."""
         return [
             b - a
             for a, b in itertools.pairwise(self.times)
             if within is None or within[0] <= b < within[1]
         ]
+
+    def end_wait(self) -> float | None:
+        """From the job's last processing event to its terminal one."""
+        return self.final - self.times[-1] if self.final is not None and self.times else None
 
 
 async def follow(port: int, job_id: str, out: Follow, connected: list[str]) -> None:
@@ -319,9 +340,7 @@ async def follow(port: int, job_id: str, out: Follow, connected: list[str]) -> N
     async with contextlib.aclosing(opened) as events:
         async for received, event, fields in events:
             if event in TERMINAL:
-                if out.times:
-                    out.times.append(received)
-                out.done = True
+                out.final = received
                 return
             if event != "progress":
                 continue
@@ -365,6 +384,14 @@ class MovingRun:
     def gaps(self, within: tuple[float, float] | None = None) -> list[float]:
         return [g for f in self.follows for g in f.gaps(within)]
 
+    def end_waits(self) -> list[float]:
+        return [w for f in self.follows if (w := f.end_wait()) is not None]
+
+    def api_reads(self) -> float:
+        """Temporal's count of the reads API processes make: describes, history reads (a run's
+        start input, a completed run's result) and long polls for a run's close."""
+        return sum(self.temporal.get(op, 0.0) for op in API_READS)
+
     def pace(self) -> list[float]:
         """Time between the progress times consecutive updates carry: how often the jobs
         themselves moved, as far as their subscribers were told (with the bus, every move)."""
@@ -399,11 +426,14 @@ class MovingRun:
         return (
             f"  {self.label:<24} gap p50 {quantile(gaps, 0.5):.2f} s  p99 {quantile(gaps, 0.99):.2f} s"
             f"  max {max(gaps, default=float('nan')):.2f} s (jobs' own pace p99 "
-            f"{quantile(self.pace(), 0.99):.2f} s) | staleness p99 "
+            f"{quantile(self.pace(), 0.99):.2f} s) | end wait p50 "
+            f"{quantile(self.end_waits(), 0.5):.2f} s p99 {quantile(self.end_waits(), 0.99):.2f} s"
+            f" | staleness p99 "
             f"{quantile(stale, 0.99):.2f} s | API describe()/s {self.api_describes / self.elapsed:5.1f}"
             f" (9 in 10 moving: {self.steady_rate():5.1f}; per job {self.api_describes / self.jobs:.1f})"
             f" | Temporal DescribeWorkflowExecution/s "
             f"{self.temporal.get('DescribeWorkflowExecution', 0.0) / self.elapsed:5.1f}"
+            f", API reads/s {self.api_reads() / self.elapsed:5.1f}"
             f" | heartbeats/job/s {self.heartbeats_per_job_second():.2f}"
             f" | dropped {self.dropped}/{len(self.follows)} | {self.elapsed:.0f} s"
             f"\n    cpu (share of one core): {self.cpu}"
@@ -578,6 +608,11 @@ def report_moving(runs: list[MovingRun]) -> None:
         f"every {quantile(bus.pace(), 0.99):.2f} s at p99)"
     )
     print(
+        f"RESULT {jobs} jobs: end wait (a job's last update to its terminal event) p50/p99: bus "
+        f"{quantile(bus.end_waits(), 0.5):.2f}/{quantile(bus.end_waits(), 0.99):.2f} s vs polling "
+        f"{quantile(polling.end_waits(), 0.5):.2f}/{quantile(polling.end_waits(), 0.99):.2f} s"
+    )
+    print(
         f"RESULT {jobs} jobs: staleness p99 (an update's receive time minus its progress time): "
         f"bus {quantile(bus.stale(), 0.99):.2f} s vs polling {quantile(polling.stale(), 0.99):.2f} s"
     )
@@ -593,6 +628,13 @@ def report_moving(runs: list[MovingRun]) -> None:
         f"RESULT {jobs} jobs: Temporal describes/s, two API processes on the bus {both:.1f} vs one "
         f"{one:.1f} vs one polling "
         f"{polling.temporal.get('DescribeWorkflowExecution', 0.0) / polling.elapsed:.1f}"
+    )
+    print(
+        f"RESULT {jobs} jobs: Temporal reads by the APIs (describes, history reads, long polls "
+        f"for a run's close) per job: two API processes on the bus "
+        f"{two.api_reads() / jobs:.2f} vs one {bus.api_reads() / jobs:.2f} (ratio "
+        f"{two.api_reads() / bus.api_reads() if bus.api_reads() else float('nan'):.2f}) vs one "
+        f"polling {polling.api_reads() / jobs:.2f}"
     )
     before, after = polling.heartbeats_per_job_second(), bus.heartbeats_per_job_second()
     print(
