@@ -173,17 +173,19 @@ def _view(
     progress: ProgressSummary | None = None,
     ms_per_file: float | None = None,
 ) -> JobView:
-    files = [_file(f) for f in state.files]
     done, total = state.bytes_processed, state.total_bytes
     current = state.current_file if status is JobStatus.processing else None
     current_bytes = current_size = None
     updated = state.updated_at
     eta: datetime | None = None
     basis: EtaBasis | None = None if status.terminal else "estimating"
+    if progress is not None and status is not JobStatus.completed:
+        files = _files_with_progress(state.files, progress, status)
+    else:
+        files = [_file(f) for f in state.files]
     if status is JobStatus.completed:
         done = total = max(done, total) if total else done
     elif progress is not None:
-        files = _files_with_progress(state.files, progress, status)
         done, total = progress.bytes_done, progress.total_bytes or total
         if status is JobStatus.processing:
             current = progress.current_file
