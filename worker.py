@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from activities.callbacks import CallbackActivities
 from activities.errorreports import ErrorTrackingInterceptor
 from activities.expiry import ArchiveExpiry
 from activities.packaging import DownloadActivities
-from core import bus
+from core import bus, heap
 from core.config import Process, Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import get_logger, setup_logging, setup_tracing, worker_runtime
@@ -103,10 +102,8 @@ async def run(settings: Settings) -> None:
     async with build_worker(client, settings, store):
         temporal = describe(settings.temporal_client_config())
         log.info("worker started", task_queue=settings.temporal_task_queue, temporal=temporal)
-        # Everything made so far (modules, the SDK, schemas) lives as long as the process: out
-        # of the collector's sight, collections triggered by the many short-lived objects of
-        # each S3 request no longer walk it again and again.
-        gc.freeze()
+        # Everything made so far lives as long as the process (`core.heap`).
+        heap.settle()
         await stop.wait()
         # Leaving the block shuts the worker down gracefully: running packaging attempts
         # checkpoint and fail over, to resume on another worker.

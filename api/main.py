@@ -17,6 +17,7 @@ from api.routes import downloads, events, legacy, service
 from api.routes.docs import mount_docs
 from api.routes.service import STATIC
 from api.services import build_services
+from core import heap
 from core.config import Process, Settings, load_settings
 from core.errortracking import close_error_tracking, setup_error_tracking
 from core.observability import redact_span_query, setup_logging, setup_tracing
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     settings = load_settings(Process.api)
     setup_logging(settings, "api")
+    # Modules, schemas and settings live as long as the process (`core.heap`).
+    heap.settle()
     uvicorn.run(
         create_app(settings),
         host=settings.host,
