@@ -51,6 +51,10 @@ log = get_logger("api.watchers")
 POLL_SECONDS = 0.25
 # A job that does not move (queued, or waiting on a slow origin) is asked less and less often.
 IDLE_MAX_SECONDS = 5.0
+# While the bus is up a queued job's attempt announces its start there, and a cancel made
+# through any replica wakes the job's watchers (`.beat`): a queued job is asked only this
+# rarely, in case its worker is off the bus.
+BUS_IDLE_MAX_SECONDS = 30.0
 STREAM_RETRY_AFTER_SECONDS = 10
 PING_SECONDS = 15.0
 BUDGET_SLICES = 10
@@ -164,6 +168,10 @@ class _Watch:
     elected: bool = False
     shared: JobRecord | None = None
     end_news: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """Ask Temporal now (the job is being cancelled, or the bus went down)."""
+        self.noticed.set()
 
     def elect(self, _: bytes) -> None:
         self.elected = True
@@ -320,6 +328,7 @@ class JobWatchers:
                 self.bus.add(
                     f"{subject}.{CLOSED_SUFFIX}", functools.partial(self._hear_closed, watch)
                 )
+                self.bus.add(f"{subject}.beat", functools.partial(self._woken, watch))
             watch.task = asyncio.create_task(self._run(job_id, record.state.owner, watch))
             self._watches[job_id] = watch
         watch.subscribers += 1
@@ -332,20 +341,27 @@ class JobWatchers:
                     del self._watches[job_id]
                     if self.bus is not None:
                         subject = self.bus.bus.subject(job_id)
-                        for suffix in ("", f".{ENDED_SUFFIX}", f".{CLOSED_SUFFIX}"):
+                        for suffix in ("", f".{ENDED_SUFFIX}", f".{CLOSED_SUFFIX}", ".beat"):
                             self.bus.remove(f"{subject}{suffix}")
                 if watch.task is not None:
                     watch.task.cancel()
 
     def hurry(self, job_id: str) -> None:
         """Ask the job's running attempt, if it is on the bus, to heartbeat Temporal at the old
-        pace for a few seconds: a cancellation then reaches it at once."""
+        pace for a few seconds: a cancellation then reaches it at once. The job's watchers on
+        every replica hear it too, and ask Temporal now (a queued job is asked rarely)."""
         if self.bus is not None:
             self.bus.publish(f"{self.bus.bus.subject(job_id)}.beat")
 
+    def _woken(self, watch: _Watch, _: bytes) -> None:
+        """The job is being cancelled (on any replica): read it afresh, not from the answer
+        shared a moment ago."""
+        self.reads.snapshots.forget(watch.record.view.job_id)
+        watch.wake()
+
     def _wake_all(self) -> None:
         for watch in self._watches.values():
-            watch.noticed.set()
+            watch.wake()
 
     def _covered(self, watch: _Watch) -> float:
         """How much longer the bus speaks for the job (0: poll Temporal)."""
@@ -427,13 +443,18 @@ class JobWatchers:
 
     async def _run(self, job_id: str, owner: str, watch: _Watch) -> None:
         delay = self.poll_seconds
+        if self.bus is not None and self.bus.connected:
+            # The first snapshot was just read: the bus says what comes next.
+            moving = watch.record.view.status is JobStatus.processing
+            delay = BUS_SILENCE_SECONDS if moving else BUS_IDLE_MAX_SECONDS
         while not watch.closed:
-            if watch.ending and self.bus is not None and self.bus.connected:
+            up = self.bus is not None and self.bus.connected
+            if watch.ending and up and not watch.noticed.is_set():
                 # The attempt is over: Temporal says what follows (done, retried, cancelled).
                 if await self._settled(owner, watch):
                     return
                 if watch.noticed.is_set():
-                    continue  # the bus spoke again, or went down: follow that
+                    continue  # the bus spoke again, went down or woke the job: that first
                 # Nothing for END_WAIT_SECONDS: one `describe()` below, then wait again, on
                 # Temporal itself (the replica the bus picked may be gone).
                 watch.elected = True
@@ -460,7 +481,7 @@ class JobWatchers:
                 # free, so it never takes a turn a moving job is waiting for.
                 moving = watch.record.view.status is JobStatus.processing
                 if not moving and not self.budget.has_capacity(self.idle_share):
-                    delay = min(delay * 2, IDLE_MAX_SECONDS)
+                    delay = self._idle_delay(delay, up)
                     continue
             await self.budget.acquire()
             try:
@@ -484,7 +505,13 @@ class JobWatchers:
             elif moved or record.view.status is JobStatus.processing:
                 delay = self.poll_seconds
             else:
-                delay = min(delay * 2, IDLE_MAX_SECONDS)
+                delay = self._idle_delay(delay, self.bus is not None and self.bus.connected)
+
+    @staticmethod
+    def _idle_delay(delay: float, bus_up: bool) -> float:
+        """How long until an idle (queued) job is asked again: twice as long as last time, up
+        to IDLE_MAX_SECONDS; BUS_IDLE_MAX_SECONDS at once while the bus is up."""
+        return BUS_IDLE_MAX_SECONDS if bus_up else min(delay * 2, IDLE_MAX_SECONDS)
 
     async def close(self) -> None:
         tasks = [w.task for w in self._watches.values() if w.task is not None]

@@ -357,3 +357,42 @@ async def test_a_cancel_reaches_an_attempt_on_the_bus_at_once(
             assert resp.status_code == 200
             assert resp.json()["status"] == "cancelled"
             assert [e["event"] async for e in events][-1] == "cancelled"
+
+
+async def test_a_queued_job_is_asked_rarely_on_the_bus_and_its_cancel_shows_at_once(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    """While the bus is up a queued job's watcher waits for its attempt to announce itself
+    instead of polling Temporal; a cancel (on any replica) wakes it."""
+    one_slot = on_bus(settings, nats_server).model_copy(
+        update={"worker_max_concurrent_activities": 1}
+    )
+    live = slow_origin(one_slot, 400)
+    ids = [10_001 + i for i in range(20)]
+    put_sources(store, live, dict.fromkeys(ids, 10_000))
+    async with (
+        serve(live) as (client, app),
+        serve(live) as (other, app2),
+        build_worker(env.client, live, store),
+    ):
+        await bus_connected(app)
+        await bus_connected(app2)
+        running = (await initiate(client, ids))["jobId"]
+        async with client.stream("GET", f"/v1/download/subscribe/{running}") as stream:
+            async for event in sse_events(stream):
+                if event["data"]["status"] == "processing":
+                    break
+        queued = (await initiate(client, ids[:2]))["jobId"]
+        async with other.stream("GET", f"/v1/download/subscribe/{queued}") as stream:
+            events = sse_events(stream)
+            assert (await anext(events))["data"]["status"] == "queued"
+            asked = describes()
+            await asyncio.sleep(2)
+            # Queued: not asked again meanwhile (polling would have asked 3 times).
+            assert describes() - asked == 0
+            resp = await client.delete(f"/v1/download/{queued}")
+            assert resp.status_code == 200
+            # Cancelled through the first replica, shown by the second one's stream at once,
+            # not when its next poll of the queued job would come (30 s).
+            async with asyncio.timeout(10):
+                assert [e["event"] async for e in events][-1] == "cancelled"

@@ -125,6 +125,8 @@ async def cancel(job_id: JobIdDep, owner: OwnerDep, services: ServicesDep) -> Ca
     # With the progress bus, a running attempt heartbeats seldom: it is asked to hurry.
     services.watchers.hurry(job_id)
     record = await services.commands.cancel(job_id, owner)
+    # Once more, now that it is done: the job's watchers on every replica show the outcome.
+    services.watchers.hurry(job_id)
     return CancelResponse(job_id=job_id, cancelled=True, status=record.view.status)
 
 
