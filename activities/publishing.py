@@ -32,6 +32,8 @@ from core.config import Settings
 from workflows.models import PackageProgress, ProgressNotice, ProgressSummary
 
 KEEPALIVE_SECONDS = 1.0
+# The longest an attempt waits for the bus (its `.beat` subscription), ever.
+BUS_CALL_SECONDS = 1.0
 HURRY_SECONDS = 5.0
 # How often running attempts' positions are looked at.
 LOOK_SECONDS = 0.05
@@ -80,6 +82,7 @@ class ProgressFeed:
         self.publisher, self.settings = publisher, settings
         self._live: dict[int, _Live] = {}
         self._task: asyncio.Task[None] | None = None
+        self._leaving: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def publishing(
@@ -111,8 +114,11 @@ class ProgressFeed:
                 # one waits for the run's close and shares what it reads (`api.watchers`).
                 self._send(live, ended=True, subject=f"{live.subject}.{ENDED_SUFFIX}")
             if hurry is not None:
-                with contextlib.suppress(Exception):
-                    await hurry.unsubscribe()
+                # Never awaited here: the client may be stuck behind a connection it has not
+                # yet found dead, and an attempt's end must not wait for the bus.
+                task = asyncio.create_task(_unsubscribe(hurry))
+                self._leaving.add(task)
+                task.add_done_callback(self._leaving.discard)
 
     async def _listen(self, live: _Live) -> Subscription | None:
         """Interest in the job's `.beat` subject, while the bus is up."""
@@ -124,8 +130,10 @@ class ProgressFeed:
             live.hurry_until = time.monotonic() + HURRY_SECONDS
 
         try:
-            return await self.publisher.bus.nc.subscribe(f"{live.subject}.beat", cb=hurry)
-        except nats.errors.Error:
+            return await asyncio.wait_for(
+                self.publisher.bus.nc.subscribe(f"{live.subject}.beat", cb=hurry), BUS_CALL_SECONDS
+            )
+        except (nats.errors.Error, TimeoutError):
             return None
 
     def _send(self, live: _Live, ended: bool = False, subject: str | None = None) -> None:
@@ -153,3 +161,8 @@ class ProgressFeed:
             for live in list(self._live.values()):
                 with contextlib.suppress(Exception):  # never the attempt's failure
                     self._look(live, now)
+
+
+async def _unsubscribe(sub: Subscription) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(sub.unsubscribe(), BUS_CALL_SECONDS)

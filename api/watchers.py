@@ -165,6 +165,9 @@ class _Watch:
     # The job's packaging attempt said it ended: what follows is awaited from Temporal, by
     # the one replica the bus picked (`elected`), which shares what it reads (`shared`).
     ending: bool = False
+    # Seen processing once: not moving now is a pause (between attempts, or the run closing),
+    # not a queue to wait in.
+    started: bool = False
     elected: bool = False
     shared: JobRecord | None = None
     end_news: asyncio.Event = field(default_factory=asyncio.Event)
@@ -205,6 +208,7 @@ class _Watch:
 
     def publish(self, record: JobRecord, snap: Snapshot) -> None:
         self.record = record
+        self.started = self.started or record.view.status is JobStatus.processing
         if snap.key > self.latest.key:
             self.latest = snap
             self._wake()
@@ -320,6 +324,7 @@ class JobWatchers:
         watch = self._watches.get(job_id)
         if watch is None:
             watch = _Watch(record=record, latest=self.snapshot(record))
+            watch.started = record.view.status is JobStatus.processing
             if self.bus is not None:
                 # Interest in this job's subjects: only the jobs this process streams reach it.
                 subject = self.bus.bus.subject(job_id)
@@ -382,6 +387,7 @@ class JobWatchers:
             watch.publish(live, self.snapshot(live, watch.latest))
         else:
             watch.record = live
+        watch.started = True
         self.reads.offer(live)
 
     def _hear_closed(self, watch: _Watch, payload: bytes) -> None:
@@ -481,7 +487,7 @@ class JobWatchers:
                 # free, so it never takes a turn a moving job is waiting for.
                 moving = watch.record.view.status is JobStatus.processing
                 if not moving and not self.budget.has_capacity(self.idle_share):
-                    delay = self._idle_delay(delay, up)
+                    delay = self._idle_delay(delay, up and not watch.started)
                     continue
             await self.budget.acquire()
             try:
@@ -505,13 +511,15 @@ class JobWatchers:
             elif moved or record.view.status is JobStatus.processing:
                 delay = self.poll_seconds
             else:
-                delay = self._idle_delay(delay, self.bus is not None and self.bus.connected)
+                up = self.bus is not None and self.bus.connected
+                delay = self._idle_delay(delay, up and not watch.started)
 
     @staticmethod
-    def _idle_delay(delay: float, bus_up: bool) -> float:
-        """How long until an idle (queued) job is asked again: twice as long as last time, up
-        to IDLE_MAX_SECONDS; BUS_IDLE_MAX_SECONDS at once while the bus is up."""
-        return BUS_IDLE_MAX_SECONDS if bus_up else min(delay * 2, IDLE_MAX_SECONDS)
+    def _idle_delay(delay: float, queued_on_bus: bool) -> float:
+        """How long until an idle job is asked again: twice as long as last time, up to
+        IDLE_MAX_SECONDS; BUS_IDLE_MAX_SECONDS at once for a job that has not started yet
+        while the bus is up (its attempt will announce itself)."""
+        return BUS_IDLE_MAX_SECONDS if queued_on_bus else min(delay * 2, IDLE_MAX_SECONDS)
 
     async def close(self) -> None:
         tasks = [w.task for w in self._watches.values() if w.task is not None]
