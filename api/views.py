@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
 from api.schemas import EtaBasis, FileView, JobView
@@ -68,12 +68,8 @@ class JobRecord:
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
-class _RecordBody(BaseModel):
-    state: JobState
-    view: JobView
-    run_started: datetime
-    run_id: str | None = None
-    request: DownloadRequest | None = None
+# A record as JSON (its encoded answers left out: each replica encodes its own).
+_RECORDS = TypeAdapter(JobRecord)
 
 
 class SignedRecords:
@@ -85,14 +81,8 @@ class SignedRecords:
         self.key = hmac.new(seal_key, b"job records between API replicas", hashlib.sha256).digest()
 
     def sign(self, record: JobRecord) -> bytes:
-        body = _RecordBody(
-            state=record.state,
-            view=record.view,
-            run_started=record.run_started,
-            run_id=record.run_id,
-            request=record.request,
-        ).model_dump_json()
-        return self._mac(body.encode()) + b"." + body.encode()
+        body = _RECORDS.dump_json(record, exclude={"encoded"})
+        return self._mac(body) + b"." + body
 
     def open(self, payload: bytes, job_id: str) -> JobRecord | None:
         """The record `payload` carries if it is signed and of job `job_id`, else None."""
@@ -100,18 +90,12 @@ class SignedRecords:
         if not hmac.compare_digest(mac, self._mac(body)):
             return None
         try:
-            shared = _RecordBody.model_validate_json(body)
+            record = _RECORDS.validate_json(body)
         except ValidationError:
             return None
-        if shared.view.job_id != job_id or shared.state.job_id != job_id:
+        if record.view.job_id != job_id or record.state.job_id != job_id:
             return None
-        return JobRecord(
-            state=shared.state,
-            view=shared.view,
-            run_started=shared.run_started,
-            run_id=shared.run_id,
-            request=shared.request,
-        )
+        return record
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self.key, body, hashlib.sha256).hexdigest().encode()
