@@ -40,6 +40,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from activities.ioqueue import RankedExecutor
 from api.main import create_app
 from api.services import Services
 from core.config import Settings
@@ -534,3 +535,23 @@ async def splice(
             w.close()
             with contextlib.suppress(OSError):
                 await w.wait_closed()
+
+
+@contextmanager
+def held_executor() -> Iterator[tuple[RankedExecutor, threading.Event]]:
+    """One ranked S3 thread, as a busy worker's would be: held until the event is set (at the
+    latest on leaving), then shut down with whatever is still queued."""
+    executor = RankedExecutor(1)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait()
+
+    executor.submit(hold)
+    assert started.wait(5)
+    try:
+        yield executor, release
+    finally:
+        release.set()
+        executor.shutdown(cancel_futures=True)

@@ -9,23 +9,14 @@ from collections.abc import Iterator
 import pytest
 
 from activities.ioqueue import RankedExecutor
+from tests.helpers import held_executor
 
 
 @pytest.fixture
 def one_thread() -> Iterator[tuple[RankedExecutor, threading.Event]]:
     """An executor with one thread, held busy until the event is set."""
-    executor = RankedExecutor(1)
-    started, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        started.set()
-        release.wait()
-
-    executor.submit(hold)
-    assert started.wait(5)
-    yield executor, release
-    release.set()
-    executor.shutdown(cancel_futures=True)
+    with held_executor() as held:
+        yield held
 
 
 def test_calls_run_by_rank_then_in_submission_order(

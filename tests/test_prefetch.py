@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from activities.ioqueue import RankedExecutor
 from activities.prefetch import ByteBudget, Prefetcher, Source
 from core.config import Settings
 from core.storage import ObjectNotFound, ObjectStore, Segment
-from tests.helpers import put_sources, wait_for
+from tests.helpers import held_executor, put_sources, wait_for
 
 KIB = 1024
 
@@ -221,20 +220,6 @@ async def test_empty_and_tiny_sources(settings: Settings, store: ObjectStore, si
         assert b"".join([c async for c in opened.chunks()]) == data[10_001]
 
 
-def _held_executor() -> tuple[RankedExecutor, threading.Event]:
-    """One ranked S3 thread, as a busy worker's would be: held until the event is set."""
-    executor = RankedExecutor(1)
-    started, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        started.set()
-        release.wait()
-
-    executor.submit(hold)
-    assert started.wait(5)
-    return executor, release
-
-
 async def _queued(*prefetchers: Prefetcher, reads: int) -> None:
     async def all_queued() -> bool:
         return sum(p.in_flight for p in prefetchers) == reads
@@ -252,15 +237,14 @@ async def test_on_shared_threads_a_writers_next_source_goes_before_others_read_a
     sizes = {10_000 + i: KIB for i in range(1, 12)}
     put_sources(store, settings, sizes)
     keys = [settings.source_key(i) for i in sizes]
-    executor, release = _held_executor()
-    busy = Prefetcher(
-        store,
-        [Source(i, settings.source_key(i)) for i in list(sizes)[:10]],
-        _run_io(),
-        executor=executor,
-    )
-    starting = Prefetcher(store, [Source(10_011, keys[10])], _run_io(), executor=executor)
-    try:
+    with held_executor() as (executor, release):
+        busy = Prefetcher(
+            store,
+            [Source(i, settings.source_key(i)) for i in list(sizes)[:10]],
+            _run_io(),
+            executor=executor,
+        )
+        starting = Prefetcher(store, [Source(10_011, keys[10])], _run_io(), executor=executor)
         async with busy, starting:
             await _queued(busy, starting, reads=11)
             release.set()
@@ -268,9 +252,6 @@ async def test_on_shared_threads_a_writers_next_source_goes_before_others_read_a
             assert opened.size == KIB
             for index in range(10):
                 await busy.open(index)
-    finally:
-        release.set()
-        executor.shutdown(cancel_futures=True)
     # Each writer's next source (rank 0) first, in the order asked; then the read-ahead.
     assert store.keys == [keys[0], keys[10], *keys[1:10]]
 
@@ -285,15 +266,20 @@ async def test_a_source_the_writer_waits_for_is_read_before_reads_further_ahead(
     sizes = {10_000 + i: KIB for i in range(1, 13)}
     put_sources(store, settings, sizes)
     keys = [settings.source_key(i) for i in sizes]
-    executor, release = _held_executor()
     ids = list(sizes)
-    first = Prefetcher(
-        store, [Source(i, settings.source_key(i)) for i in ids[:6]], _run_io(), executor=executor
-    )
-    second = Prefetcher(
-        store, [Source(i, settings.source_key(i)) for i in ids[6:]], _run_io(), executor=executor
-    )
-    try:
+    with held_executor() as (executor, release):
+        first = Prefetcher(
+            store,
+            [Source(i, settings.source_key(i)) for i in ids[:6]],
+            _run_io(),
+            executor=executor,
+        )
+        second = Prefetcher(
+            store,
+            [Source(i, settings.source_key(i)) for i in ids[6:]],
+            _run_io(),
+            executor=executor,
+        )
         async with first, second:
             await _queued(first, second, reads=12)
             # The first job's writer comes to its source 4 while that read is still queued.
@@ -306,9 +292,6 @@ async def test_a_source_the_writer_waits_for_is_read_before_reads_further_ahead(
                 return store.reads == 12
 
             await wait_for(all_read, timeout=10, interval=0.01)
-    finally:
-        release.set()
-        executor.shutdown(cancel_futures=True)
     # Both writers' next sources (rank 0), then source 4 asked for now, then by distance.
     assert store.keys[:4] == [keys[0], keys[6], keys[4], keys[1]]
     assert sorted(store.keys) == sorted(keys), "each source is read once"
