@@ -6,11 +6,13 @@ when it is back; nothing crosses owners; publishing never waits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 from temporalio.testing import WorkflowEnvironment
@@ -122,12 +124,11 @@ async def test_stream_follows_the_bus_without_a_describe_per_update(
         assert services(app).reads.snapshots.fetches <= asked[1] + 2
 
 
-async def test_two_replicas_streaming_a_job_ask_temporal_for_its_end_once(
-    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
-) -> None:
-    live = slow_origin(on_bus(settings, nats_server), 200)
-    ids = [10_001 + i for i in range(4)]
-    put_sources(store, live, dict.fromkeys(ids, 50_000))
+@contextlib.asynccontextmanager
+async def two_replicas(
+    env: WorkflowEnvironment, live: Settings, store: ObjectStore
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two API replicas on the bus, and a worker: a client for each replica."""
     async with (
         serve(live) as (first, app1),
         serve(live) as (second, app2),
@@ -135,6 +136,16 @@ async def test_two_replicas_streaming_a_job_ask_temporal_for_its_end_once(
     ):
         await bus_connected(app1)
         await bus_connected(app2)
+        yield first, second
+
+
+async def test_two_replicas_streaming_a_job_ask_temporal_for_its_end_once(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> None:
+    live = slow_origin(on_bus(settings, nats_server), 200)
+    ids = [10_001 + i for i in range(4)]
+    put_sources(store, live, dict.fromkeys(ids, 50_000))
+    async with two_replicas(env, live, store) as (first, second):
         job_ids = [(await initiate(first, ids))["jobId"] for _ in range(3)]
         waits, asked = close_waits(), describes()
 
@@ -370,13 +381,7 @@ async def test_a_queued_job_is_asked_rarely_on_the_bus_and_its_cancel_shows_at_o
     live = slow_origin(one_slot, 400)
     ids = [10_001 + i for i in range(20)]
     put_sources(store, live, dict.fromkeys(ids, 10_000))
-    async with (
-        serve(live) as (client, app),
-        serve(live) as (other, app2),
-        build_worker(env.client, live, store),
-    ):
-        await bus_connected(app)
-        await bus_connected(app2)
+    async with two_replicas(env, live, store) as (client, other):
         running = (await initiate(client, ids))["jobId"]
         async with client.stream("GET", f"/v1/download/subscribe/{running}") as stream:
             async for event in sse_events(stream):
