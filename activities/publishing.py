@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from temporalio import activity
 
-from core.bus import ENDED_SUFFIX, Publisher
+from core.bus import BEAT_SUFFIX, ENDED_SUFFIX, Publisher
 from core.config import Settings
 from workflows.models import PackageProgress, ProgressNotice, ProgressSummary
 
@@ -131,7 +131,8 @@ class ProgressFeed:
 
         try:
             return await asyncio.wait_for(
-                self.publisher.bus.nc.subscribe(f"{live.subject}.beat", cb=hurry), BUS_CALL_SECONDS
+                self.publisher.bus.nc.subscribe(f"{live.subject}.{BEAT_SUFFIX}", cb=hurry),
+                BUS_CALL_SECONDS,
             )
         except (nats.errors.Error, TimeoutError):
             return None

@@ -40,7 +40,7 @@ from api.errors import ApiError
 from api.jobs.reads import JobReads
 from api.schemas import FileView, JobView, ProgressEvent
 from api.views import JobRecord, PendingActivity, SignedRecords, job_view
-from core.bus import CLOSED_SUFFIX, ENDED_SUFFIX, Subscriptions
+from core.bus import BEAT_SUFFIX, CLOSED_SUFFIX, ENDED_SUFFIX, Subscriptions
 from core.metrics import ACTIVE_SSE
 from core.observability import get_logger
 from workflows.models import JobStatus, ProgressNotice
@@ -72,6 +72,8 @@ END_WAIT_SECONDS = 15.0
 CALLBACK_END_WAIT_SECONDS = 1.0
 # The queue group of API replicas streaming a job: an attempt's end reaches one of them.
 ENDS_QUEUE = "api-job-ends"
+# The subjects below a streamed job's own that its watcher subscribes to.
+_JOB_SUFFIXES = (ENDED_SUFFIX, CLOSED_SUFFIX, BEAT_SUFFIX)
 EventKey = tuple[int, ...]
 _RANK = {JobStatus.queued: 0, JobStatus.processing: 1}
 
@@ -333,7 +335,7 @@ class JobWatchers:
                 self.bus.add(
                     f"{subject}.{CLOSED_SUFFIX}", functools.partial(self._hear_closed, watch)
                 )
-                self.bus.add(f"{subject}.beat", functools.partial(self._woken, watch))
+                self.bus.add(f"{subject}.{BEAT_SUFFIX}", functools.partial(self._woken, watch))
             watch.task = asyncio.create_task(self._run(job_id, record.state.owner, watch))
             self._watches[job_id] = watch
         watch.subscribers += 1
@@ -346,7 +348,7 @@ class JobWatchers:
                     del self._watches[job_id]
                     if self.bus is not None:
                         subject = self.bus.bus.subject(job_id)
-                        for suffix in ("", f".{ENDED_SUFFIX}", f".{CLOSED_SUFFIX}", ".beat"):
+                        for suffix in ("", *(f".{s}" for s in _JOB_SUFFIXES)):
                             self.bus.remove(f"{subject}{suffix}")
                 if watch.task is not None:
                     watch.task.cancel()
@@ -356,7 +358,7 @@ class JobWatchers:
         pace for a few seconds: a cancellation then reaches it at once. The job's watchers on
         every replica hear it too, and ask Temporal now (a queued job is asked rarely)."""
         if self.bus is not None:
-            self.bus.publish(f"{self.bus.bus.subject(job_id)}.beat")
+            self.bus.publish(f"{self.bus.bus.subject(job_id)}.{BEAT_SUFFIX}")
 
     def _woken(self, watch: _Watch, _: bytes) -> None:
         """The job is being cancelled (on any replica): read it afresh, not from the answer

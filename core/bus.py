@@ -36,9 +36,11 @@ CONNECT_TIMEOUT_SECONDS = 2
 
 
 # A job's subjects below its own: the attempt's end, for one API replica (a queue group), and
-# the closed run's record that replica read from Temporal, for the others.
+# the closed run's record that replica read from Temporal, for the others; a cancel's call to
+# hurry (the attempt heartbeats at once, the job's watchers read it afresh).
 ENDED_SUFFIX = "end"
 CLOSED_SUFFIX = "closed"
+BEAT_SUFFIX = "beat"
 
 
 def job_subject(prefix: str, job_id: str) -> str:

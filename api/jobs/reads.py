@@ -211,9 +211,13 @@ class JobReads:
             return cached
         handle = self.client.get_workflow_handle(job_id, run_id=run_id, result_type=JobState)
         state: JobState = await handle.result(rpc_timeout=RPC_TIMEOUT)
+        self._keep_completed(job_id, run_id, state)
+        return state
+
+    def _keep_completed(self, job_id: str, run_id: str | None, state: JobState) -> None:
+        """A completed run's result, read once: cached, and its pace observed."""
         self.completed.put(job_id, run_id, state)
         self.pace.observe(state)
-        return state
 
     async def pending_activities(self, desc: WorkflowExecutionDescription) -> list[PendingActivity]:
         result = []
@@ -321,8 +325,7 @@ class JobReads:
             self.snapshots.forget(job_id)
             return await self.describe(job_id, owner)
         self.open_runs.pop(job_id, None)
-        self.completed.put(job_id, run_id, state)
-        self.pace.observe(state)
+        self._keep_completed(job_id, run_id, state)
         request, sealed_run = trusted
         if request.owner != owner:
             raise ApiError.not_found(job_id)
