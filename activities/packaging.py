@@ -584,6 +584,7 @@ class DownloadActivities:
             attempt.run_id,
             attempt.details,
             lambda: (attempt.bytes_done, attempt.file_index, len(attempt.missing)),
+            attempt=activity.info().attempt,
         )
         interval = self.settings.heartbeat_interval_seconds
         async with live as feed, heartbeating(attempt.details, interval, feed.heartbeat_seconds):

@@ -58,6 +58,7 @@ class _Live:
     run_id: str | None
     details: Callable[[], PackageProgress]
     position: Callable[[], object]
+    attempt: int = 0
     last: object = None
     sent_at: float = 0.0
     hurry_until: float = 0.0
@@ -91,6 +92,7 @@ class ProgressFeed:
         run_id: str | None,
         details: Callable[[], PackageProgress],
         position: Callable[[], object],
+        attempt: int = 0,
     ) -> AsyncIterator[Attempt]:
         """Publish `details()` while the block runs (nothing without a publisher), then `ended`;
         `position()` is cheap and changes whenever the progress does. Publishing never waits
@@ -98,7 +100,8 @@ class ProgressFeed:
         if self.publisher is None:
             yield Attempt(self, None)
             return
-        live = _Live(self.publisher.bus.subject(job_id), job_id, run_id, details, position)
+        subject = self.publisher.bus.subject(job_id)
+        live = _Live(subject, job_id, run_id, details, position, attempt)
         self._live[id(live)] = live
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
@@ -143,6 +146,7 @@ class ProgressFeed:
             **live.details().model_dump(include=_SUMMARY),
             job_id=live.job_id,
             run_id=live.run_id,
+            attempt=live.attempt,
             ended=ended,
         )
         self.publisher.offer(subject or live.subject, notice.model_dump_json().encode())

@@ -40,7 +40,7 @@ from api.errors import ApiError
 from api.jobs.reads import JobReads
 from api.schemas import FileView, JobView, ProgressEvent
 from api.views import JobRecord, PendingActivity, SignedRecords, job_view
-from core.bus import BEAT_SUFFIX, CLOSED_SUFFIX, ENDED_SUFFIX, Subscriptions
+from core.bus import BEAT_SUFFIX, CLOSED_SUFFIX, ENDED_SUFFIX, READ_SUFFIX, Subscriptions
 from core.metrics import ACTIVE_SSE
 from core.observability import get_logger
 from workflows.models import JobStatus, ProgressNotice
@@ -59,6 +59,10 @@ STREAM_RETRY_AFTER_SECONDS = 10
 PING_SECONDS = 15.0
 BUDGET_SLICES = 10
 RECONNECT_MS = 3000
+# A replica that took another's read of a job waits this many times longer than that one
+# before reading the job itself: the replica that reads goes on reading for all of them, and
+# another one takes over only once it stops (it no longer streams the job).
+FOLLOW_READS = 3.0
 # A job's bus messages are turned into a snapshot at most this often (the newest one wins).
 BUS_GAP_SECONDS = 0.1
 # A moving job's attempt publishes at least every second: silent three times as long (a
@@ -73,7 +77,7 @@ CALLBACK_END_WAIT_SECONDS = 1.0
 # The queue group of API replicas streaming a job: an attempt's end reaches one of them.
 ENDS_QUEUE = "api-job-ends"
 # The subjects below a streamed job's own that its watcher subscribes to.
-_JOB_SUFFIXES = (ENDED_SUFFIX, CLOSED_SUFFIX, BEAT_SUFFIX)
+_JOB_SUFFIXES = (ENDED_SUFFIX, CLOSED_SUFFIX, BEAT_SUFFIX, READ_SUFFIX)
 EventKey = tuple[int, ...]
 _RANK = {JobStatus.queued: 0, JobStatus.processing: 1}
 
@@ -171,19 +175,48 @@ class _Watch:
     # not a queue to wait in.
     started: bool = False
     elected: bool = False
+    elected_for: tuple[str | None, int] | None = None
     shared: JobRecord | None = None
     end_news: asyncio.Event = field(default_factory=asyncio.Event)
+    # Another replica's read of the job, taken for this replica's next one; and the last read
+    # this replica shared (heard back from the bus, it is no news).
+    read: JobRecord | None = None
+    sent_read: bytes = b""
+    # Woken since the last read of its own: the next read is made here, not taken from others.
+    woken: bool = False
 
     def wake(self) -> None:
         """Ask Temporal now (the job is being cancelled, or the bus went down)."""
+        self.woken, self.read = True, None
         self.noticed.set()
 
-    def elect(self, _: bytes) -> None:
-        self.elected = True
-        self.end_news.set()
+    def offer_read(self, record: JobRecord) -> None:
+        """Another replica read the job: unless this one must read it afresh, or waits for the
+        run's close, that read stands for its next one."""
+        if not self.woken and not self.ending:
+            self.read = record
+            self.noticed.set()
 
-    def follow_attempt(self) -> None:
-        """A new attempt publishes: the last one's end is no news any more."""
+    def take_read(self) -> JobRecord | None:
+        read, self.read = self.read, None
+        return read
+
+    def elect(self, job_id: str, payload: bytes) -> None:
+        """The bus picked this replica to read the run's close after the attempt's end."""
+        try:
+            notice = ProgressNotice.model_validate_json(payload)
+        except ValidationError:
+            return
+        if notice.job_id == job_id:
+            self.elected, self.elected_for = True, (notice.run_id, notice.attempt)
+            self.end_news.set()
+
+    def follow_attempt(self, notice: ProgressNotice) -> None:
+        """A new attempt publishes: the last one's end is no news any more. (The pick comes on
+        a subject of its own, and may come before the last messages of the attempt it ends:
+        those keep it.)"""
+        if self.elected and (notice.run_id, notice.attempt) == self.elected_for:
+            return
         self.ending = self.elected = False
         self.shared = None
         self.end_news.clear()
@@ -331,11 +364,13 @@ class JobWatchers:
                 # Interest in this job's subjects: only the jobs this process streams reach it.
                 subject = self.bus.bus.subject(job_id)
                 self.bus.add(subject, functools.partial(watch.hear, job_id))
-                self.bus.add(f"{subject}.{ENDED_SUFFIX}", watch.elect, queue=ENDS_QUEUE)
+                elect = functools.partial(watch.elect, job_id)
+                self.bus.add(f"{subject}.{ENDED_SUFFIX}", elect, queue=ENDS_QUEUE)
                 self.bus.add(
                     f"{subject}.{CLOSED_SUFFIX}", functools.partial(self._hear_closed, watch)
                 )
                 self.bus.add(f"{subject}.{BEAT_SUFFIX}", functools.partial(self._woken, watch))
+                self.bus.add(f"{subject}.{READ_SUFFIX}", functools.partial(self._hear_read, watch))
             watch.task = asyncio.create_task(self._run(job_id, record.state.owner, watch))
             self._watches[job_id] = watch
         watch.subscribers += 1
@@ -399,6 +434,37 @@ class JobWatchers:
         if record is not None and record.state.owner == watch.record.state.owner:
             watch.shared = record
             watch.end_news.set()
+
+    def _hear_read(self, watch: _Watch, payload: bytes) -> None:
+        """Another replica's read of the job, if signed and of this owner's job."""
+        assert self.records is not None
+        if payload == watch.sent_read:
+            return  # this replica's own, back from the bus
+        record = self.records.open(payload, watch.record.view.job_id)
+        if record is not None and record.state.owner == watch.record.state.owner:
+            watch.offer_read(record)
+
+    def _share_read(self, watch: _Watch, record: JobRecord) -> None:
+        """A read of the job made here, for the other replicas streaming it: each takes it for
+        its own next read, so N replicas ask Temporal about a job what one would."""
+        if self.bus is not None and self.records is not None and self.bus.connected:
+            watch.sent_read = self.records.sign(record)
+            self.bus.publish(
+                f"{self.bus.bus.subject(record.view.job_id)}.{READ_SUFFIX}", watch.sent_read
+            )
+
+    def _took(self, watch: _Watch, record: JobRecord, delay: float) -> float:
+        """A fresh read of the job, made here or shared by another replica, to its subscribers;
+        how long until the next read."""
+        snap = self.snapshot(record, watch.latest)
+        moved = snap.key > watch.latest.key
+        watch.publish(record, snap)
+        if snap.terminal:
+            watch.close()
+        if moved or record.view.status is JobStatus.processing:
+            return self.poll_seconds
+        up = self.bus is not None and self.bus.connected
+        return self._idle_delay(delay, up and not watch.started)
 
     async def _closing(self, owner: str, watch: _Watch) -> JobRecord:
         """The closed run's record: read from Temporal by the one replica streaming the job that
@@ -475,12 +541,16 @@ class JobWatchers:
                 elif (notice := await watch.wait_notice(delay * jitter)) is not None:
                     self._apply(watch, notice)
                     if not notice.ended:
-                        watch.follow_attempt()
+                        watch.follow_attempt(notice)
                         # What arrives meanwhile waits, the newest message replacing older ones.
                         await asyncio.sleep(BUS_GAP_SECONDS)
                         delay = BUS_SILENCE_SECONDS
                     else:
                         watch.ending, watch.heard, delay = True, None, self.poll_seconds
+                    continue
+                elif (read := watch.take_read()) is not None:
+                    self.reads.offer(read)
+                    delay = self._took(watch, read, delay) * FOLLOW_READS
                     continue
                 elif covered := self._covered(watch):
                     delay = covered
@@ -492,6 +562,7 @@ class JobWatchers:
                     delay = self._idle_delay(delay, up and not watch.started)
                     continue
             await self.budget.acquire()
+            watch.woken = False  # woken again while this read is on its way: read once more
             try:
                 record = await self.reads.describe(job_id, owner)
             except ApiError:
@@ -505,16 +576,8 @@ class JobWatchers:
                 if watch.ending:
                     await asyncio.sleep(delay)
                 continue
-            snap = self.snapshot(record, watch.latest)
-            moved = snap.key > watch.latest.key
-            watch.publish(record, snap)
-            if snap.terminal:
-                watch.close()
-            elif moved or record.view.status is JobStatus.processing:
-                delay = self.poll_seconds
-            else:
-                up = self.bus is not None and self.bus.connected
-                delay = self._idle_delay(delay, up and not watch.started)
+            self._share_read(watch, record)
+            delay = self._took(watch, record, delay)
 
     @staticmethod
     def _idle_delay(delay: float, queued_on_bus: bool) -> float:

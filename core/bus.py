@@ -37,10 +37,12 @@ CONNECT_TIMEOUT_SECONDS = 2
 
 # A job's subjects below its own: the attempt's end, for one API replica (a queue group), and
 # the closed run's record that replica read from Temporal, for the others; a cancel's call to
-# hurry (the attempt heartbeats at once, the job's watchers read it afresh).
+# hurry (the attempt heartbeats at once, the job's watchers read it afresh); a record one API
+# replica read from Temporal, for the others streaming the job (one read serves them all).
 ENDED_SUFFIX = "end"
 CLOSED_SUFFIX = "closed"
 BEAT_SUFFIX = "beat"
+READ_SUFFIX = "read"
 
 
 def job_subject(prefix: str, job_id: str) -> str:

@@ -19,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.packaging import DownloadActivities
 from activities.publishing import heartbeat_seconds
+from api import watchers
 from api.views import JobRecord, SignedRecords, job_view
 from api.watchers import parse_event_id
 from core import bus
@@ -166,27 +167,25 @@ async def test_two_replicas_streaming_a_job_ask_temporal_for_its_end_once(
         assert describes() - asked <= 2 * len(job_ids)  # the streams' first reads
 
 
-def test_a_record_from_the_bus_is_taken_only_when_signed_with_the_seal_key() -> None:
-    record = JobRecord(
-        state=JobState(
-            job_id="job-1",
-            owner="alice",
-            created_at=datetime(2026, 1, 1, tzinfo=UTC),
-            updated_at=datetime(2026, 1, 1, tzinfo=UTC),
-            status=JobStatus.completed,
-        ),
-        view=job_view(
-            JobState(
-                job_id="job-1",
-                owner="alice",
-                created_at=datetime(2026, 1, 1, tzinfo=UTC),
-                updated_at=datetime(2026, 1, 1, tzinfo=UTC),
-            ),
-            None,
-        ),
+def a_record(status: JobStatus) -> JobRecord:
+    """Job `job-1` of alice, in run `run-1`."""
+    state = JobState(
+        job_id="job-1",
+        owner="alice",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+        status=status,
+    )
+    return JobRecord(
+        state=state,
+        view=job_view(state, None),
         run_started=datetime(2026, 1, 1, tzinfo=UTC),
         run_id="run-1",
     )
+
+
+def test_a_record_from_the_bus_is_taken_only_when_signed_with_the_seal_key() -> None:
+    record = a_record(JobStatus.completed)
     ours, theirs = SignedRecords(b"seal key"), SignedRecords(b"another key")
     signed = ours.sign(record)
     assert ours.open(signed, "job-1") == record
@@ -194,6 +193,29 @@ def test_a_record_from_the_bus_is_taken_only_when_signed_with_the_seal_key() -> 
     assert ours.open(theirs.sign(record), "job-1") is None
     mac, _, body = signed.partition(b".")
     assert ours.open(mac + b"." + body.replace(b"alice", b"mallo"), "job-1") is None
+
+
+def test_the_pick_to_read_a_runs_close_holds_until_another_attempt_publishes() -> None:
+    """The bus picks the replica that reads a run's close on a subject of its own, which may be
+    delivered before the last progress messages of the attempt that ended: those keep the pick
+    (else no replica reads the close, and each waits END_WAIT_SECONDS); a retry drops it."""
+    record = a_record(JobStatus.processing)
+    watch = watchers._Watch(record=record, latest=watchers.snapshot(record, record.view))
+
+    def notice(attempt: int, *, run_id: str = "run-1", ended: bool = False) -> ProgressNotice:
+        return ProgressNotice(job_id="job-1", run_id=run_id, attempt=attempt, ended=ended)
+
+    watch.elect("job-2", notice(1, ended=True).model_dump_json().encode())
+    assert not watch.elected  # another job's end
+    watch.elect("job-1", notice(1, ended=True).model_dump_json().encode())
+    assert watch.elected
+    watch.follow_attempt(notice(1))  # the same attempt, delivered late
+    assert watch.elected
+    watch.follow_attempt(notice(2))  # its retry
+    assert not watch.elected
+    watch.elect("job-1", notice(2, ended=True).model_dump_json().encode())
+    watch.follow_attempt(notice(2, run_id="run-2"))  # a run of its own (the job retried)
+    assert not watch.elected
 
 
 async def test_stream_falls_back_to_polling_while_the_bus_is_down(
@@ -401,3 +423,47 @@ async def test_a_queued_job_is_asked_rarely_on_the_bus_and_its_cancel_shows_at_o
             # not when its next poll of the queued job would come (30 s).
             async with asyncio.timeout(10):
                 assert [e["event"] async for e in events][-1] == "cancelled"
+
+
+async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A queued job is still read now and then, in case its worker is off the bus. Replicas
+    streaming it take one replica's reads, signed over the bus, for their own: one of them
+    reads, not each; when that one stops streaming the job, another takes over."""
+    monkeypatch.setattr(watchers, "BUS_IDLE_MAX_SECONDS", 0.3)
+    live = on_bus(settings, nats_server)
+    ids = [10_001, 10_002]
+    put_sources(store, live, dict.fromkeys(ids, 1_000))
+    async with serve(live) as (first, app1), serve(live) as (second, app2):  # and no worker
+        await bus_connected(app1)
+        await bus_connected(app2)
+        job_id = (await initiate(first, ids))["jobId"]
+        reads = [services(app).reads.snapshots for app in (app1, app2)]
+        streams = [contextlib.AsyncExitStack() for _ in reads]
+        events = []  # held open: a stream's reader dropped closes its connection
+        for client, held in zip((first, second), streams, strict=True):
+            url = f"/v1/download/subscribe/{job_id}"
+            events.append(sse_events(await held.enter_async_context(client.stream("GET", url))))
+            assert (await anext(events[-1]))["data"]["status"] == "queued"
+        try:
+            before = [r.fetches for r in reads]
+            await asyncio.sleep(3)
+            made = [r.fetches - b for r, b in zip(reads, before, strict=True)]
+            # Every 0.15-0.45 s by one replica; each reading on its own would make twice as many.
+            assert max(made) >= 5
+            assert min(made) <= 2
+            reader = made.index(max(made))
+            await streams[reader].aclose()
+            other = reads[1 - reader]
+            taken = other.fetches
+            await asyncio.sleep(2)
+            # The other one, alone on the job now, reads it for itself.
+            assert other.fetches - taken >= 3
+        finally:
+            for held in streams:
+                await held.aclose()

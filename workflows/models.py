@@ -337,6 +337,9 @@ class ProgressNotice(ProgressSummary):
 
     job_id: str
     run_id: str | None = None
+    # The activity attempt publishing (1 for the first): a retry's messages are told apart from
+    # those of the attempt before it.
+    attempt: int = 0
     ended: bool = False
 
 
