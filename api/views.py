@@ -107,9 +107,12 @@ def job_view(
     activities: Sequence[PendingActivity] = (),
     closed_at: datetime | None = None,
     ms_per_file: float | None = None,
+    files_before: Sequence[FileView] = (),
 ) -> JobView:
     """Map the workflow's memo, run status and pending activities to the client's view;
-    `ms_per_file` is the time per file observed on finished jobs (`api.caches.Pace`)."""
+    `ms_per_file` is the time per file observed on finished jobs (`api.caches.Pace`). A file
+    whose view is as in `files_before` (the job's previous view) keeps that view, the same
+    object: a job of many files is mapped at the cost of the files that changed."""
     if run_status is not None and run_status in _CLOSED:
         return _closed_view(state, run_status, closed_at)
     if state.status.terminal:
@@ -124,7 +127,7 @@ def job_view(
         began = began or (package.started_at if package.started else None)
         if state.started_at is None and began is not None:
             state = state.model_copy(update={"started_at": began})
-        return _view(state, status, package.progress, ms_per_file)
+        return _view(state, status, package.progress, ms_per_file, files_before)
     if (resolve := pending.get(names.RESOLVE_FILES)) is not None:
         return _view(state, JobStatus.processing if resolve.started else JobStatus.queued)
     return _view(state, state.status)
@@ -156,6 +159,7 @@ def _view(
     status: JobStatus,
     progress: ProgressSummary | None = None,
     ms_per_file: float | None = None,
+    files_before: Sequence[FileView] = (),
 ) -> JobView:
     done, total = state.bytes_processed, state.total_bytes
     current = state.current_file if status is JobStatus.processing else None
@@ -164,7 +168,7 @@ def _view(
     eta: datetime | None = None
     basis: EtaBasis | None = None if status.terminal else "estimating"
     if progress is not None and status is not JobStatus.completed:
-        files = _files_with_progress(state.files, progress, status)
+        files = _files_with_progress(state.files, progress, status, files_before)
     else:
         files = [_file(f) for f in state.files]
     if status is JobStatus.completed:
@@ -220,26 +224,49 @@ def _file(f: FileState) -> FileView:
 
 
 def _files_with_progress(
-    files: list[FileState], progress: ProgressSummary, status: JobStatus
+    files: list[FileState],
+    progress: ProgressSummary,
+    status: JobStatus,
+    before: Sequence[FileView] = (),
 ) -> list[FileView]:
     """Files before `files_done` among the available ones are done; the next one is in work.
-    Ids the attempt found unavailable so far are failed already."""
+    Ids the attempt found unavailable so far are failed already. A file's view in `before`
+    (same place) is kept when it says the same."""
     views, index = [], 0
     unavailable = set(progress.unavailable)
-    for f in files:
-        view = _file(f)
+    for place, f in enumerate(files):
+        file_status, error = f.status, f.error
         if f.status is not FileStatus.failed and f.file_id in unavailable:
-            view.status, view.error = FileStatus.failed, public_message(ErrorType.file_not_found)
+            file_status, error = FileStatus.failed, public_message(ErrorType.file_not_found)
         elif f.status is not FileStatus.failed:
             if index < progress.files_done:
-                view.status = FileStatus.completed
+                file_status = FileStatus.completed
             elif index == progress.files_done and status is JobStatus.processing:
-                view.status = FileStatus.processing
+                file_status = FileStatus.processing
             else:
-                view.status = FileStatus.pending
+                file_status = FileStatus.pending
             index += 1
+        old = before[place] if place < len(before) else None
+        if old is not None and _same_file(old, f, file_status, error):
+            views.append(old)
+            continue
+        view = _file(f)
+        view.status, view.error = file_status, error
         views.append(view)
     return views
+
+
+def _same_file(view: FileView, f: FileState, status: FileStatus, error: str | None) -> bool:
+    """`view` is what `_file(f)` with this status and error would be."""
+    sha256 = f.sha256 if f.status is FileStatus.completed else None
+    return (
+        view.file_id == f.file_id
+        and view.status is status
+        and view.error == error
+        and view.size == f.size
+        and view.sha256 == sha256
+        and view.download_url is None
+    )
 
 
 # `progress` blends the share of files settled (the file in work counted by its bytes) with

@@ -29,7 +29,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
@@ -101,6 +101,10 @@ def parse_event_id(value: str | None) -> EventKey | None:
     return tuple(int(p) for p in parts)
 
 
+def _as_is(f: FileView) -> FileView:
+    return f
+
+
 @dataclass(frozen=True)
 class Snapshot:
     key: EventKey
@@ -111,25 +115,47 @@ class Snapshot:
     view: JobView
     # The snapshot whose files `changedFiles` is relative to (None: it carries every file).
     since: EventKey | None = None
+    # What a file an event carries is sent as (a completed one with its own link).
+    link: Callable[[FileView], FileView] = _as_is
+
+
+def _file_state(f: FileView) -> dict[str, object]:
+    return f.model_dump(exclude={"download_url"})
 
 
 def changed_files(before: list[FileView] | None, after: list[FileView]) -> list[FileView]:
     """The files of `after` whose state differs from `before` (all of them without `before`);
-    a fresh presigned link is no change."""
+    a fresh presigned link is no change. Files in the same place as the same object are the
+    same (the views of a job keep the files that did not change), so a job of many files is
+    compared at the cost of those that changed."""
     if before is None:
         return list(after)
-    seen = {f.file_id: f.model_dump(exclude={"download_url"}) for f in before}
-    return [f for f in after if seen.get(f.file_id) != f.model_dump(exclude={"download_url"})]
+    if len(before) == len(after) and all(
+        b is a or b.file_id == a.file_id for b, a in zip(before, after, strict=True)
+    ):
+        return [
+            a
+            for b, a in zip(before, after, strict=True)
+            if b is not a and _file_state(b) != _file_state(a)
+        ]
+    seen = {f.file_id: _file_state(f) for f in before}
+    return [f for f in after if seen.get(f.file_id) != _file_state(f)]
 
 
-def snapshot(record: JobRecord, view: JobView, previous: Snapshot | None = None) -> Snapshot:
+def snapshot(
+    record: JobRecord,
+    view: JobView,
+    previous: Snapshot | None = None,
+    link: Callable[[FileView], FileView] = _as_is,
+) -> Snapshot:
     """Encoded once and sent as is to every subscriber whose last event was `previous`;
-    terminal events carry the whole job."""
+    terminal events carry the whole job. A `progress` event's files are sent through `link`."""
     key = event_key(record)
     if view.status.terminal:
         name, data = view.status.value, view.model_dump_json(by_alias=True)
     else:
-        changed = changed_files(previous.view.files if previous else None, view.files)
+        before = previous.view.files if previous else None
+        changed = [link(f) for f in changed_files(before, view.files)]
         fields = view.model_dump(exclude={"files"})
         progress = ProgressEvent.model_validate({**fields, "changed_files": changed})
         name, data = "progress", progress.model_dump_json(by_alias=True)
@@ -145,6 +171,7 @@ def snapshot(record: JobRecord, view: JobView, previous: Snapshot | None = None)
         record=record,
         view=view,
         since=previous.key if previous else None,
+        link=link,
     )
 
 
@@ -153,7 +180,7 @@ def for_stream(snap: Snapshot, sent: Snapshot | None) -> Snapshot:
     stream's previous event."""
     if snap.terminal or snap.since == (sent.key if sent is not None else None):
         return snap
-    return snapshot(snap.record, snap.view, sent)
+    return snapshot(snap.record, snap.view, sent, snap.link)
 
 
 @dataclass
@@ -332,7 +359,11 @@ class JobWatchers:
             bus.bus.on_disconnect.append(self._wake_all)
 
     def snapshot(self, record: JobRecord, previous: Snapshot | None = None) -> Snapshot:
-        return snapshot(record, self.reads.with_download(record), previous)
+        """A terminal snapshot carries the whole job with its links; a `progress` one the files
+        that changed, each linked as it is sent."""
+        if record.view.status.terminal:
+            return snapshot(record, self.reads.with_download(record), previous)
+        return snapshot(record, record.view, previous, self.reads.file_link)
 
     @property
     def watched_jobs(self) -> int:
@@ -418,7 +449,7 @@ class JobWatchers:
         if record.view.status.terminal or record.state.status.terminal:
             return
         running = [PendingActivity(name=PACKAGE_ARCHIVE, started=True, progress=notice)]
-        view = job_view(record.state, None, running)
+        view = job_view(record.state, None, running, files_before=record.view.files)
         live = dataclasses.replace(record, view=view, encoded={})
         if event_key(live) > watch.latest.key:  # else nothing new to encode (a keepalive)
             watch.publish(live, self.snapshot(live, watch.latest))

@@ -14,14 +14,15 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from api.jobs.reads import JobReads
+from api.schemas import FileView, JobView
 from api.views import JobRecord, PendingActivity, job_view
-from api.watchers import JobWatchers, Snapshot, for_stream, snapshot
+from api.watchers import JobWatchers, Snapshot, changed_files, for_stream, snapshot
 from core.config import Settings
 from core.storage import ObjectStore
 from tests.helpers import initiate, put_sources, serve, services, wait_for
 from worker import build_worker
 from workflows import names
-from workflows.models import FileState, JobState, JobStatus, PackageProgress
+from workflows.models import FileState, FileStatus, JobState, JobStatus, PackageProgress
 
 
 async def test_subscribers_share_one_watcher(
@@ -157,3 +158,55 @@ def test_each_stream_is_sent_the_files_changed_since_its_own_last_event() -> Non
     }
     assert set(changed(for_stream(third, None))) == {10_001, 10_002, 10_003}
     assert for_stream(third, first).key == third.key
+
+
+def test_a_progress_update_of_a_large_job_maps_and_sends_only_the_files_that_changed() -> None:
+    """A bus message is mapped over the job's previous view: files that did not change keep
+    their views (the same objects), and the event carries, linked, only the ones that did."""
+    began = datetime(2025, 1, 1, tzinfo=UTC)
+    memo = JobState(
+        job_id="j1",
+        status=JobStatus.processing,
+        files=[FileState(file_id=10_001 + i) for i in range(1000)],
+        created_at=began,
+        updated_at=began,
+    )
+
+    def view(files_done: int, before: JobView | None = None) -> JobView:
+        beat = PackageProgress(files_done=files_done, total_files=1000)
+        act = PendingActivity(names.PACKAGE_ARCHIVE, started=True, progress=beat)
+        return job_view(memo, None, [act], files_before=before.files if before else ())
+
+    def linked(f: FileView) -> FileView:  # as `JobReads.file_link`: completed files only
+        if f.status is not FileStatus.completed:
+            return f
+        return f.model_copy(update={"download_url": f"https://s3/{f.file_id}"})
+
+    first = view(500)
+    second = view(501, first)
+    kept = [a is b for a, b in zip(first.files, second.files, strict=True)]
+    assert kept.count(False) == 2  # file 501 completed, file 502 in work
+    assert [f.file_id for f in changed_files(first.files, second.files)] == [10_501, 10_502]
+    records = [JobRecord(state=memo, view=v, run_started=began) for v in (first, second)]
+    earlier = snapshot(records[0], first)
+    data = json.loads(snapshot(records[1], second, earlier, linked).message)["data"]
+    assert data["changedFiles"] == [
+        {
+            "file_id": 10_501,
+            "status": "completed",
+            "size": None,
+            "error": None,
+            "downloadUrl": "https://s3/10501",
+            "sha256": None,
+        },
+        {
+            "file_id": 10_502,
+            "status": "processing",
+            "size": None,
+            "error": None,
+            "downloadUrl": None,
+            "sha256": None,
+        },
+    ]
+    # The same view mapped afresh (as a `describe()` does) is compared file by file: no change.
+    assert changed_files(first.files, view(500).files) == []

@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.caches import CompletedStates, Pace, PresignedLinks, Snapshots
 from api.errors import ApiError
 from api.jobs import RPC_TIMEOUT
-from api.schemas import JobView
+from api.schemas import FileView, JobView
 from api.views import JobRecord, PendingActivity, job_view
 from core.config import Settings
 from core.metrics import STATUS_CLOSE_WAITS, STATUS_DESCRIBES
@@ -253,13 +253,7 @@ class JobReads:
         """Fresh presigned URLs (signed for S3_PUBLIC_ENDPOINT): the archive of a completed job,
         and each completed file's own source."""
         view, state = record.view, record.state
-        files = [
-            f.model_copy(update={"download_url": self._source_link(f.file_id)})
-            if f.status is FileStatus.completed
-            else f
-            for f in view.files
-        ]
-        update: dict[str, Any] = {"files": files}
+        update: dict[str, Any] = {"files": [self.file_link(f) for f in view.files]}
         keys = self.archive_keys(record)
         if view.status is JobStatus.completed and keys:
             links = [
@@ -288,9 +282,12 @@ class JobReads:
             for number in range(1, len(state.archive_sizes or [0]) + 1)
         ]
 
-    def _source_link(self, file_id: int) -> str:
-        url, _ = self.links.get(self.settings.source_key(file_id), f"{file_id}.zip")
-        return url
+    def file_link(self, f: FileView) -> FileView:
+        """A completed file with a fresh presigned URL of its own source; others as they are."""
+        if f.status is not FileStatus.completed:
+            return f
+        url, _ = self.links.get(self.settings.source_key(f.file_id), f"{f.file_id}.zip")
+        return f.model_copy(update={"download_url": url})
 
     async def details(self, job_id: str, owner: str) -> JobView:
         """The job with a fresh download URL, and 410 once its archive has expired."""
