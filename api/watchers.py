@@ -205,8 +205,8 @@ class _Watch:
     elected_for: tuple[str | None, int] | None = None
     shared: JobRecord | None = None
     end_news: asyncio.Event = field(default_factory=asyncio.Event)
-    # Another replica's read of the job, taken for this replica's next one; and the last read
-    # this replica shared (heard back from the bus, it is no news).
+    # Another replica's read of the job, taken for this replica's next one; and the signature
+    # of the last read this replica shared (heard back from the bus, it is no news).
     read: JobRecord | None = None
     sent_read: bytes = b""
     # Woken since the last read of its own: the next read is made here, not taken from others.
@@ -469,7 +469,7 @@ class JobWatchers:
     def _hear_read(self, watch: _Watch, payload: bytes) -> None:
         """Another replica's read of the job, if signed and of this owner's job."""
         assert self.records is not None
-        if payload == watch.sent_read:
+        if SignedRecords.signature(payload) == watch.sent_read:
             return  # this replica's own, back from the bus
         record = self.records.open(payload, watch.record.view.job_id)
         if record is not None and record.state.owner == watch.record.state.owner:
@@ -479,10 +479,9 @@ class JobWatchers:
         """A read of the job made here, for the other replicas streaming it: each takes it for
         its own next read, so N replicas ask Temporal about a job what one would."""
         if self.bus is not None and self.records is not None and self.bus.connected:
-            watch.sent_read = self.records.sign(record)
-            self.bus.publish(
-                f"{self.bus.bus.subject(record.view.job_id)}.{READ_SUFFIX}", watch.sent_read
-            )
+            payload = self.records.sign(record)
+            watch.sent_read = SignedRecords.signature(payload)
+            self.bus.publish(f"{self.bus.bus.subject(record.view.job_id)}.{READ_SUFFIX}", payload)
 
     def _took(self, watch: _Watch, record: JobRecord, delay: float) -> float:
         """A fresh read of the job, made here or shared by another replica, to its subscribers;
