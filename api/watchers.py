@@ -60,9 +60,10 @@ PING_SECONDS = 15.0
 BUDGET_SLICES = 10
 RECONNECT_MS = 3000
 # A replica that took another's read of a job waits this many times longer than that one
-# before reading the job itself: the replica that reads goes on reading for all of them, and
-# another one takes over only once it stops (it no longer streams the job).
-FOLLOW_READS = 3.0
+# before reading the job itself (jittered waits included: at least 2x its longest): the replica
+# that reads goes on reading for all of them, another one takes over once it stops (it no
+# longer streams the job).
+FOLLOW_READS = 4.0
 # A job's bus messages are turned into a snapshot at most this often (the newest one wins).
 BUS_GAP_SECONDS = 0.1
 # A moving job's attempt publishes at least every second: silent three times as long (a
