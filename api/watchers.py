@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import random
 import time
@@ -53,16 +54,20 @@ POLL_SECONDS = 0.25
 IDLE_MAX_SECONDS = 5.0
 # While the bus is up a queued job's attempt announces its start there, and a cancel made
 # through any replica wakes the job's watchers (`.beat`): a queued job is asked only this
-# rarely, in case its worker is off the bus.
+# rarely, in case its worker is off the bus. At the same instants on every replica (placed by
+# the job id, so jobs do not all come at once), each replica a random part of the stagger
+# (a share of the period) after: the first one to read shares what it read, and the others
+# take it (`.read`).
 BUS_IDLE_MAX_SECONDS = 30.0
+BACKSTOP_STAGGER = 0.1
 STREAM_RETRY_AFTER_SECONDS = 10
 PING_SECONDS = 15.0
 BUDGET_SLICES = 10
 RECONNECT_MS = 3000
-# A replica that took another's read of a job waits this many times longer than that one
-# before reading the job itself (jittered waits included: at least 2x its longest): the replica
-# that reads goes on reading for all of them, another one takes over once it stops (it no
-# longer streams the job).
+# A replica that took another's read of a job waits this many times as long as its own next
+# read would: the replica that reads goes on reading for all of them (a moving job every
+# POLL_SECONDS, a queued one at each backstop instant), another one takes over once it stops
+# (it no longer streams the job).
 FOLLOW_READS = 4.0
 # A job's bus messages are turned into a snapshot at most this often (the newest one wins).
 BUS_GAP_SECONDS = 0.1
@@ -260,8 +265,9 @@ class _Watch:
         self.noticed.set()
 
     async def wait_notice(self, seconds: float) -> ProgressNotice | None:
-        """The next bus message, or None after `seconds`."""
-        if self.notice is None:
+        """The next bus message, or None after `seconds` (at once if another replica's read
+        waits to be taken)."""
+        if self.notice is None and self.read is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
                     await self.noticed.wait()
@@ -495,7 +501,7 @@ class JobWatchers:
         if moved or record.view.status is JobStatus.processing:
             return self.poll_seconds
         up = self.bus is not None and self.bus.connected
-        return self._idle_delay(delay, up and not watch.started)
+        return self._idle_delay(record.view.job_id, delay, up and not watch.started)
 
     async def _closing(self, owner: str, watch: _Watch) -> JobRecord:
         """The closed run's record: read from Temporal by the one replica streaming the job that
@@ -551,7 +557,7 @@ class JobWatchers:
         if self.bus is not None and self.bus.connected:
             # The first snapshot was just read: the bus says what comes next.
             moving = watch.record.view.status is JobStatus.processing
-            delay = BUS_SILENCE_SECONDS if moving else BUS_IDLE_MAX_SECONDS
+            delay = BUS_SILENCE_SECONDS if moving else _backstop_wait(job_id)
         while not watch.closed:
             up = self.bus is not None and self.bus.connected
             if watch.ending and up and not watch.noticed.is_set():
@@ -564,12 +570,9 @@ class JobWatchers:
                 # Temporal itself (the replica the bus picked may be gone).
                 watch.elected = True
             else:
-                # Idle watchers back off with jitter: those that started together (a burst of
-                # jobs and subscribers) do not all wake together, in waves that stall Temporal.
-                jitter = 1.0 if delay <= self.poll_seconds else random.uniform(0.5, 1.5)
                 if self.bus is None:
-                    await asyncio.sleep(delay * jitter)
-                elif (notice := await watch.wait_notice(delay * jitter)) is not None:
+                    await asyncio.sleep(delay)
+                elif (notice := await watch.wait_notice(delay)) is not None:
                     self._apply(watch, notice)
                     if not notice.ended:
                         watch.follow_attempt(notice)
@@ -590,9 +593,11 @@ class JobWatchers:
                 # free, so it never takes a turn a moving job is waiting for.
                 moving = watch.record.view.status is JobStatus.processing
                 if not moving and not self.budget.has_capacity(self.idle_share):
-                    delay = self._idle_delay(delay, up and not watch.started)
+                    delay = self._idle_delay(job_id, delay, up and not watch.started)
                     continue
             await self.budget.acquire()
+            if watch.read is not None:
+                continue  # another replica's read came while this one waited its turn: that
             watch.woken = False  # woken again while this read is on its way: read once more
             try:
                 record = await self.reads.describe(job_id, owner)
@@ -603,7 +608,7 @@ class JobWatchers:
             except Exception as exc:
                 # Temporal unreachable: keep the streams open and try again, slower.
                 log.warning("job watch failed", jobId=job_id, error=str(exc))
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 5.0) * random.uniform(0.5, 1.5)
                 if watch.ending:
                     await asyncio.sleep(delay)
                 continue
@@ -611,11 +616,15 @@ class JobWatchers:
             delay = self._took(watch, record, delay)
 
     @staticmethod
-    def _idle_delay(delay: float, queued_on_bus: bool) -> float:
+    def _idle_delay(job_id: str, delay: float, queued_on_bus: bool) -> float:
         """How long until an idle job is asked again: twice as long as last time, up to
-        IDLE_MAX_SECONDS; BUS_IDLE_MAX_SECONDS at once for a job that has not started yet
-        while the bus is up (its attempt will announce itself)."""
-        return BUS_IDLE_MAX_SECONDS if queued_on_bus else min(delay * 2, IDLE_MAX_SECONDS)
+        IDLE_MAX_SECONDS, with jitter (watchers that started together, a burst of jobs and
+        subscribers, do not all wake together in waves that stall Temporal); for a job that has
+        not started yet while the bus is up (its attempt will announce itself), its next
+        backstop instant."""
+        if queued_on_bus:
+            return _backstop_wait(job_id)
+        return min(delay * 2, IDLE_MAX_SECONDS) * random.uniform(0.5, 1.5)
 
     async def close(self) -> None:
         tasks = [w.task for w in self._watches.values() if w.task is not None]
@@ -625,6 +634,20 @@ class JobWatchers:
         self._watches.clear()
         if self.bus is not None:
             await self.bus.close()
+
+
+def _backstop_wait(job_id: str) -> float:
+    """Until the queued job's next backstop read: instants every BUS_IDLE_MAX_SECONDS of the
+    wall clock, the same on every replica, placed by a digest of the job id; then a random part
+    of the stagger, this replica's own. An instant less than a quarter period away is skipped
+    (the job was just read)."""
+    period = BUS_IDLE_MAX_SECONDS
+    digest = hashlib.sha256(job_id.encode()).digest()
+    phase = int.from_bytes(digest[:8], "big") / 2**64 * period
+    wait = (phase - time.time()) % period
+    if wait < period / 4:
+        wait += period
+    return wait + random.uniform(0.0, BACKSTOP_STAGGER * period)
 
 
 async def snapshots(

@@ -436,6 +436,9 @@ async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
     streaming it take one replica's reads, signed over the bus, for their own: one of them
     reads, not each; when that one stops streaming the job, another takes over."""
     monkeypatch.setattr(watchers, "BUS_IDLE_MAX_SECONDS", 0.3)
+    # Staggered by up to half the period here (3 s of 30 in production, far above a read's
+    # latency): the first replica's read reaches the other before its own turn comes.
+    monkeypatch.setattr(watchers, "BACKSTOP_STAGGER", 0.5)
     live = on_bus(settings, nats_server)
     ids = [10_001, 10_002]
     put_sources(store, live, dict.fromkeys(ids, 1_000))
@@ -454,7 +457,8 @@ async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
             before = [r.fetches for r in reads]
             await asyncio.sleep(3)
             made = [r.fetches - b for r, b in zip(reads, before, strict=True)]
-            # Every 0.15-0.45 s by one replica; each reading on its own would make twice as many.
+            # At each backstop instant (every 0.3 s) by one replica; each reading on its own
+            # would make twice as many.
             assert max(made) >= 5
             assert min(made) <= 2
             reader = made.index(max(made))
@@ -462,8 +466,8 @@ async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
             other = reads[1 - reader]
             taken = other.fetches
             await asyncio.sleep(3.5)
-            # The other one, alone on the job now, reads it for itself: within 1.8 s, then
-            # every 0.15-0.45 s.
+            # The other one, alone on the job now, reads it for itself: within 1.5 s (four
+            # times its wait), then every 0.3 s.
             assert other.fetches - taken >= 3
         finally:
             for held in streams:
