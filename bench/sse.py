@@ -620,7 +620,8 @@ def report_moving(runs: list[MovingRun]) -> None:
         f"RESULT {jobs} jobs: API describe()/s for streams while nine jobs in ten move: bus "
         f"{bus.steady_rate():.1f} vs polling {polling.steady_rate():.1f}; over the whole run "
         f"{bus.api_describes / bus.elapsed:.1f} vs {polling.api_describes / polling.elapsed:.1f}"
-        f" (bus: {bus.api_describes / jobs:.1f} per job, when its attempt ends)"
+        f" (bus: {bus.api_describes / jobs:.1f} per job: a queued job's 30 s reads, a started one's"
+        " until its attempt speaks, a run that did not complete)"
     )
     one = bus.temporal.get("DescribeWorkflowExecution", 0.0) / bus.elapsed
     both = two.temporal.get("DescribeWorkflowExecution", 0.0) / two.elapsed
