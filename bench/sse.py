@@ -635,7 +635,10 @@ def report_moving(runs: list[MovingRun]) -> None:
         f"for a run's close) per job: two API processes on the bus "
         f"{two.api_reads() / jobs:.2f} vs one {bus.api_reads() / jobs:.2f} (ratio "
         f"{two.api_reads() / bus.api_reads() if bus.api_reads() else float('nan'):.2f}) vs one "
-        f"polling {polling.api_reads() / jobs:.2f}"
+        f"polling {polling.api_reads() / jobs:.2f}; per second of the run (a queued job is read "
+        f"every 30 s, however many APIs stream it, and two APIs' runs last longer): "
+        f"{two.api_reads() / two.elapsed:.1f} vs {bus.api_reads() / bus.elapsed:.1f} "
+        f"({two.elapsed:.0f} s vs {bus.elapsed:.0f} s)"
     )
     before, after = polling.heartbeats_per_job_second(), bus.heartbeats_per_job_second()
     print(
