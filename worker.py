@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -89,7 +90,16 @@ async def _workers(
         yield packaging
 
 
+# The event loop shares the GIL with the S3 threads (HTTP parsing, zip writing): at CPython's
+# default 5 ms switch interval each busy thread holds the loop off that long at every turn, and
+# a burst of jobs was taken in late. 1 000 jobs on two workers of 510 slots each, from Temporal
+# marking an attempt started to its first line here: p50 0.82 s, p99 6.6 s; at 1 ms, 0.17 s and
+# 4.0 s. Packaging throughput is the same (512 MiB: 203.5 vs 205.1 MiB/s).
+SWITCH_INTERVAL_SECONDS = 0.001
+
+
 async def run(settings: Settings) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
