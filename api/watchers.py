@@ -597,7 +597,7 @@ class JobWatchers:
                     continue
             await self.budget.acquire()
             if watch.read is not None:
-                continue  # another replica's read came while this one waited its turn: that
+                continue  # another replica's read came while this one waited its turn: take it
             watch.woken = False  # woken again while this read is on its way: read once more
             try:
                 record = await self.reads.describe(job_id, owner)
