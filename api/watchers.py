@@ -189,6 +189,15 @@ def for_stream(snap: Snapshot, sent: Snapshot | None) -> Snapshot:
     return snapshot(snap.record, snap.view, sent, snap.link)
 
 
+def _notice(job_id: str, payload: bytes) -> ProgressNotice | None:
+    """The bus message `payload` carries, if it is one and of job `job_id`."""
+    try:
+        notice = ProgressNotice.model_validate_json(payload)
+    except ValidationError:
+        return None
+    return notice if notice.job_id == job_id else None
+
+
 @dataclass
 class _Watch:
     record: JobRecord
@@ -236,11 +245,7 @@ class _Watch:
 
     def elect(self, job_id: str, payload: bytes) -> None:
         """The bus picked this replica to read the run's close after the attempt's end."""
-        try:
-            notice = ProgressNotice.model_validate_json(payload)
-        except ValidationError:
-            return
-        if notice.job_id == job_id:
+        if (notice := _notice(job_id, payload)) is not None:
             self.elected, self.elected_for = True, (notice.run_id, notice.attempt)
             self.end_news.set()
 
@@ -255,14 +260,9 @@ class _Watch:
         self.end_news.clear()
 
     def hear(self, job_id: str, payload: bytes) -> None:
-        try:
-            notice = ProgressNotice.model_validate_json(payload)
-        except ValidationError:
-            return
-        if notice.job_id != job_id:
-            return
-        self.notice, self.heard = notice, time.monotonic()
-        self.noticed.set()
+        if (notice := _notice(job_id, payload)) is not None:
+            self.notice, self.heard = notice, time.monotonic()
+            self.noticed.set()
 
     async def wait_notice(self, seconds: float) -> ProgressNotice | None:
         """The next bus message, or None after `seconds` (at once if another replica's read
@@ -465,30 +465,40 @@ class JobWatchers:
         watch.started = True
         self.reads.offer(live)
 
-    def _hear_closed(self, watch: _Watch, payload: bytes) -> None:
-        """Another replica's record of the job's closed run, if signed and of this owner's job."""
+    def _opened(self, watch: _Watch, payload: bytes) -> JobRecord | None:
+        """Another replica's record of the job, if signed and of this owner's job."""
         assert self.records is not None
         record = self.records.open(payload, watch.record.view.job_id)
-        if record is not None and record.state.owner == watch.record.state.owner:
+        if record is None or record.state.owner != watch.record.state.owner:
+            return None
+        return record
+
+    def _publish_record(self, record: JobRecord, suffix: str) -> bytes:
+        """`record`, signed, on the job's `suffix` subject for the other replicas; the payload."""
+        assert self.bus is not None and self.records is not None
+        payload = self.records.sign(record)
+        self.bus.publish(f"{self.bus.bus.subject(record.view.job_id)}.{suffix}", payload)
+        return payload
+
+    def _hear_closed(self, watch: _Watch, payload: bytes) -> None:
+        """Another replica's record of the job's closed run."""
+        if (record := self._opened(watch, payload)) is not None:
             watch.shared = record
             watch.end_news.set()
 
     def _hear_read(self, watch: _Watch, payload: bytes) -> None:
-        """Another replica's read of the job, if signed and of this owner's job."""
-        assert self.records is not None
+        """Another replica's read of the job."""
         if SignedRecords.signature(payload) == watch.sent_read:
             return  # this replica's own, back from the bus
-        record = self.records.open(payload, watch.record.view.job_id)
-        if record is not None and record.state.owner == watch.record.state.owner:
+        if (record := self._opened(watch, payload)) is not None:
             watch.offer_read(record)
 
     def _share_read(self, watch: _Watch, record: JobRecord) -> None:
         """A read of the job made here, for the other replicas streaming it: each takes it for
         its own next read, so N replicas ask Temporal about a job what one would."""
         if self.bus is not None and self.records is not None and self.bus.connected:
-            payload = self.records.sign(record)
+            payload = self._publish_record(record, READ_SUFFIX)
             watch.sent_read = SignedRecords.signature(payload)
-            self.bus.publish(f"{self.bus.bus.subject(record.view.job_id)}.{READ_SUFFIX}", payload)
 
     def _took(self, watch: _Watch, record: JobRecord, delay: float) -> float:
         """A fresh read of the job, made here or shared by another replica, to its subscribers;
@@ -514,8 +524,7 @@ class JobWatchers:
             return watch.shared
         record = await self.reads.closed(watch.record, owner)
         if self.bus is not None and self.records is not None:
-            subject = f"{self.bus.bus.subject(record.view.job_id)}.{CLOSED_SUFFIX}"
-            self.bus.publish(subject, self.records.sign(record))
+            self._publish_record(record, CLOSED_SUFFIX)
         return record
 
     async def _settled(self, owner: str, watch: _Watch) -> bool:
