@@ -35,7 +35,7 @@ from activities.ioqueue import RankedExecutor
 from activities.joblog import AttemptLog, attempt_log
 from activities.manifest import MANIFEST_NAME, FileLine, manifest, plan_parts
 from activities.prefetch import Prefetcher, Source
-from activities.publishing import ProgressFeed
+from activities.publishing import FeedAttempt, ProgressFeed
 from activities.sealed import as_sealed, run_archive_key, sealed_request
 from activities.storageerrors import (
     storage_failure,
@@ -583,7 +583,12 @@ class DownloadActivities:
             request.job_id,
             attempt.run_id,
             attempt.details,
-            lambda: (attempt.bytes_done, attempt.file_index, len(attempt.missing)),
+            lambda: (
+                attempt.bytes_done,
+                attempt.file_index,
+                len(attempt.missing),
+                attempt.current_file,
+            ),
             attempt=activity.info().attempt,
         )
         interval = self.settings.heartbeat_interval_seconds
@@ -594,7 +599,7 @@ class DownloadActivities:
                         if attempt.file_index == attempt.next_part_start():
                             await self._seal_part(attempt, upload, checkpoints)
                             upload = await self._begin_part(attempt, checkpoints, new_upload)
-                        await self._copy_entry(attempt, upload, checkpoints, deflate)
+                        await self._copy_entry(attempt, upload, checkpoints, deflate, feed)
                 if attempt.files_done == 0:
                     await upload.abort()
                     raise nothing_to_package(attempt.resolved)
@@ -717,7 +722,12 @@ class DownloadActivities:
         ]
 
     async def _copy_entry(
-        self, attempt: _Attempt, upload: ArchiveUpload, checkpoints: Checkpoints, deflate: bool
+        self,
+        attempt: _Attempt,
+        upload: ArchiveUpload,
+        checkpoints: Checkpoints,
+        deflate: bool,
+        feed: FeedAttempt,
     ) -> None:
         """Copy the current source into the archive (or the rest of it, after a resume)."""
         index = attempt.file_index
@@ -727,6 +737,8 @@ class DownloadActivities:
             return
         assert attempt.prefetcher is not None
         attempt.current_file = source.file_id
+        # The previous file done and this one in work, on the bus now.
+        feed.moved()
         entered = time.monotonic()
         writer = attempt.writer
         if not writer.in_entry:

@@ -4,7 +4,8 @@ While an attempt runs, its progress is published as soon as it moves, at most on
 PROGRESS_PUBLISH_SECONDS, and at least every KEEPALIVE_SECONDS when it does not (readers then know
 the bus still carries the job); once more when the attempt ends, marked `ended`. One task per
 worker looks at every running attempt's position (a few integers) every LOOK_SECONDS, so a
-thousand attempts cost a thousand comparisons, not a thousand timers.
+thousand attempts cost a thousand comparisons, not a thousand timers; an attempt that has just
+begun a file says so (`FeedAttempt.moved`), and is published at once.
 
 With the bus up, Temporal heartbeats drop to what durability needs: one per stored part and one
 every DURABLE_HEARTBEAT_SECONDS (at most a quarter of the heartbeat timeout) for lost-worker
@@ -64,7 +65,7 @@ class _Live:
     hurry_until: float = 0.0
 
 
-class Attempt:
+class FeedAttempt:
     """What an attempt asks of the feed while it runs: how long between two heartbeats."""
 
     def __init__(self, feed: ProgressFeed, live: _Live | None) -> None:
@@ -74,6 +75,13 @@ class Attempt:
         if self.live is not None and time.monotonic() < self.live.hurry_until:
             return self.feed.settings.heartbeat_interval_seconds
         return heartbeat_seconds(self.feed.publisher, self.feed.settings)
+
+    def moved(self) -> None:
+        """The attempt has just moved (a file done, the next one begun): publish it now rather
+        than at the next look, as long as PROGRESS_PUBLISH_SECONDS have passed since the last."""
+        if self.live is not None:
+            with contextlib.suppress(Exception):  # never the attempt's failure
+                self.feed.look(self.live, time.monotonic())
 
 
 class ProgressFeed:
@@ -93,22 +101,22 @@ class ProgressFeed:
         details: Callable[[], PackageProgress],
         position: Callable[[], object],
         attempt: int = 0,
-    ) -> AsyncIterator[Attempt]:
+    ) -> AsyncIterator[FeedAttempt]:
         """Publish `details()` while the block runs (nothing without a publisher), then `ended`;
         `position()` is cheap and changes whenever the progress does. Publishing never waits
         and never fails the attempt."""
         if self.publisher is None:
-            yield Attempt(self, None)
+            yield FeedAttempt(self, None)
             return
         subject = self.publisher.bus.subject(job_id)
         live = _Live(subject, job_id, run_id, details, position, attempt)
         self._live[id(live)] = live
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        self._look(live, time.monotonic())
+        self.look(live, time.monotonic())
         hurry = await self._listen(live)
         try:
-            yield Attempt(self, live)
+            yield FeedAttempt(self, live)
         finally:
             del self._live[id(live)]
             with contextlib.suppress(Exception):
@@ -151,7 +159,7 @@ class ProgressFeed:
         )
         self.publisher.offer(subject or live.subject, notice.model_dump_json().encode())
 
-    def _look(self, live: _Live, now: float) -> None:
+    def look(self, live: _Live, now: float) -> None:
         at, since = live.position(), now - live.sent_at
         if (at != live.last and since >= self.settings.progress_publish_seconds) or (
             since >= KEEPALIVE_SECONDS
@@ -165,7 +173,7 @@ class ProgressFeed:
             now = time.monotonic()
             for live in list(self._live.values()):
                 with contextlib.suppress(Exception):  # never the attempt's failure
-                    self._look(live, now)
+                    self.look(live, now)
 
 
 async def _unsubscribe(sub: Subscription) -> None:

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from temporalio.testing import WorkflowEnvironment
 
+from activities import publishing
 from activities.packaging import DownloadActivities
 from activities.publishing import heartbeat_seconds
 from api import watchers
@@ -365,6 +366,48 @@ async def test_an_attempt_publishes_its_progress_and_heartbeats_for_durability(
     assert not any(n.ended for n in notices[:-1])
     # Progress went over the bus; Temporal heard from the attempt far less often.
     assert len(beats) < len(notices) / 2
+
+
+async def test_an_attempt_publishes_each_file_it_begins_at_once(
+    settings: Settings,
+    store: ObjectStore,
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file begun (the one before it done) is on the bus when it happens, not at the feed's
+    next look: with looks seconds apart, every file still shows as the one in work."""
+    monkeypatch.setattr(publishing, "LOOK_SECONDS", 5.0)
+    live = slow_origin(on_bus(settings, nats_server), 200).model_copy(
+        update={"progress_publish_seconds": 0.05}
+    )
+    ids = [10_001 + i for i in range(6)]
+    put_sources(store, live, dict.fromkeys(ids, 5_000))
+    request = sealed_input(live, "begun-job", ids, datetime(2024, 5, 1, tzinfo=UTC))
+    notices: list[ProgressNotice] = []
+    listener = Subscriptions(Bus(live, "listener"))
+    listener.start()
+    listener.add(
+        job_subject(live.nats_subject_prefix, "begun-job"),
+        lambda data: notices.append(ProgressNotice.model_validate_json(data)),
+    )
+    try:
+        async with bus.publisher(live, "worker") as publisher:
+            assert publisher is not None
+            await connected(publisher)
+            await connected(listener)
+            await activity_env("begun-job").run(
+                DownloadActivities(store, live, publisher).package_archive, request
+            )
+
+            async def last_one() -> bool:
+                return bool(notices) and notices[-1].ended
+
+            await wait_for(last_one)
+    finally:
+        await listener.close()
+    shown = {(n.files_done, n.current_file) for n in notices if not n.ended}
+    # The first file begins as the attempt's first notice goes out: within the publish spacing.
+    assert {(i, ids[i]) for i in range(1, len(ids))} <= shown
 
 
 async def test_a_cancel_reaches_an_attempt_on_the_bus_at_once(
