@@ -278,6 +278,20 @@ async def test_initiate_is_queued_and_readable_with_no_worker(
     assert (await desc.memo_value(STATE_MEMO_KEY, type_hint=JobState)).job_id == job_id
 
 
+async def test_a_queued_jobs_memo_stays_within_what_temporal_warns_above(
+    api: httpx.AsyncClient, env: WorkflowEnvironment
+) -> None:
+    """Twenty files pending: the memo Temporal stores is under 2 KiB, and reads back whole."""
+    ids = list(range(10_001, 10_021))
+    job_id = (await initiate(api, ids))["jobId"]
+    desc = await env.client.get_workflow_handle(job_id).describe()
+    stored = desc.raw_description.workflow_execution_info.memo.fields[STATE_MEMO_KEY]
+    assert len(stored.data) < 2048
+    state = await desc.memo_value(STATE_MEMO_KEY, type_hint=JobState)
+    assert [f.file_id for f in state.files] == ids
+    assert all(f.key is None and f.status == "pending" for f in state.files)
+
+
 async def test_estimated_time_follows_the_jobs_observed(
     api: httpx.AsyncClient, settings: Settings, store: ObjectStore, worker: Any
 ) -> None:

@@ -163,7 +163,7 @@ async def start_download(
         id=request.job_id,
         task_queue=settings.temporal_task_queue,
         result_type=JobState,
-        memo={STATE_MEMO_KEY: initial},
+        memo={STATE_MEMO_KEY: initial.memo()},
         search_attributes=TypedSearchAttributes(attributes),
         id_reuse_policy=id_reuse_policy,
         # Owners share workers fairly: the task queues dispatch round robin between fairness

@@ -260,7 +260,7 @@ class DownloadWorkflow:
         state = self._require_state()
         state.updated_at = workflow.now()
         if memo:
-            workflow.upsert_memo({STATE_MEMO_KEY: state})
+            workflow.upsert_memo({STATE_MEMO_KEY: state.memo()})
         workflow.upsert_search_attributes([DOWNLOAD_STATUS.value_set(state.status.value)])
 
     async def _notify(self, request: DownloadRequest) -> None:
