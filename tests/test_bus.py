@@ -86,6 +86,30 @@ async def connected(side: Bus | Publisher | Any) -> None:
     await wait_for(up)
 
 
+@contextlib.asynccontextmanager
+async def notices_of(settings: Settings, job_id: str) -> AsyncIterator[list[ProgressNotice]]:
+    """The job's progress messages as they arrive, heard by a listener of its own."""
+    notices: list[ProgressNotice] = []
+    listener = Subscriptions(Bus(settings, "listener"))
+    listener.start()
+    listener.add(
+        job_subject(settings.nats_subject_prefix, job_id),
+        lambda data: notices.append(ProgressNotice.model_validate_json(data)),
+    )
+    try:
+        await connected(listener)
+        yield notices
+    finally:
+        await listener.close()
+
+
+async def until_ended(notices: list[ProgressNotice]) -> None:
+    async def last_one() -> bool:
+        return bool(notices) and notices[-1].ended
+
+    await wait_for(last_one)
+
+
 async def bus_connected(app: Any) -> None:
     bus = services(app).watchers.bus
     assert bus is not None
@@ -328,37 +352,23 @@ async def test_an_attempt_publishes_its_progress_and_heartbeats_for_durability(
     env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=4))
     beats: list[PackageProgress] = []
     env.on_heartbeat = lambda *d: beats.append(d[0])
-    notices: list[ProgressNotice] = []
-    listener = Subscriptions(Bus(live, "listener"))
-    listener.start()
-    listener.add(
-        job_subject(live.nats_subject_prefix, "bus-job"),
-        lambda data: notices.append(ProgressNotice.model_validate_json(data)),
-    )
-    try:
-        async with bus.publisher(live, "worker") as publisher:
-            assert publisher is not None
-            await connected(publisher)
-            await connected(listener)
-            assert env.run(heartbeat_seconds, publisher, live) == 1.0  # 4 s / 4
-            result = await env.run(
-                DownloadActivities(store, live, publisher).package_archive, request
-            )
+    async with (
+        notices_of(live, "bus-job") as notices,
+        bus.publisher(live, "worker") as publisher,
+    ):
+        assert publisher is not None
+        await connected(publisher)
+        assert env.run(heartbeat_seconds, publisher, live) == 1.0  # 4 s / 4
+        result = await env.run(DownloadActivities(store, live, publisher).package_archive, request)
+        await until_ended(notices)
+        nats_server.stop()
 
-            async def last_one() -> bool:
-                return bool(notices) and notices[-1].ended
+        async def down() -> bool:
+            return not publisher.connected
 
-            await wait_for(last_one)
-            nats_server.stop()
-
-            async def down() -> bool:
-                return not publisher.connected
-
-            await wait_for(down)
-            interval = env.run(heartbeat_seconds, publisher, live)
-            assert interval == live.heartbeat_interval_seconds
-    finally:
-        await listener.close()
+        await wait_for(down)
+        interval = env.run(heartbeat_seconds, publisher, live)
+        assert interval == live.heartbeat_interval_seconds
     assert result.files_packaged == len(sizes)
     done = [n.files_done for n in notices]
     assert done == sorted(done) and set(range(1, len(sizes) + 1)) <= set(done)
@@ -383,28 +393,16 @@ async def test_an_attempt_publishes_each_file_it_begins_at_once(
     ids = [10_001 + i for i in range(6)]
     put_sources(store, live, dict.fromkeys(ids, 5_000))
     request = sealed_input(live, "begun-job", ids, datetime(2024, 5, 1, tzinfo=UTC))
-    notices: list[ProgressNotice] = []
-    listener = Subscriptions(Bus(live, "listener"))
-    listener.start()
-    listener.add(
-        job_subject(live.nats_subject_prefix, "begun-job"),
-        lambda data: notices.append(ProgressNotice.model_validate_json(data)),
-    )
-    try:
-        async with bus.publisher(live, "worker") as publisher:
-            assert publisher is not None
-            await connected(publisher)
-            await connected(listener)
-            await activity_env("begun-job").run(
-                DownloadActivities(store, live, publisher).package_archive, request
-            )
-
-            async def last_one() -> bool:
-                return bool(notices) and notices[-1].ended
-
-            await wait_for(last_one)
-    finally:
-        await listener.close()
+    async with (
+        notices_of(live, "begun-job") as notices,
+        bus.publisher(live, "worker") as publisher,
+    ):
+        assert publisher is not None
+        await connected(publisher)
+        await activity_env("begun-job").run(
+            DownloadActivities(store, live, publisher).package_archive, request
+        )
+        await until_ended(notices)
     shown = {(n.files_done, n.current_file) for n in notices if not n.ended}
     # The first file begins as the attempt's first notice goes out: within the publish spacing.
     assert {(i, ids[i]) for i in range(1, len(ids))} <= shown
