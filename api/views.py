@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from temporalio.client import WorkflowExecutionStatus
@@ -218,14 +219,19 @@ def _view(
     )
 
 
+def _file_fields(f: FileState) -> dict[str, Any]:
+    """What a file's view says of it (a digest only once the file is complete)."""
+    return {
+        "file_id": f.file_id,
+        "status": f.status,
+        "size": f.size,
+        "error": f.error,
+        "sha256": f.sha256 if f.status is FileStatus.completed else None,
+    }
+
+
 def _file(f: FileState) -> FileView:
-    return FileView(
-        file_id=f.file_id,
-        status=f.status,
-        size=f.size,
-        error=f.error,
-        sha256=f.sha256 if f.status is FileStatus.completed else None,
-    )
+    return FileView(**_file_fields(f))
 
 
 def _files_with_progress(
@@ -251,27 +257,17 @@ def _files_with_progress(
             else:
                 file_status = FileStatus.pending
             index += 1
+        fields = {**_file_fields(f), "status": file_status, "error": error}
         old = before[place] if place < len(before) else None
-        if old is not None and _same_file(old, f, file_status, error):
+        if (
+            old is not None
+            and old.download_url is None
+            and all(getattr(old, name) == value for name, value in fields.items())
+        ):
             views.append(old)
-            continue
-        view = _file(f)
-        view.status, view.error = file_status, error
-        views.append(view)
+        else:
+            views.append(FileView(**fields))
     return views
-
-
-def _same_file(view: FileView, f: FileState, status: FileStatus, error: str | None) -> bool:
-    """`view` is what `_file(f)` with this status and error would be."""
-    sha256 = f.sha256 if f.status is FileStatus.completed else None
-    return (
-        view.file_id == f.file_id
-        and view.status is status
-        and view.error == error
-        and view.size == f.size
-        and view.sha256 == sha256
-        and view.download_url is None
-    )
 
 
 # `progress` blends the share of files settled (the file in work counted by its bytes) with
