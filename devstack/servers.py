@@ -44,16 +44,6 @@ def _ephemeral_floor() -> int:
         return 32768
 
 
-def _bindable(port: int) -> bool:
-    """Nothing listens on it, holds it or lingers on it (no SO_REUSEADDR)."""
-    with socket.socket() as s:
-        try:
-            s.bind((BIND, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port() -> int:
     """A free loopback port, for servers started on demand.
 
@@ -66,15 +56,18 @@ def free_port() -> int:
     bottom = max(1024, top - FREE_PORT_SPAN)
     for _ in range(1000):
         port = _pick.randrange(bottom, top)
-        if port not in _handed_out and _bindable(port):
+        if port not in _handed_out and not port_in_use(port, lingering=True):
             _handed_out.add(port)
             return port
     raise OSError(f"no free port between {bottom} and {top}")
 
 
-def port_in_use(port: int, host: str = BIND) -> bool:
+def port_in_use(port: int, host: str = BIND, lingering: bool = False) -> bool:
+    """Something listens on `port` or holds it; with `lingering`, also a closed connection's
+    port the kernel still keeps (a server that binds without SO_REUSEADDR cannot take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not lingering:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
