@@ -71,12 +71,15 @@ class JobRecord:
 
 # A record as JSON (its encoded answers left out: each replica encodes its own).
 _RECORDS = TypeAdapter(JobRecord)
+# What a claim's body begins with (a record's, JSON, begins with "{").
+_CLAIM = "claim:"
 
 
 class SignedRecords:
-    """A job's record passed between API replicas over the progress bus: signed with a key
-    derived from REQUEST_SEAL_SECRET (held by the API and the workers only), so a message from
-    anyone else on the bus is never taken for a record read from Temporal."""
+    """A job's record passed between API replicas over the progress bus, and a replica's claim
+    that it is reading one: signed with a key derived from REQUEST_SEAL_SECRET (held by the API
+    and the workers only), so a message from anyone else on the bus is never taken for a record
+    read from Temporal, nor holds a replica's read back."""
 
     def __init__(self, seal_key: bytes) -> None:
         self.key = hmac.new(seal_key, b"job records between API replicas", hashlib.sha256).digest()
@@ -102,6 +105,19 @@ class SignedRecords:
         if record.view.job_id != job_id or record.state.job_id != job_id:
             return None
         return record
+
+    def claim(self, job_id: str, replica: str) -> bytes:
+        """A note from `replica` that it is reading job `job_id` now, its record to follow."""
+        body = f"{_CLAIM}{job_id}:{replica}".encode()
+        return self._mac(body) + b"." + body
+
+    def claimant(self, payload: bytes, job_id: str) -> str | None:
+        """The replica that signed `payload` as a claim on job `job_id`, else None."""
+        mac, _, body = payload.partition(b".")
+        prefix = f"{_CLAIM}{job_id}:".encode()
+        if not body.startswith(prefix) or not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        return body[len(prefix) :].decode()
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self.key, body, hashlib.sha256).hexdigest().encode()

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -69,6 +70,11 @@ RECONNECT_MS = 3000
 # POLL_SECONDS, a queued one at each backstop instant), another one takes over once it stops
 # (it no longer streams the job).
 FOLLOW_READS = 4.0
+# A replica about to read a job says so on the bus first (a claim): the others, whose turn
+# comes before that read reaches them (a loaded Temporal answers in tenths of a second), wait
+# for it this long at most instead of reading too. A claim that was not followed by a read
+# holds none of the replica's reads back until it takes another replica's read again.
+CLAIM_SECONDS = 2.0
 # A job's bus messages are turned into a snapshot at most this often (the newest one wins).
 BUS_GAP_SECONDS = 0.1
 # A moving job's attempt publishes at least every second: silent three times as long (a
@@ -226,6 +232,10 @@ class _Watch:
     sent_read: bytes = b""
     # Woken since the last read of its own: the next read is made here, not taken from others.
     woken: bool = False
+    # Until when another replica's claim holds this one's read back (monotonic), and whether
+    # claims are heeded (not once one was left without its read).
+    claimed: float | None = None
+    heed_claims: bool = True
 
     def wake(self) -> None:
         """Ask Temporal now (the job is being cancelled, or the bus went down)."""
@@ -241,7 +251,24 @@ class _Watch:
 
     def take_read(self) -> JobRecord | None:
         read, self.read = self.read, None
+        if read is not None:
+            self.claimed, self.heed_claims = None, True
         return read
+
+    def hear_claim(self) -> None:
+        """Another replica is reading the job: its read is on its way."""
+        if self.heed_claims and not self.woken:
+            self.claimed = time.monotonic() + CLAIM_SECONDS
+
+    def held(self) -> float:
+        """How much longer a claim holds this replica's read back (0: read)."""
+        if self.claimed is None or self.woken:
+            return 0.0
+        left = self.claimed - time.monotonic()
+        if left <= 0:
+            self.claimed, self.heed_claims = None, False
+            return 0.0
+        return left
 
     def elect(self, job_id: str, payload: bytes) -> None:
         """The bus picked this replica to read the run's close after the attempt's end."""
@@ -360,6 +387,8 @@ class JobWatchers:
         self.ping_seconds = PING_SECONDS
         # Closed runs' records shared with the other replicas (over the bus only).
         self.records = SignedRecords(reads.settings.request_seal_key) if bus else None
+        # This replica, in its claims (its own come back from the bus).
+        self.replica = secrets.token_hex(8)
         self._watches: dict[str, _Watch] = {}
         if bus is not None:
             # Bus gone: every watcher polls Temporal at once, not when the silence runs out.
@@ -487,11 +516,22 @@ class JobWatchers:
             watch.end_news.set()
 
     def _hear_read(self, watch: _Watch, payload: bytes) -> None:
-        """Another replica's read of the job."""
+        """Another replica's read of the job, or its claim that it is reading it."""
         if SignedRecords.signature(payload) == watch.sent_read:
             return  # this replica's own, back from the bus
-        if (record := self._opened(watch, payload)) is not None:
+        assert self.records is not None
+        if (claimant := self.records.claimant(payload, watch.record.view.job_id)) is not None:
+            if claimant != self.replica:
+                watch.hear_claim()
+        elif (record := self._opened(watch, payload)) is not None:
             watch.offer_read(record)
+
+    def _claim(self, watch: _Watch) -> None:
+        """Tell the other replicas streaming the job that this one is reading it."""
+        if self.bus is not None and self.records is not None and self.bus.connected:
+            job_id = watch.record.view.job_id
+            claim = self.records.claim(job_id, self.replica)
+            self.bus.publish(f"{self.bus.bus.subject(job_id)}.{READ_SUFFIX}", claim)
 
     def _share_read(self, watch: _Watch, record: JobRecord) -> None:
         """A read of the job made here, for the other replicas streaming it: each takes it for
@@ -598,6 +638,9 @@ class JobWatchers:
                 elif covered := self._covered(watch):
                     delay = covered
                     continue
+                elif held := watch.held():
+                    delay = held  # another replica is reading the job: its read comes
+                    continue
                 # A moving job waits its turn; an idle one asks only while half the budget is
                 # free, so it never takes a turn a moving job is waiting for.
                 moving = watch.record.view.status is JobStatus.processing
@@ -607,7 +650,11 @@ class JobWatchers:
             await self.budget.acquire()
             if watch.read is not None:
                 continue  # another replica's read came while this one waited its turn: take it
+            if held := watch.held():
+                delay = held  # or its claim: its read comes
+                continue
             watch.woken = False  # woken again while this read is on its way: read once more
+            self._claim(watch)
             try:
                 record = await self.reads.describe(job_id, owner)
             except ApiError:

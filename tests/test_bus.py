@@ -220,6 +220,35 @@ def test_a_record_from_the_bus_is_taken_only_when_signed_with_the_seal_key() -> 
     assert ours.open(mac + b"." + body.replace(b"alice", b"mallo"), "job-1") is None
 
 
+def test_a_claim_from_the_bus_holds_a_read_back_only_when_signed_and_kept() -> None:
+    """A replica's claim that it is reading a job counts only signed with the seal key and for
+    that job; one left without its read is not heeded until a read is taken again."""
+    ours, theirs = SignedRecords(b"seal key"), SignedRecords(b"another key")
+    claim = ours.claim("job-1", "replica-a")
+    assert ours.claimant(claim, "job-1") == "replica-a"
+    assert ours.claimant(claim, "job-2") is None  # another job's subject
+    assert ours.claimant(theirs.claim("job-1", "replica-a"), "job-1") is None
+    assert ours.claimant(claim.replace(b"replica-a", b"replica-b"), "job-1") is None
+    assert ours.claimant(ours.sign(a_record(JobStatus.queued)), "job-1") is None
+    assert ours.open(claim, "job-1") is None  # nor is a claim a record
+
+    record = a_record(JobStatus.queued)
+    watch = watchers._Watch(record=record, latest=watchers.snapshot(record, record.view))
+    watch.hear_claim()
+    assert 0 < watch.held() <= watchers.CLAIM_SECONDS
+    assert watch.claimed is not None
+    watch.claimed -= watchers.CLAIM_SECONDS  # no read came
+    assert watch.held() == 0
+    watch.hear_claim()
+    assert watch.held() == 0  # not heeded now
+    watch.offer_read(record)
+    assert watch.take_read() == record
+    watch.hear_claim()
+    assert watch.held() > 0  # heeded again
+    watch.wake()
+    assert watch.held() == 0  # woken (a cancel): read afresh
+
+
 def test_the_pick_to_read_a_runs_close_holds_until_another_attempt_publishes() -> None:
     """The bus picks the replica that reads a run's close on a subject of its own, which may be
     delivered before the last progress messages of the attempt that ended: those keep the pick
@@ -466,6 +495,33 @@ async def test_a_queued_job_is_asked_rarely_on_the_bus_and_its_cancel_shows_at_o
                 assert [e["event"] async for e in events][-1] == "cancelled"
 
 
+@contextlib.asynccontextmanager
+async def queued_on_two_replicas(
+    settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> AsyncIterator[tuple[list[Any], list[contextlib.AsyncExitStack]]]:
+    """A job that stays queued (no worker), streamed by two API replicas on the bus: each
+    replica's snapshot cache (its `fetches` are its reads of Temporal) and its stream."""
+    live = on_bus(settings, nats_server)
+    ids = [10_001, 10_002]
+    put_sources(store, live, dict.fromkeys(ids, 1_000))
+    async with serve(live) as (first, app1), serve(live) as (second, app2):
+        await bus_connected(app1)
+        await bus_connected(app2)
+        job_id = (await initiate(first, ids))["jobId"]
+        reads = [services(app).reads for app in (app1, app2)]
+        streams = [contextlib.AsyncExitStack() for _ in reads]
+        events = []  # held open: a stream's reader dropped closes its connection
+        try:
+            for client, held in zip((first, second), streams, strict=True):
+                url = f"/v1/download/subscribe/{job_id}"
+                events.append(sse_events(await held.enter_async_context(client.stream("GET", url))))
+                assert (await anext(events[-1]))["data"]["status"] == "queued"
+            yield reads, streams
+        finally:
+            for held in streams:
+                await held.aclose()
+
+
 async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
     env: WorkflowEnvironment,
     settings: Settings,
@@ -477,39 +533,55 @@ async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
     streaming it take one replica's reads, signed over the bus, for their own: one of them
     reads, not each; when that one stops streaming the job, another takes over."""
     monkeypatch.setattr(watchers, "BUS_IDLE_MAX_SECONDS", 0.3)
-    # Staggered by up to half the period here (3 s of 30 in production, far above a read's
-    # latency): the first replica's read reaches the other before its own turn comes.
+    # Staggered by up to half the period here (3 s of 30 in production).
     monkeypatch.setattr(watchers, "BACKSTOP_STAGGER", 0.5)
-    live = on_bus(settings, nats_server)
-    ids = [10_001, 10_002]
-    put_sources(store, live, dict.fromkeys(ids, 1_000))
-    async with serve(live) as (first, app1), serve(live) as (second, app2):  # and no worker
-        await bus_connected(app1)
-        await bus_connected(app2)
-        job_id = (await initiate(first, ids))["jobId"]
-        reads = [services(app).reads.snapshots for app in (app1, app2)]
-        streams = [contextlib.AsyncExitStack() for _ in reads]
-        events = []  # held open: a stream's reader dropped closes its connection
-        for client, held in zip((first, second), streams, strict=True):
-            url = f"/v1/download/subscribe/{job_id}"
-            events.append(sse_events(await held.enter_async_context(client.stream("GET", url))))
-            assert (await anext(events[-1]))["data"]["status"] == "queued"
-        try:
-            before = [r.fetches for r in reads]
-            await asyncio.sleep(3)
-            made = [r.fetches - b for r, b in zip(reads, before, strict=True)]
-            # At each backstop instant (every 0.3 s) by one replica; each reading on its own
-            # would make twice as many.
-            assert max(made) >= 5
-            assert min(made) <= 2
-            reader = made.index(max(made))
-            await streams[reader].aclose()
-            other = reads[1 - reader]
-            taken = other.fetches
-            await asyncio.sleep(3.5)
-            # The other one, alone on the job now, reads it for itself: within 1.5 s (four
-            # times its wait), then every 0.3 s.
-            assert other.fetches - taken >= 3
-        finally:
-            for held in streams:
-                await held.aclose()
+    async with queued_on_two_replicas(settings, store, nats_server) as (reads, streams):
+        before = [r.snapshots.fetches for r in reads]
+        await asyncio.sleep(3)
+        made = [r.snapshots.fetches - b for r, b in zip(reads, before, strict=True)]
+        # At each backstop instant (every 0.3 s) by one replica; each reading on its own
+        # would make twice as many.
+        assert max(made) >= 5
+        assert min(made) <= 2
+        reader = made.index(max(made))
+        await streams[reader].aclose()
+        other = reads[1 - reader].snapshots
+        taken = other.fetches
+        await asyncio.sleep(3.5)
+        # The other one, alone on the job now, reads it for itself: within 1.5 s (four
+        # times its wait), then every 0.3 s.
+        assert other.fetches - taken >= 3
+
+
+async def test_a_replica_waits_for_the_read_another_one_is_making(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    store: ObjectStore,
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loaded Temporal answers a read in tenths of a second, longer than the replicas' turns
+    for a job are apart: a replica that says on the bus that it is reading the job keeps the
+    other one from reading it too, which takes the read once it comes."""
+    monkeypatch.setattr(watchers, "BUS_IDLE_MAX_SECONDS", 1.0)
+    monkeypatch.setattr(watchers, "BACKSTOP_STAGGER", 0.2)  # turns at most 0.2 s apart
+    async with queued_on_two_replicas(settings, store, nats_server) as (reads, _):
+        for replica in reads:
+            monkeypatch.setattr(replica, "describe", slowed(replica.describe, 0.6))
+        before = [r.snapshots.fetches for r in reads]
+        await asyncio.sleep(6)
+        made = [r.snapshots.fetches - b for r, b in zip(reads, before, strict=True)]
+        # One read a second, by one replica: the other one's turns came while that one's
+        # read was on its way, and it took the read instead.
+        assert max(made) >= 3
+        assert min(made) == 0
+
+
+def slowed(describe: Any, seconds: float) -> Any:
+    """`describe`, answering `seconds` later (as a loaded Temporal would)."""
+
+    async def slow(*args: Any) -> Any:
+        await asyncio.sleep(seconds)
+        return await describe(*args)
+
+    return slow
