@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -522,12 +523,19 @@ async def queued_on_two_replicas(
                 await held.aclose()
 
 
+QueuedTwice = Callable[[], contextlib.AbstractAsyncContextManager[tuple[list[Any], list[Any]]]]
+
+
+@pytest.fixture
+def queued_twice(
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
+) -> QueuedTwice:
+    """`queued_on_two_replicas`, entered by the test once it has set what it needs."""
+    return functools.partial(queued_on_two_replicas, settings, store, nats_server)
+
+
 async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
-    env: WorkflowEnvironment,
-    settings: Settings,
-    store: ObjectStore,
-    nats_server: NatsServer,
-    monkeypatch: pytest.MonkeyPatch,
+    queued_twice: QueuedTwice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A queued job is still read now and then, in case its worker is off the bus. Replicas
     streaming it take one replica's reads, signed over the bus, for their own: one of them
@@ -535,7 +543,7 @@ async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
     monkeypatch.setattr(watchers, "BUS_IDLE_MAX_SECONDS", 0.3)
     # Staggered by up to half the period here (3 s of 30 in production).
     monkeypatch.setattr(watchers, "BACKSTOP_STAGGER", 0.5)
-    async with queued_on_two_replicas(settings, store, nats_server) as (reads, streams):
+    async with queued_twice() as (reads, streams):
         before = [r.snapshots.fetches for r in reads]
         await asyncio.sleep(3)
         made = [r.snapshots.fetches - b for r, b in zip(reads, before, strict=True)]
@@ -554,18 +562,14 @@ async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
 
 
 async def test_a_replica_waits_for_the_read_another_one_is_making(
-    env: WorkflowEnvironment,
-    settings: Settings,
-    store: ObjectStore,
-    nats_server: NatsServer,
-    monkeypatch: pytest.MonkeyPatch,
+    queued_twice: QueuedTwice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A loaded Temporal answers a read in tenths of a second, longer than the replicas' turns
     for a job are apart: a replica that says on the bus that it is reading the job keeps the
     other one from reading it too, which takes the read once it comes."""
     monkeypatch.setattr(watchers, "BUS_IDLE_MAX_SECONDS", 1.0)
     monkeypatch.setattr(watchers, "BACKSTOP_STAGGER", 0.2)  # turns at most 0.2 s apart
-    async with queued_on_two_replicas(settings, store, nats_server) as (reads, _):
+    async with queued_twice() as (reads, _):
         for replica in reads:
             monkeypatch.setattr(replica, "describe", slowed(replica.describe, 0.6))
         before = [r.snapshots.fetches for r in reads]
