@@ -498,10 +498,11 @@ async def test_a_queued_job_is_asked_rarely_on_the_bus_and_its_cancel_shows_at_o
 
 @contextlib.asynccontextmanager
 async def queued_on_two_replicas(
-    settings: Settings, store: ObjectStore, nats_server: NatsServer
+    env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
 ) -> AsyncIterator[tuple[list[Any], list[contextlib.AsyncExitStack]]]:
     """A job that stays queued (no worker), streamed by two API replicas on the bus: each
-    replica's snapshot cache (its `fetches` are its reads of Temporal) and its stream."""
+    replica's job reads (its snapshot cache's `fetches` are its reads of Temporal) and its
+    stream. The job's run is terminated after."""
     live = on_bus(settings, nats_server)
     ids = [10_001, 10_002]
     put_sources(store, live, dict.fromkeys(ids, 1_000))
@@ -521,6 +522,7 @@ async def queued_on_two_replicas(
         finally:
             for held in streams:
                 await held.aclose()
+            await env.client.get_workflow_handle(job_id).terminate("test over")
 
 
 QueuedTwice = Callable[[], contextlib.AbstractAsyncContextManager[tuple[list[Any], list[Any]]]]
@@ -531,7 +533,7 @@ def queued_twice(
     env: WorkflowEnvironment, settings: Settings, store: ObjectStore, nats_server: NatsServer
 ) -> QueuedTwice:
     """`queued_on_two_replicas`, entered by the test once it has set what it needs."""
-    return functools.partial(queued_on_two_replicas, settings, store, nats_server)
+    return functools.partial(queued_on_two_replicas, env, settings, store, nats_server)
 
 
 async def test_replicas_streaming_a_queued_job_read_it_once_for_all(
