@@ -460,7 +460,7 @@ class JobWatchers:
         pace for a few seconds: a cancellation then reaches it at once. The job's watchers on
         every replica hear it too, and ask Temporal now (a queued job is asked rarely)."""
         if self.bus is not None:
-            self.bus.publish(f"{self.bus.bus.subject(job_id)}.{BEAT_SUFFIX}")
+            self._publish(job_id, BEAT_SUFFIX)
 
     def _woken(self, watch: _Watch, _: bytes) -> None:
         """The job is being cancelled (on any replica): read it afresh, not from the answer
@@ -506,8 +506,13 @@ class JobWatchers:
         """`record`, signed, on the job's `suffix` subject for the other replicas; the payload."""
         assert self.bus is not None and self.records is not None
         payload = self.records.sign(record)
-        self.bus.publish(f"{self.bus.bus.subject(record.view.job_id)}.{suffix}", payload)
+        self._publish(record.view.job_id, suffix, payload)
         return payload
+
+    def _publish(self, job_id: str, suffix: str, payload: bytes = b"") -> None:
+        """`payload` on the job's `suffix` subject (nothing while the bus is down)."""
+        assert self.bus is not None
+        self.bus.publish(f"{self.bus.bus.subject(job_id)}.{suffix}", payload)
 
     def _hear_closed(self, watch: _Watch, payload: bytes) -> None:
         """Another replica's record of the job's closed run."""
@@ -528,10 +533,9 @@ class JobWatchers:
 
     def _claim(self, watch: _Watch) -> None:
         """Tell the other replicas streaming the job that this one is reading it."""
-        if self.bus is not None and self.records is not None and self.bus.connected:
+        if self.bus is not None and self.records is not None:
             job_id = watch.record.view.job_id
-            claim = self.records.claim(job_id, self.replica)
-            self.bus.publish(f"{self.bus.bus.subject(job_id)}.{READ_SUFFIX}", claim)
+            self._publish(job_id, READ_SUFFIX, self.records.claim(job_id, self.replica))
 
     def _share_read(self, watch: _Watch, record: JobRecord) -> None:
         """A read of the job made here, for the other replicas streaming it: each takes it for
