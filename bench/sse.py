@@ -521,7 +521,11 @@ async def moving_run(
             # queued jobs' idle polls meanwhile) is not part of the moving phase.
             while not any(f.times for f in follows) and not streams.done():
                 await asyncio.sleep(0.02)
-            before = sum([await describes(c) for c in clients])
+
+            async def api_describes_so_far() -> float:
+                return sum([await describes(c) for c in clients])
+
+            before = await api_describes_so_far()
             temporal_before = await temporal_requests(metrics_port)
             began = time.time()
             pids = {f"api{i + 1}": proc.pid for i, (proc, _) in enumerate(started_apis)}
@@ -538,7 +542,7 @@ async def moving_run(
 
             async def sample() -> None:
                 while True:
-                    samples.append((time.time(), sum([await describes(c) for c in clients])))
+                    samples.append((time.time(), await api_describes_so_far()))
                     await asyncio.sleep(SAMPLE_SECONDS)
 
             sampler = asyncio.create_task(sample())
@@ -558,7 +562,7 @@ async def moving_run(
                 pids.pop("nats", None)
                 cpu.pop("nats", None)
             shares = cpu_shares(cpu, cpu_seconds(pids), elapsed)
-            api_describes = sum([await describes(c) for c in clients]) - before
+            api_describes = await api_describes_so_far() - before
             temporal_after = await temporal_requests(metrics_port)
         finally:
             for client in clients:
